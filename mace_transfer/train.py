@@ -1,0 +1,256 @@
+"""The one door to MACE's training.
+
+``mace_transfer_train`` = MACE's own argument parser (``mace.tools.build_default_arg_parser``,
+configargparse, so ``--config file.yaml`` works) + the ``mace-transfer`` argument group below, then
+MACE's ``mace.cli.run_train.run(args)``. With none of our flags the call is exactly
+``mace_run_train``'s.
+
+Our flags act in two places and nowhere else:
+
+* before MACE: ``--source_model`` + ``--element_map`` remap the source model
+  (:func:`mace_transfer.remap.remap_elements`) and hand the result to MACE as its
+  ``--foundation_model`` file, so MACE's own fine-tuning path starts from the remapped weights;
+* inside MACE: ``--freeze_blocks`` / ``--block_lr_factors`` / ``--unfreeze_after`` act through the
+  single seam documented in :mod:`mace_transfer.freeze` (MACE's ``get_params_options``).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from mace_transfer import UserInputError
+
+#: Our flags, in the order ``--help`` lists them.
+TRANSFER_FLAGS = (
+    "--source_model",
+    "--element_map",
+    "--remap_mode",
+    "--length_scale",
+    "--energy_scale",
+    "--freeze_blocks",
+    "--block_lr_factors",
+    "--unfreeze_after",
+    "--pipeline",
+)
+
+
+def build_parser():
+    """MACE's default parser plus the ``mace-transfer`` argument group."""
+    from mace.tools import build_default_arg_parser
+
+    parser = build_default_arg_parser()
+    group = parser.add_argument_group(
+        "mace-transfer", "transfer learning across chemical elements (mace-transfer)"
+    )
+    group.add_argument(
+        "--source_model",
+        type=str,
+        default=None,
+        help="trained MACE .model of the source element(s); remapped with --element_map and "
+        "used as MACE's --foundation_model",
+    )
+    group.add_argument(
+        "--element_map",
+        type=str,
+        default=None,
+        help="source:target pairs, e.g. Si:Ge or Si:Ge,C:Sn (symbols or atomic numbers)",
+    )
+    group.add_argument(
+        "--remap_mode",
+        choices=["replace", "extend"],
+        default="replace",
+        help="replace: the target takes the source's place; extend: the model keeps the "
+        "source and gains the target as a copy of it",
+    )
+    group.add_argument(
+        "--length_scale",
+        type=str,
+        default="1.0",
+        help="corresponding-states length scale s (target/source), a number or 'auto' "
+        "(estimated from --train_file)",
+    )
+    group.add_argument(
+        "--energy_scale",
+        type=str,
+        default="1.0",
+        help="corresponding-states energy scale k (target/source), a number or 'auto' "
+        "(least-squares fit of forces on --train_file)",
+    )
+    group.add_argument(
+        "--freeze_blocks",
+        type=str,
+        default=None,
+        help="comma-separated blocks to freeze: embedding, radial, interactions[.N], "
+        "products[.N], readouts[.N], or re:<regex over parameter names>",
+    )
+    group.add_argument(
+        "--block_lr_factors",
+        type=str,
+        default=None,
+        help='JSON learning-rate multiplier per block, e.g. \'{"interactions.0": 0.1}\'; '
+        "0 freezes",
+    )
+    group.add_argument(
+        "--unfreeze_after",
+        type=int,
+        default=None,
+        help="gradual unfreezing: frozen blocks become trainable after this epoch",
+    )
+    group.add_argument(
+        "--pipeline",
+        type=str,
+        default=None,
+        help="YAML file of stages run in order (handled by mace_transfer_train itself)",
+    )
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    """Parse ``argv`` with :func:`build_parser`; MACE's own validation errors exit as usual."""
+    return build_parser().parse_args(None if argv is None else list(argv))
+
+
+def uses_transfer(args) -> bool:
+    """True when any mace-transfer flag changes what MACE would do."""
+    return bool(
+        args.source_model
+        or args.element_map
+        or args.freeze_blocks
+        or args.block_lr_factors
+        or args.unfreeze_after is not None
+    )
+
+
+def _parse_scale(text: str, flag: str):
+    if isinstance(text, (int, float)):
+        return float(text)
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserInputError(f"{flag} must be a positive number or 'auto', got {text!r}") from None
+    if not value > 0:
+        raise UserInputError(f"{flag} must be positive, got {value}")
+    return value
+
+
+def _parse_e0s(text: Optional[str]) -> Optional[Dict[int, float]]:
+    """MACE's ``--E0s`` as a {Z: eV} dict when it is one (a dict literal or JSON), else None."""
+    if text is None:
+        return None
+    stripped = str(text).strip()
+    if not stripped.startswith("{"):
+        return None
+    try:
+        raw = ast.literal_eval(stripped)
+    except (ValueError, SyntaxError):
+        try:
+            raw = json.loads(stripped)
+        except json.JSONDecodeError:
+            raise UserInputError(f"--E0s is not a dictionary: {text!r}") from None
+    from mace_transfer.remap import to_atomic_number
+
+    return {to_atomic_number(k): float(v) for k, v in raw.items()}
+
+
+def _remapped_model_path(args) -> Path:
+    """Where the remapped source model is written (one file per rank under torchrun)."""
+    folder = Path(args.model_dir or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    suffix = f".rank{os.environ.get('RANK', '0')}" if world > 1 else ""
+    return folder / f"{args.name}_remapped_source{suffix}.model"
+
+
+def _read_train_atoms(args):
+    from ase.io import read
+
+    if not args.train_file:
+        raise UserInputError("'auto' length/energy scale needs --train_file with target data")
+    try:
+        return read(args.train_file, index=":")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
+        raise UserInputError(f"cannot read --train_file {args.train_file}: {exc}") from None
+
+
+def prepare_source_model(args) -> Optional[Path]:
+    """Remap ``--source_model`` and point MACE's ``--foundation_model`` at the result.
+
+    Returns the path written, or None when no source model is given.
+    """
+    if not args.source_model:
+        if args.element_map:
+            raise UserInputError("--element_map needs --source_model")
+        return None
+    import torch
+
+    from mace_transfer import remap
+
+    if args.foundation_model:
+        raise UserInputError("give either --source_model or --foundation_model, not both")
+    model = remap.load_model(args.source_model)
+    if not args.element_map:
+        raise UserInputError("--source_model needs --element_map (e.g. Si:Ge)")
+    element_map = remap.parse_element_map(args.element_map)
+    length_scale = _parse_scale(args.length_scale, "--length_scale")
+    energy_scale = _parse_scale(args.energy_scale, "--energy_scale")
+    e0s = _parse_e0s(args.E0s)
+    if "auto" in (length_scale, energy_scale):
+        atoms_list = _read_train_atoms(args)
+        est = remap.estimate_corresponding_states(
+            model,
+            element_map,
+            atoms_list,
+            forces_key=args.forces_key,
+            length_scale=None if length_scale == "auto" else length_scale,
+        )
+        logging.info("corresponding states estimated: %s", est)
+        length_scale = est["length_scale"] if length_scale == "auto" else length_scale
+        energy_scale = est["energy_scale"] if energy_scale == "auto" else energy_scale
+    remapped = remap.remap_elements(
+        model,
+        element_map,
+        mode=args.remap_mode,
+        atomic_energies=e0s,
+        length_scale=length_scale,
+        energy_scale=energy_scale,
+    )
+    path = _remapped_model_path(args)
+    tmp = path.with_suffix(".tmp")
+    torch.save(remapped, tmp)
+    os.replace(tmp, path)
+    args.foundation_model = str(path)
+    if args.E0s is None:
+        # the remapped model carries the E0s (given or kept): MACE reads them back from it
+        args.E0s = "foundation"
+    return path
+
+
+def run(args) -> None:
+    """Run MACE's training on parsed ``args`` with mace-transfer's flags applied."""
+    from mace.cli import run_train
+
+    from mace_transfer import freeze
+
+    spec = freeze.FreezeSpec.from_strings(
+        args.freeze_blocks, args.block_lr_factors, args.unfreeze_after
+    )
+    prepare_source_model(args)
+    with freeze.optimizer_seam(spec):
+        run_train.run(args)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` (MACE's flags + ours) and train. Returns the exit code."""
+    args = parse_args(argv)
+    if args.pipeline:
+        raise UserInputError("--pipeline is run by mace_transfer_train itself, not train.main")
+    run(args)
+    return 0
+
