@@ -3,6 +3,7 @@ MACE training through ``mace.cli.run_train.run`` (frozen tensors stay bit-identi
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -27,29 +28,41 @@ def float64():
     torch.set_default_dtype(previous)
 
 
+@pytest.fixture(scope="module")
+def small_model_template():
+    """Random-weight float64 ScaleShiftMACE for Si: 2 interactions, 8x0e+8x1o hidden, r_max 4 Å
+    (built once: constructing the symmetric contractions takes seconds)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        return modules.ScaleShiftMACE(
+            r_max=4.0,
+            num_bessel=8,
+            num_polynomial_cutoff=5,
+            max_ell=2,
+            interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+            interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
+            num_interactions=2,
+            num_elements=1,
+            hidden_irreps=o3.Irreps("8x0e+8x1o"),
+            MLP_irreps=o3.Irreps("8x0e"),
+            atomic_energies=np.array([-4.0]),
+            avg_num_neighbors=8,
+            atomic_numbers=[14],
+            correlation=2,
+            gate=torch.nn.functional.silu,
+            atomic_inter_scale=1.0,
+            atomic_inter_shift=0.0,
+        )
+    finally:
+        torch.set_default_dtype(previous)
+
+
 @pytest.fixture
-def small_model(float64):
-    """Random-weight ScaleShiftMACE for Si: 2 interactions, 8x0e+8x1o hidden, r_max 4 Å."""
-    torch.manual_seed(0)
-    return modules.ScaleShiftMACE(
-        r_max=4.0,
-        num_bessel=8,
-        num_polynomial_cutoff=5,
-        max_ell=2,
-        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
-        num_interactions=2,
-        num_elements=1,
-        hidden_irreps=o3.Irreps("8x0e+8x1o"),
-        MLP_irreps=o3.Irreps("8x0e"),
-        atomic_energies=np.array([-4.0]),
-        avg_num_neighbors=8,
-        atomic_numbers=[14],
-        correlation=2,
-        gate=torch.nn.functional.silu,
-        atomic_inter_scale=1.0,
-        atomic_inter_shift=0.0,
-    )
+def small_model(small_model_template, float64):
+    """A fresh copy of the template per test (tests freeze parameters in place)."""
+    return copy.deepcopy(small_model_template)
 
 
 def mace_args(*extra):
