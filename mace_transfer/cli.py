@@ -103,7 +103,69 @@ def sample_main(argv: Optional[Sequence[str]] = None) -> None:
 
 # --------------------------------------------------------------------------- label
 def _label(argv):
-    raise UserInputError("mace_transfer_label is not implemented yet (issue: ab initio data)")
+    """Parse ``mace_transfer_label`` flags, then label with :mod:`mace_transfer.dft` (resumable)."""
+    parser = argparse.ArgumentParser(
+        prog="mace_transfer_label",
+        description="Label structures with PBE (CP2K): REF_energy (eV), REF_forces (eV/Å), "
+        "REF_stress (eV/Å^3). Resumable: structures already in --out are skipped; unconverged "
+        "SCF goes to <out>.failed.jsonl, never into --out.",
+    )
+    parser.add_argument("--in", dest="inp", required=True, help="input extxyz of structures")
+    parser.add_argument("--out", required=True, help="output extxyz (appended to, one frame at a time)")
+    parser.add_argument("--engine", default="cp2k", help="DFT engine (only 'cp2k')")
+    parser.add_argument("--settings", default=None, help="YAML of PBE settings (configs/dft_pbe.yaml)")
+    parser.add_argument("--nprocs", type=int, default=None, help="MPI ranks for CP2K (overrides settings)")
+    parser.add_argument("--max", type=int, default=None, help="label at most N new structures this run")
+    parser.add_argument("--e0", action="store_true",
+                        help="also append an IsolatedAtom frame per element (E0s; spin-polarised atom)")
+    parser.add_argument("--retry-failed", action="store_true", help="retry structures recorded as failed")
+    parser.add_argument("--scratch", default=None, help="folder for CP2K work dirs (default: system temp)")
+    args = parser.parse_args(argv)
+
+    import os
+
+    if args.engine.lower() != "cp2k":
+        raise UserInputError(f"unknown --engine {args.engine!r}; supported: cp2k")
+    if not os.path.isfile(args.inp):
+        raise UserInputError(f"input file not found: {args.inp}")
+    if args.settings is not None and not os.path.isfile(args.settings):
+        raise UserInputError(f"settings file not found: {args.settings}")
+    if args.nprocs is not None and args.nprocs < 1:
+        raise UserInputError(f"--nprocs must be >= 1, got {args.nprocs}")
+    if args.max is not None and args.max < 0:
+        raise UserInputError(f"--max must be >= 0, got {args.max}")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise UserInputError(f"output folder {out_dir} does not exist")
+
+    from ase.io import read
+
+    from mace_transfer import dft
+
+    try:
+        settings = dft.load_settings(args.settings, nprocs=args.nprocs, scratch_dir=args.scratch)
+    except (ValueError, TypeError) as exc:
+        raise UserInputError(f"{args.settings}: {exc}") from None
+    try:
+        structures = read(args.inp, index=":")
+    except Exception as exc:  # ASE raises many kinds for a malformed file
+        raise UserInputError(f"cannot read {args.inp} as structures: {exc}") from None
+    structures = [a for a in structures if a.info.get("config_type") != "IsolatedAtom"]
+    if not structures:
+        raise UserInputError(f"{args.inp} holds no structures to label")
+    calculator = dft.CP2KCalculator(settings)
+    try:
+        if args.e0:
+            symbols = {s for a in structures for s in a.get_chemical_symbols()}
+            dft.add_isolated_atoms(symbols, args.out, settings)
+        counts = dft.label_structures(
+            structures, calculator, args.out, settings_tag=settings.physics_hash(),
+            max_new=args.max, retry_failed=args.retry_failed,
+        )
+    except dft.SettingsMismatch as exc:
+        raise UserInputError(str(exc)) from None
+    print(f"label: remaining={counts['remaining']} labelled={counts['labelled']} failed={counts['failed']}")
+    return 0
 
 
 def label_main(argv: Optional[Sequence[str]] = None) -> None:

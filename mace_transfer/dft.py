@@ -1,0 +1,660 @@
+"""PBE labels with a real DFT code (CP2K), resumable; an unconverged SCF never becomes a label.
+
+Public API
+----------
+- :class:`PBESettings`, :func:`load_settings` -- the physics and run settings (``configs/dft_pbe.yaml``).
+- :func:`kpoint_mesh` -- Monkhorst-Pack mesh from a k-spacing rule (Å^-1, 2π included).
+- :class:`CP2KCalculator` -- an ASE calculator: writes a CP2K input, runs ``cp2k.psmp``, parses
+  energy (eV), forces (eV/Å) and stress (eV/Å^3, ASE/MACE sign and Voigt order). Raises
+  :class:`SCFNotConverged` (an ASE ``SCFError``) when CP2K reports ``SCF run NOT converged``.
+- :func:`label_structures` -- label a list of structures with any ASE calculator into an extxyz file
+  with MACE keys (``REF_energy``, ``REF_forces``, ``REF_stress``, ``config_type``); each finished
+  frame is appended and fsync'd at once, a rerun skips frames already done (index + hash of
+  numbers/positions/cell/pbc), failures go to a ``*.failed.jsonl`` sidecar and are skipped.
+- :func:`isolated_atom` -- the isolated-atom frame (``config_type=IsolatedAtom``) for MACE's E0s.
+
+Units: energy eV, length Å, force eV/Å, stress eV/Å^3, temperature K, cutoff Ry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, CalculationFailed, SCFError, all_changes
+from ase.units import Bohr, GPa, Hartree
+
+# Physics settings enter the settings hash; run settings (how/where CP2K runs) do not.
+_RUN_ONLY_FIELDS = ("command", "nprocs", "timeout_s", "scratch_dir", "data_dir", "keep_failed_dirs")
+
+# Ground-state spin multiplicity (Hund's rule) of isolated main-group atoms.
+ATOM_MULTIPLICITY = {
+    "H": 2, "He": 1, "Li": 2, "Be": 1, "B": 2, "C": 3, "N": 4, "O": 3, "F": 2, "Ne": 1,
+    "Na": 2, "Mg": 1, "Al": 2, "Si": 3, "P": 4, "S": 3, "Cl": 2, "Ar": 1,
+    "Ga": 2, "Ge": 3, "As": 4, "Se": 3, "Br": 2, "Kr": 1, "In": 2, "Sn": 3, "Sb": 4, "Te": 3,
+}
+
+
+class SCFNotConverged(SCFError):
+    """CP2K finished but reported ``SCF run NOT converged``: the result must not be a label."""
+
+
+class SettingsMismatch(ValueError):
+    """The output file holds labels made with other physics settings."""
+
+
+class LabellingAborted(RuntimeError):
+    """Too many consecutive failures: something systematic is wrong (engine, settings)."""
+
+
+@dataclass
+class PBESettings:
+    """CP2K/PBE settings. Cutoffs in Ry, k-spacing in Å^-1 (2π included), temperature in K."""
+
+    functional: str = "PBE"
+    basis_set: str = "DZVP-MOLOPT-SR-GTH"
+    basis_set_file: str = "BASIS_MOLOPT"
+    pseudopotential: str = "GTH-PBE"
+    potential_file: str = "GTH_POTENTIALS"
+    cutoff_ry: float = 400.0
+    rel_cutoff_ry: float = 60.0
+    kspacing: float = 0.3
+    smearing: str = "FERMI_DIRAC"
+    electronic_temperature_k: float = 1000.0
+    added_mos_per_atom: float = 0.75
+    added_mos_min: int = 8
+    eps_scf: float = 1.0e-7
+    max_scf: int = 150
+    mixing_alpha: float = 0.3
+    nbroyden: int = 8
+    stress: bool = True
+    isolated_atom_box: float = 12.0
+    isolated_atom_spin_polarized: bool = True
+    # run settings (not physics)
+    command: str = "mpirun --allow-run-as-root -np {nprocs} cp2k.psmp"
+    nprocs: int = 2
+    timeout_s: float = 7200.0
+    scratch_dir: Optional[str] = None
+    data_dir: Optional[str] = None
+    keep_failed_dirs: bool = True
+
+    def __post_init__(self):
+        # 400 and 400.0 are the same cutoff: coerce to the field's type so the hash agrees.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(f.default, bool) or value is None:
+                continue
+            if isinstance(f.default, float) and isinstance(value, (int, float)):
+                setattr(self, f.name, float(value))
+            elif isinstance(f.default, int) and isinstance(value, (int, float)):
+                setattr(self, f.name, int(value))
+
+    def physics_hash(self) -> str:
+        """Short hash of the physics settings (not of how CP2K is run)."""
+        physics = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_ONLY_FIELDS}
+        blob = json.dumps(physics, sort_keys=True).encode()
+        return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def load_settings(path: Optional[os.PathLike] = None, **overrides) -> PBESettings:
+    """Read a YAML file of :class:`PBESettings` fields (unknown keys are an error); apply overrides."""
+    values: Dict = {}
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"settings file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected a mapping of settings")
+        loaded.pop("engine", None)
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(PBESettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown DFT settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return PBESettings(**values)
+
+
+# ----------------------------------------------------------------------------- k-points
+def kpoint_mesh(cell, pbc, kspacing: float) -> Tuple[int, int, int]:
+    """Mesh n_i = max(1, ceil(|b_i| / kspacing)), |b_i| in Å^-1 with 2π (VASP KSPACING rule).
+
+    Non-periodic directions get 1. The same rule gives consistent sampling for any cell size.
+    """
+    if kspacing <= 0:
+        raise ValueError("kspacing must be > 0 (Å^-1)")
+    cell = np.asarray(cell, dtype=float)
+    reciprocal = 2.0 * np.pi * np.linalg.inv(cell).T  # rows b_i, b_i . a_j = 2π δ_ij
+    mesh = []
+    for i in range(3):
+        if not pbc[i]:
+            mesh.append(1)
+            continue
+        mesh.append(max(1, int(math.ceil(np.linalg.norm(reciprocal[i]) / kspacing - 1e-9))))
+    return tuple(mesh)
+
+
+# ----------------------------------------------------------------------------- CP2K input/output
+def cp2k_input(
+    atoms: Atoms,
+    settings: PBESettings,
+    *,
+    isolated: bool = False,
+    multiplicity: Optional[int] = None,
+) -> str:
+    """CP2K input text for one ENERGY_FORCE calculation of ``atoms`` (positions in Å).
+
+    Bulk (default): spin-unpolarised, Fermi-Dirac smearing with added MOs, Broyden mixing,
+    Monkhorst-Pack mesh from ``settings.kspacing`` (Γ-only code path when the mesh is 1x1x1),
+    analytical stress. ``isolated=True``: Γ only, no stress; spin-polarised (UKS) at the
+    Hund's-rule multiplicity with orbital transformation (no smearing) when
+    ``settings.isolated_atom_spin_polarized``.
+    """
+    s = settings
+    cell = np.asarray(atoms.cell)
+    if abs(np.linalg.det(cell)) < 1e-6:
+        raise ValueError("CP2K needs a 3D cell (set atoms.cell; a box for molecules/atoms)")
+    lines = [
+        "&GLOBAL",
+        "  PROJECT job",
+        "  RUN_TYPE ENERGY_FORCE",
+        "  PRINT_LEVEL LOW",
+        "&END GLOBAL",
+        "&FORCE_EVAL",
+        "  METHOD QS",
+    ]
+    want_stress = s.stress and not isolated and all(atoms.pbc)
+    if want_stress:
+        lines.append("  STRESS_TENSOR ANALYTICAL")
+    lines += [
+        "  &DFT",
+        f"    BASIS_SET_FILE_NAME {s.basis_set_file}",
+        f"    POTENTIAL_FILE_NAME {s.potential_file}",
+    ]
+    spin_polarized = isolated and s.isolated_atom_spin_polarized
+    if spin_polarized:
+        lines += ["    UKS T", f"    MULTIPLICITY {int(multiplicity or 1)}"]
+    lines += [
+        "    &MGRID",
+        f"      CUTOFF {s.cutoff_ry:g}",
+        f"      REL_CUTOFF {s.rel_cutoff_ry:g}",
+        "    &END MGRID",
+    ]
+    mesh = (1, 1, 1) if isolated else kpoint_mesh(cell, atoms.pbc, s.kspacing)
+    if mesh != (1, 1, 1):
+        lines += [
+            "    &KPOINTS",
+            "      SCHEME MONKHORST-PACK {} {} {}".format(*mesh),
+            "    &END KPOINTS",
+        ]
+    lines += ["    &SCF", f"      EPS_SCF {s.eps_scf:.3E}", f"      MAX_SCF {int(s.max_scf)}"]
+    if spin_polarized:
+        lines += [
+            "      &OT ON",
+            "        MINIMIZER DIIS",
+            "        PRECONDITIONER FULL_ALL",
+            "      &END OT",
+        ]
+    else:
+        added = max(int(s.added_mos_min), int(math.ceil(s.added_mos_per_atom * len(atoms))))
+        lines += [
+            f"      ADDED_MOS {added}",
+            "      &SMEAR ON",
+            f"        METHOD {s.smearing}",
+            f"        ELECTRONIC_TEMPERATURE [K] {s.electronic_temperature_k:g}",
+            "      &END SMEAR",
+            "      &MIXING",
+            "        METHOD BROYDEN_MIXING",
+            f"        ALPHA {s.mixing_alpha:g}",
+            f"        NBROYDEN {int(s.nbroyden)}",
+            "      &END MIXING",
+        ]
+    lines += [
+        "    &END SCF",
+        "    &XC",
+        f"      &XC_FUNCTIONAL {s.functional}",
+        "      &END XC_FUNCTIONAL",
+        "    &END XC",
+        "  &END DFT",
+        "  &SUBSYS",
+        "    &CELL",
+    ]
+    for name, vec in zip("ABC", cell):
+        lines.append(f"      {name} {vec[0]:.10f} {vec[1]:.10f} {vec[2]:.10f}")
+    periodic = "".join(ax for ax, p in zip("XYZ", atoms.pbc) if p) or "NONE"
+    if isolated:
+        periodic = "XYZ"  # a neutral atom in a large periodic box
+    lines += [f"      PERIODIC {periodic}", "    &END CELL", "    &COORD"]
+    for sym, pos in zip(atoms.get_chemical_symbols(), atoms.positions):
+        lines.append(f"      {sym} {pos[0]:.10f} {pos[1]:.10f} {pos[2]:.10f}")
+    lines.append("    &END COORD")
+    for sym in sorted(set(atoms.get_chemical_symbols())):
+        lines += [
+            f"    &KIND {sym}",
+            f"      BASIS_SET {s.basis_set}",
+            f"      POTENTIAL {s.pseudopotential}",
+            "    &END KIND",
+        ]
+    lines += ["  &END SUBSYS", "  &PRINT", "    &FORCES ON", "    &END FORCES"]
+    if want_stress:
+        lines += ["    &STRESS_TENSOR ON", "    &END STRESS_TENSOR"]
+    lines += ["  &END PRINT", "&END FORCE_EVAL", ""]
+    return "\n".join(lines)
+
+
+_ENERGY_RE = re.compile(r"ENERGY\| Total FORCE_EVAL \( QS \) energy[^:]*:\s+(\S+)")
+_SCF_CONVERGED_RE = re.compile(r"SCF run converged in\s+(\d+)\s+steps")
+
+
+def parse_cp2k_output(text: str, n_atoms: int, want_stress: bool) -> Dict:
+    """Energy (eV), forces (eV/Å), stress (Voigt xx,yy,zz,yz,xz,xy in eV/Å^3, ASE sign) from a CP2K log.
+
+    Raises :class:`SCFNotConverged` on ``SCF run NOT converged``, CalculationFailed when a
+    quantity is missing (crash or truncated output).
+    """
+    if "SCF run NOT converged" in text:
+        raise SCFNotConverged("CP2K: SCF run NOT converged")
+    converged = _SCF_CONVERGED_RE.findall(text)
+    if not converged:
+        raise CalculationFailed("CP2K output has no 'SCF run converged' line")
+    energies = _ENERGY_RE.findall(text)
+    if not energies:
+        raise CalculationFailed("CP2K output has no total energy")
+    results: Dict = {"energy": float(energies[-1]) * Hartree, "n_scf": int(converged[-1])}
+
+    lines = text.splitlines()
+    start = max((i for i, line in enumerate(lines) if "ATOMIC FORCES in [a.u.]" in line), default=None)
+    if start is None:
+        raise CalculationFailed("CP2K output has no ATOMIC FORCES block")
+    forces = []
+    for line in lines[start + 1:]:
+        parts = line.split()
+        if len(parts) == 6 and parts[0].isdigit():
+            forces.append([float(x) for x in parts[3:6]])
+            if len(forces) == n_atoms:
+                break
+        elif parts and parts[0] == "SUM":
+            break
+    if len(forces) != n_atoms:
+        raise CalculationFailed(f"CP2K forces: found {len(forces)} of {n_atoms} atoms")
+    results["forces"] = np.array(forces) * Hartree / Bohr
+
+    if want_stress:
+        starts = [i for i, line in enumerate(lines) if "STRESS| Analytical stress tensor [GPa]" in line]
+        if not starts:
+            raise CalculationFailed("CP2K output has no analytical stress tensor")
+        rows = []
+        for line in lines[starts[-1] + 2: starts[-1] + 5]:
+            rows.append([float(x) for x in line.split()[2:5]])
+        sigma = np.array(rows) * GPa  # CP2K sign: positive = compressed (pressure-like)
+        voigt = np.array([sigma[0, 0], sigma[1, 1], sigma[2, 2], sigma[1, 2], sigma[0, 2], sigma[0, 1]])
+        results["stress"] = -voigt  # ASE/MACE: stress = (1/V) dE/dε
+    return results
+
+
+class CP2KCalculator(Calculator):
+    """ASE calculator running one fresh ``cp2k.psmp`` per call (no persistent shell).
+
+    Each call works in a new directory under ``settings.scratch_dir`` (system temp by default),
+    removed after success; on failure it is kept when ``settings.keep_failed_dirs`` (path in
+    the exception message). ``isolated=True`` gives the isolated-atom treatment (see
+    :func:`cp2k_input`).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, settings: Optional[PBESettings] = None, *, isolated: bool = False,
+                 multiplicity: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.settings = settings or PBESettings()
+        self.isolated = isolated
+        self.multiplicity = multiplicity
+        self.last_wall_s: Optional[float] = None
+        self.last_n_scf: Optional[int] = None
+
+    def _command(self) -> List[str]:
+        return shlex.split(self.settings.command.format(nprocs=int(self.settings.nprocs)))
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        s = self.settings
+        text_in = cp2k_input(atoms, s, isolated=self.isolated, multiplicity=self.multiplicity)
+        want_stress = s.stress and not self.isolated and all(atoms.pbc)
+        if s.scratch_dir:
+            Path(s.scratch_dir).mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="cp2k_", dir=s.scratch_dir))
+        (workdir / "job.inp").write_text(text_in)
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        if s.data_dir:
+            env["CP2K_DATA_DIR"] = s.data_dir
+        t0 = time.perf_counter()
+        try:
+            with open(workdir / "stdout.txt", "w") as out:
+                proc = subprocess.run(
+                    self._command() + ["-i", "job.inp", "-o", "job.out"],
+                    cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env,
+                    timeout=s.timeout_s,
+                )
+        except subprocess.TimeoutExpired as exc:
+            raise CalculationFailed(f"CP2K timed out after {s.timeout_s:g} s (in {workdir})") from exc
+        except FileNotFoundError as exc:
+            raise CalculationFailed(f"cannot run CP2K ({exc}); run `make dft-setup`") from exc
+        self.last_wall_s = time.perf_counter() - t0
+        log_path = workdir / "job.out"
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        try:
+            if proc.returncode != 0 and "SCF run NOT converged" not in text:
+                tail = (workdir / "stdout.txt").read_text(errors="replace")[-400:]
+                raise CalculationFailed(f"CP2K exit code {proc.returncode} (in {workdir}): {tail.strip()}")
+            results = parse_cp2k_output(text, len(atoms), want_stress)
+        except CalculationFailed as exc:
+            if not s.keep_failed_dirs:
+                _remove_tree(workdir)
+            raise type(exc)(f"{exc} [{workdir}]") from exc
+        _remove_tree(workdir)
+        self.last_n_scf = results.pop("n_scf")
+        # With smearing CP2K's total energy is the Mermin free energy, the one consistent with forces.
+        self.results = {"energy": results["energy"], "free_energy": results["energy"],
+                        "forces": results["forces"]}
+        if "stress" in results:
+            self.results["stress"] = results["stress"]
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        child.unlink() if child.is_file() or child.is_symlink() else child.rmdir()
+    path.rmdir()
+
+
+def isolated_atom(symbol: str, settings: Optional[PBESettings] = None,
+                  calculator: Optional[Calculator] = None) -> Atoms:
+    """One ``config_type=IsolatedAtom`` frame with ``REF_energy`` (eV) for MACE's E0s.
+
+    Same basis/pseudopotential/cutoff as the bulk labels; cubic box of
+    ``settings.isolated_atom_box`` Å, Γ only; spin-polarised at the Hund's-rule multiplicity
+    (e.g. triplet Si/Ge) unless ``settings.isolated_atom_spin_polarized`` is false.
+    """
+    settings = settings or PBESettings()
+    box = settings.isolated_atom_box
+    atom = Atoms(symbol, positions=[[box / 2] * 3], cell=[box] * 3, pbc=True)
+    if calculator is None:
+        mult = ATOM_MULTIPLICITY.get(symbol)
+        if mult is None and settings.isolated_atom_spin_polarized:
+            raise ValueError(f"no ground-state multiplicity known for {symbol}")
+        calculator = CP2KCalculator(settings, isolated=True, multiplicity=mult)
+    atom.calc = calculator
+    energy = atom.get_potential_energy()
+    frame = Atoms(symbol, positions=atom.positions, cell=atom.cell, pbc=atom.pbc)
+    frame.info.update({
+        "config_type": "IsolatedAtom",
+        "REF_energy": float(energy),
+        "spin_polarized": bool(settings.isolated_atom_spin_polarized),
+    })
+    frame.arrays["REF_forces"] = np.zeros((1, 3))
+    return frame
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+def structure_hash(atoms: Atoms) -> str:
+    """sha1 (12 hex) of atomic numbers, positions, cell and pbc, exactly as given (float64 bytes)."""
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(atoms.cell), dtype=np.float64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=np.int8).tobytes())
+    return h.hexdigest()[:12]
+
+
+def label_id(index: int, atoms: Atoms) -> str:
+    """Identity of input structure ``index``: ``"<index>-<hash>"``."""
+    return f"{index}-{structure_hash(atoms)}"
+
+
+def failed_sidecar(out_path: os.PathLike) -> Path:
+    """``labelled.xyz`` -> ``labelled.failed.jsonl``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.stem + ".failed.jsonl")
+
+
+def _repair_tail(path: Path, log: Callable[[str], None]) -> None:
+    """Cut an incomplete last extxyz frame (a crash mid-write) so the file reads cleanly."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    offset = good_end = 0
+    i = 0
+    while i < len(lines):
+        head = lines[i].strip()
+        if not head:
+            offset += len(lines[i])
+            i += 1
+            good_end = offset
+            continue
+        try:
+            n = int(head)
+        except ValueError:
+            break
+        frame = lines[i:i + n + 2]
+        if len(frame) < n + 2 or not frame[-1].endswith(b"\n"):
+            break
+        offset += sum(len(x) for x in frame)
+        i += n + 2
+        good_end = offset
+    if good_end < len(data):
+        log(f"label: {path}: cutting {len(data) - good_end} bytes of an incomplete last frame")
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_done(out_path: os.PathLike, log: Callable[[str], None] = print) -> Dict[str, str]:
+    """``label_id -> dft_settings`` of frames already in ``out_path`` (after repairing its tail)."""
+    from ase.io import iread
+
+    out_path = Path(out_path)
+    if not out_path.exists() or out_path.stat().st_size == 0:
+        return {}
+    _repair_tail(out_path, log)
+    done = {}
+    for frame in iread(str(out_path), index=":", format="extxyz"):
+        if "label_id" in frame.info:
+            done[str(frame.info["label_id"])] = str(frame.info.get("dft_settings", ""))
+    return done
+
+
+def read_failed(failed_path: os.PathLike) -> Dict[str, dict]:
+    """``label_id -> record`` of structures recorded as failed."""
+    failed_path = Path(failed_path)
+    records = {}
+    if failed_path.exists():
+        for line in failed_path.read_text().splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written last line from a crash
+            records[rec["label_id"]] = rec
+    return records
+
+
+def _append_durably(path: Path, text: str) -> None:
+    """Append ``text`` in one write, then flush and fsync."""
+    with open(path, "a") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _frame_text(frame: Atoms) -> str:
+    from ase.io import write
+
+    buf = io.StringIO()
+    write(buf, frame, format="extxyz")
+    return buf.getvalue()
+
+
+_DROP_INFO_PREFIXES = ("REF_",)
+_DROP_INFO_KEYS = {"energy", "free_energy", "forces", "stress", "virial", "virials", "label_id",
+                   "dft_settings", "source_index", "dft_wall_s", "dft_n_scf"}
+
+
+def _labelled_frame(atoms: Atoms, results: Dict, index: int, lid: str, settings_tag: str) -> Atoms:
+    frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    for key, value in atoms.info.items():
+        if key in _DROP_INFO_KEYS or key.startswith(_DROP_INFO_PREFIXES):
+            continue
+        if isinstance(value, (str, int, float, bool, np.integer, np.floating)):
+            frame.info[key] = value
+    frame.info.setdefault("config_type", "Default")
+    frame.info["REF_energy"] = float(results["energy"])
+    if results.get("stress") is not None:
+        frame.info["REF_stress"] = np.asarray(results["stress"], dtype=float).reshape(6)
+    frame.info["label_id"] = lid
+    frame.info["source_index"] = int(index)
+    frame.info["dft_settings"] = settings_tag
+    frame.arrays["REF_forces"] = np.asarray(results["forces"], dtype=float).reshape(len(atoms), 3)
+    return frame
+
+
+def label_structures(
+    structures: Sequence[Atoms],
+    calculator: Calculator,
+    out_path: os.PathLike,
+    *,
+    settings_tag: str = "",
+    failed_path: Optional[os.PathLike] = None,
+    max_new: Optional[int] = None,
+    retry_failed: bool = False,
+    compute_stress: bool = True,
+    max_consecutive_failures: int = 3,
+    log: Callable[[str], None] = print,
+) -> Dict[str, int]:
+    """Label ``structures`` with ``calculator``, appending each result to ``out_path`` at once.
+
+    - Resumable: a structure whose ``label_id`` (index + hash) is in ``out_path`` is skipped; so is
+      one recorded in the failed sidecar (unless ``retry_failed``). Frames of another
+      ``settings_tag`` in ``out_path`` are an error (never mix settings in one file).
+    - A calculation that raises ASE's ``CalculationFailed`` (incl. ``SCFError``, e.g. CP2K's
+      unconverged SCF) is written to ``failed_path`` (default ``<out>.failed.jsonl``) and skipped;
+      after ``max_consecutive_failures`` in a row :class:`LabellingAborted` is raised.
+    - Labels: ``REF_energy`` (eV), ``REF_forces`` (eV/Å), ``REF_stress`` (eV/Å^3, Voigt
+      xx,yy,zz,yz,xz,xy; periodic cells only), input ``config_type`` kept (``Default`` if none),
+      plus ``label_id``, ``source_index``, ``dft_settings``, ``dft_wall_s``.
+
+    Returns counts: ``total``, ``done_before``, ``labelled``, ``failed``, ``skipped_failed``, ``remaining``.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    failed_path = Path(failed_path) if failed_path else failed_sidecar(out_path)
+    done = read_done(out_path, log)
+    other = sorted({tag for tag in done.values() if tag != settings_tag})
+    if other:
+        raise SettingsMismatch(f"{out_path} holds labels made with other settings ({', '.join(other)}); "
+                         f"these are {settings_tag or '(none)'}: use another output file")
+    failed = {} if retry_failed else read_failed(failed_path)
+    todo = []
+    skipped_failed = 0
+    for index, atoms in enumerate(structures):
+        lid = label_id(index, atoms)
+        if lid in done:
+            continue
+        if lid in failed:
+            skipped_failed += 1
+            continue
+        todo.append((index, lid, atoms))
+    counts = {"total": len(structures), "done_before": len(done), "labelled": 0, "failed": 0,
+              "skipped_failed": skipped_failed, "remaining": len(todo)}
+    if max_new is not None:
+        todo = todo[: max(0, int(max_new))]
+    log(f"label: {out_path}: {len(structures)} structures, {len(done)} done before, "
+        f"{skipped_failed} failed before, {counts['remaining']} to do, {len(todo)} this run")
+    consecutive = 0
+    for n, (index, lid, atoms) in enumerate(todo, 1):
+        work = atoms.copy()
+        work.calc = calculator
+        t0 = time.perf_counter()
+        try:
+            results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
+            if compute_stress and all(work.pbc) and "stress" in calculator.implemented_properties:
+                results["stress"] = work.get_stress(voigt=True)
+        except CalculationFailed as exc:
+            wall = time.perf_counter() - t0
+            record = {"label_id": lid, "source_index": index, "error": type(exc).__name__,
+                      "message": str(exc)[:2000], "wall_s": round(wall, 2),
+                      "config_type": str(atoms.info.get("config_type", "Default")),
+                      "dft_settings": settings_tag, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _append_durably(failed_path, json.dumps(record) + "\n")
+            counts["failed"] += 1
+            counts["remaining"] -= 1
+            consecutive += 1
+            log(f"label: [{n}/{len(todo)}] index {index} FAILED ({type(exc).__name__}: {str(exc)[:200]})")
+            if consecutive >= max_consecutive_failures:
+                raise LabellingAborted(f"{consecutive} failures in a row; last: {exc}") from exc
+            continue
+        wall = time.perf_counter() - t0
+        consecutive = 0
+        frame = _labelled_frame(atoms, results, index, lid, settings_tag)
+        frame.info["dft_wall_s"] = round(wall, 2)
+        _append_durably(out_path, _frame_text(frame))
+        counts["labelled"] += 1
+        counts["remaining"] -= 1
+        fmax = float(np.abs(results["forces"]).max())
+        log(f"label: [{n}/{len(todo)}] index {index} ({frame.info['config_type']}, {len(atoms)} atoms) "
+            f"E/atom={results['energy'] / len(atoms):.4f} eV |F|max={fmax:.3f} eV/Å {wall:.1f} s")
+    log(f"label: {out_path}: labelled {counts['labelled']}, failed {counts['failed']}, "
+        f"remaining {counts['remaining']}")
+    return counts
+
+
+def add_isolated_atoms(
+    symbols: Iterable[str],
+    out_path: os.PathLike,
+    settings: PBESettings,
+    *,
+    calculator_factory: Optional[Callable[[str], Calculator]] = None,
+    log: Callable[[str], None] = print,
+) -> List[str]:
+    """Append an ``IsolatedAtom`` frame per element to ``out_path`` unless already there; return those added."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tag = settings.physics_hash()
+    done = read_done(out_path, log)
+    added = []
+    for symbol in sorted(set(symbols)):
+        lid = f"IsolatedAtom-{symbol}"
+        if lid in done:
+            if done[lid] != tag:
+                raise SettingsMismatch(f"{out_path}: IsolatedAtom {symbol} was made with settings {done[lid]}, "
+                                       f"these are {tag}: use another output file")
+            continue
+        calc = calculator_factory(symbol) if calculator_factory else None
+        t0 = time.perf_counter()
+        frame = isolated_atom(symbol, settings, calculator=calc)
+        frame.info.update({"label_id": lid, "source_index": -1, "dft_settings": tag,
+                           "dft_wall_s": round(time.perf_counter() - t0, 2)})
+        _append_durably(out_path, _frame_text(frame))
+        log(f"label: isolated {symbol}: E0 = {frame.info['REF_energy']:.6f} eV")
+        added.append(symbol)
+    return added

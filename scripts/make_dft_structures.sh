@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Unlabelled-for-DFT 16-atom structures (8-atom cubic diamond cell x (2,1,1); vacancy cells 15 atoms)
+# from Stillinger-Weber MD / strain / vacancy sampling (mace_transfer.sampling). Their SW REF_* keys
+# are dropped by mace_transfer_label, which replaces them with PBE labels. Resumable (sampler appends).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+S="nice -n 5 $BIN/mace_transfer_sample --potential sw --supercell 2,1,1 --no_progress"
+# Si train: default ladder 300..2500 K, seed 0
+$S --element Si --n 300 --seed 0 --out data/si_structures16.xyz
+# Ge train: default ladder 300..2500 K, seed 0
+$S --element Ge --n 300 --seed 0 --out data/ge_structures16.xyz
+# Ge test: independent seed, ladder shifted by +150 K
+$S --element Ge --n 60 --seed 1001 --temperatures 450,750,1050,1350,1650,2150,2650 \
+   --out data/ge_test_structures16.xyz

@@ -1,0 +1,261 @@
+"""Tests of mace_transfer.dft: k-point rule, CP2K input/output handling, resumable labelling.
+
+The bookkeeping tests use ASE's EMT (Cu) as a stand-in engine; the ``slow`` tests run real CP2K.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.calculator import CalculationFailed
+from ase.calculators.emt import EMT
+from ase.io import read, write
+from ase.units import GPa, Bohr, Hartree
+
+from mace_transfer import dft
+from mace_transfer.cli import label_main
+
+
+# ----------------------------------------------------------------------------- k-points / input
+def test_kpoint_mesh_density_rule():
+    """|b| = 2π/a for cubic cells; doubling a cell halves its mesh along that axis."""
+    a = 5.43
+    si8 = bulk("Si", "diamond", a=a, cubic=True)
+    n = int(np.ceil(2 * np.pi / a / 0.3))
+    assert n == 4
+    assert dft.kpoint_mesh(si8.cell, si8.pbc, 0.3) == (4, 4, 4)
+    assert dft.kpoint_mesh(si8.repeat((2, 1, 1)).cell, si8.pbc, 0.3) == (2, 4, 4)
+    assert dft.kpoint_mesh(si8.repeat(2).cell, si8.pbc, 0.3) == (2, 2, 2)
+    assert dft.kpoint_mesh(si8.cell, [True, True, False], 0.3) == (4, 4, 1)
+    # non-orthogonal primitive fcc cell: |b| = 2π sqrt(3)/a
+    prim = bulk("Si", "diamond", a=a)
+    expect = int(np.ceil(2 * np.pi * np.sqrt(3) / a / 0.3))
+    assert dft.kpoint_mesh(prim.cell, prim.pbc, 0.3) == (expect,) * 3
+    with pytest.raises(ValueError):
+        dft.kpoint_mesh(si8.cell, si8.pbc, 0.0)
+
+
+def test_cp2k_input_bulk_and_isolated():
+    s = dft.PBESettings(kspacing=0.3, cutoff_ry=400, electronic_temperature_k=1000)
+    si16 = bulk("Si", "diamond", a=5.43, cubic=True).repeat((2, 1, 1))
+    text = dft.cp2k_input(si16, s)
+    for needle in ("&XC_FUNCTIONAL PBE", "BASIS_SET DZVP-MOLOPT-SR-GTH", "POTENTIAL GTH-PBE",
+                   "CUTOFF 400", "SCHEME MONKHORST-PACK 2 4 4", "METHOD FERMI_DIRAC",
+                   "ELECTRONIC_TEMPERATURE [K] 1000", "ADDED_MOS 12", "STRESS_TENSOR ANALYTICAL",
+                   "PERIODIC XYZ"):
+        assert needle in text, needle
+    assert "UKS" not in text
+    assert text.count("\n      Si ") == 16
+    atom_text = dft.cp2k_input(
+        bulk("Si", "diamond", a=5.43)[:1], s, isolated=True, multiplicity=dft.ATOM_MULTIPLICITY["Si"])
+    assert "UKS T" in atom_text and "MULTIPLICITY 3" in atom_text
+    assert "KPOINTS" not in atom_text and "SMEAR" not in atom_text and "STRESS" not in atom_text
+
+
+def test_physics_hash_ignores_run_settings():
+    base = dft.PBESettings()
+    assert base.physics_hash() == dft.PBESettings(nprocs=7, command="cp2k.psmp").physics_hash()
+    assert base.physics_hash() != dft.PBESettings(cutoff_ry=500).physics_hash()
+
+
+def test_load_settings_yaml(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("engine: cp2k\ncutoff_ry: 500\nkspacing: 0.25\n")
+    s = dft.load_settings(path, nprocs=3)
+    assert (s.cutoff_ry, s.kspacing, s.nprocs) == (500, 0.25, 3)
+    path.write_text("cutof_ry: 500\n")
+    with pytest.raises(ValueError, match="cutof_ry"):
+        dft.load_settings(path)
+
+
+_CP2K_LOG = """
+  *** SCF run converged in    12 steps ***
+ ENERGY| Total FORCE_EVAL ( QS ) energy [a.u.]:              -31.486674686979036
+ ATOMIC FORCES in [a.u.]
+
+ # Atom   Kind   Element          X              Y              Z
+      1      1      Si         -0.01000000     0.00000000     0.02000000
+      2      1      Si          0.01000000    -0.00000000    -0.02000000
+ SUM OF ATOMIC FORCES           0.00000000     0.00000000     0.00000000     0.00000000
+
+ STRESS| Analytical stress tensor [GPa]
+ STRESS|                        x                   y                   z
+ STRESS|      x        1.00000000000E+00   4.00000000000E-01   5.00000000000E-01
+ STRESS|      y        4.00000000000E-01   2.00000000000E+00   6.00000000000E-01
+ STRESS|      z        5.00000000000E-01   6.00000000000E-01   3.00000000000E+00
+"""
+
+
+def test_parse_cp2k_output_units_and_signs():
+    res = dft.parse_cp2k_output(_CP2K_LOG, 2, want_stress=True)
+    assert res["energy"] == pytest.approx(-31.486674686979036 * Hartree, rel=1e-14)
+    np.testing.assert_allclose(res["forces"][0], np.array([-0.01, 0.0, 0.02]) * Hartree / Bohr)
+    # CP2K prints a pressure-like tensor (positive = compressed); ASE/MACE stress is its negative,
+    # Voigt order xx yy zz yz xz xy.
+    np.testing.assert_allclose(res["stress"], -np.array([1.0, 2.0, 3.0, 0.6, 0.5, 0.4]) * GPa)
+    assert res["n_scf"] == 12
+
+
+def test_parse_cp2k_output_detects_unconverged_and_truncated():
+    bad = _CP2K_LOG.replace("  *** SCF run converged in    12 steps ***",
+                            " *** WARNING in qs_scf.F:601 :: SCF run NOT converged ***")
+    with pytest.raises(dft.SCFNotConverged):
+        dft.parse_cp2k_output(bad, 2, want_stress=True)
+    with pytest.raises(CalculationFailed):
+        dft.parse_cp2k_output(_CP2K_LOG.split(" ATOMIC FORCES")[0], 2, want_stress=True)
+    with pytest.raises(CalculationFailed):
+        dft.parse_cp2k_output(_CP2K_LOG, 3, want_stress=False)
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+class FlakyEMT(EMT):
+    """EMT that raises an SCF failure for structures whose first x coordinate is in ``fail_x``."""
+
+    def __init__(self, fail_x=(), **kwargs):
+        super().__init__(**kwargs)
+        self.fail_x = [round(x, 8) for x in fail_x]
+        self.n_calls = 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        self.n_calls += 1
+        if round(float(atoms.positions[0, 0]), 8) in self.fail_x:
+            raise dft.SCFNotConverged("simulated: SCF run NOT converged")
+        super().calculate(atoms, properties, system_changes)
+
+
+def _structures(n=5):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.positions += rng.normal(0, 0.05, atoms.positions.shape)
+        atoms.info["config_type"] = "md_300K" if i % 2 else "strain"
+        atoms.info["REF_energy"] = 123.0  # a classical label that must be replaced
+        out.append(atoms)
+    return out
+
+
+def test_label_resume_skip_and_failure_sidecar(tmp_path):
+    structures = _structures(5)
+    out = tmp_path / "labelled.xyz"
+    calc = FlakyEMT(fail_x=[structures[2].positions[0, 0]])
+    logs = []
+    c1 = dft.label_structures(structures, calc, out, settings_tag="t1", max_new=2, log=logs.append)
+    assert (c1["labelled"], c1["failed"], c1["remaining"]) == (2, 0, 3)
+    c2 = dft.label_structures(structures, calc, out, settings_tag="t1", log=logs.append)
+    assert (c2["done_before"], c2["labelled"], c2["failed"], c2["remaining"]) == (2, 2, 1, 0)
+
+    frames = read(out, ":")
+    assert [f.info["source_index"] for f in frames] == [0, 1, 3, 4]
+    failed = [json.loads(line) for line in dft.failed_sidecar(out).read_text().splitlines()]
+    assert [r["source_index"] for r in failed] == [2] and failed[0]["error"] == "SCFNotConverged"
+    for frame in frames:
+        ref = structures[frame.info["source_index"]].copy()
+        ref.calc = EMT()
+        assert frame.info["REF_energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(frame.arrays["REF_forces"], ref.get_forces(), atol=1e-7)
+        np.testing.assert_allclose(frame.info["REF_stress"], ref.get_stress(voigt=True), atol=1e-9)
+        assert frame.info["config_type"] == structures[frame.info["source_index"]].info["config_type"]
+        assert frame.info["label_id"] == dft.label_id(frame.info["source_index"], ref)
+    # Newton's third law for a pair-functional: forces sum to zero
+    assert np.abs(frames[0].arrays["REF_forces"].sum(axis=0)).max() < 1e-10
+
+    # A third run does nothing: done ones skipped, the failed one skipped unless retried.
+    calls = calc.n_calls
+    c3 = dft.label_structures(structures, calc, out, settings_tag="t1", log=logs.append)
+    assert (c3["labelled"], c3["failed"], c3["skipped_failed"], calc.n_calls) == (0, 0, 1, calls)
+    c4 = dft.label_structures(structures, EMT(), out, settings_tag="t1", retry_failed=True, log=logs.append)
+    assert c4["labelled"] == 1 and len(read(out, ":")) == 5
+
+    with pytest.raises(dft.SettingsMismatch):
+        dft.label_structures(structures, EMT(), out, settings_tag="other", log=logs.append)
+
+
+def test_label_changed_structure_is_relabelled_and_truncated_tail_repaired(tmp_path):
+    structures = _structures(3)
+    out = tmp_path / "labelled.xyz"
+    dft.label_structures(structures, EMT(), out, settings_tag="t", log=lambda m: None)
+    text = out.read_text()
+    # simulate a crash in the middle of writing a fourth frame
+    out.write_text(text + text.splitlines(keepends=True)[0] + "Lattice=\"3.6 0 0\n")
+    moved = [a.copy() for a in structures]
+    moved[1].positions[0, 0] += 1e-6  # a different structure at the same index
+    logs = []
+    counts = dft.label_structures(moved, EMT(), out, settings_tag="t", log=logs.append)
+    assert counts["labelled"] == 1 and any("incomplete last frame" in m for m in logs)
+    frames = read(out, ":")
+    assert [f.info["source_index"] for f in frames] == [0, 1, 2, 1]
+
+
+def test_consecutive_failures_abort(tmp_path):
+    structures = _structures(4)
+    calc = FlakyEMT(fail_x=[a.positions[0, 0] for a in structures])
+    with pytest.raises(dft.LabellingAborted):
+        dft.label_structures(structures, calc, tmp_path / "o.xyz", max_consecutive_failures=2,
+                             log=lambda m: None)
+    assert len(dft.read_failed(dft.failed_sidecar(tmp_path / "o.xyz"))) == 2
+    assert not (tmp_path / "o.xyz").exists() or read(tmp_path / "o.xyz", ":") == []
+
+
+def test_isolated_atom_frame_with_standin(tmp_path):
+    out = tmp_path / "o.xyz"
+    settings = dft.PBESettings()
+    added = dft.add_isolated_atoms(["Cu", "Cu"], out, settings, calculator_factory=lambda s: EMT(),
+                                   log=lambda m: None)
+    assert added == ["Cu"]
+    assert dft.add_isolated_atoms(["Cu"], out, settings, calculator_factory=lambda s: EMT(),
+                                  log=lambda m: None) == []
+    (frame,) = read(out, ":")
+    assert frame.info["config_type"] == "IsolatedAtom"
+    free = frame.copy()
+    free.calc = EMT()
+    assert frame.info["REF_energy"] == pytest.approx(free.get_potential_energy(), abs=1e-12)
+    assert frame.info["REF_energy"] > 3.0  # EMT's free Cu atom lies ~3.5 eV above its fcc reference
+    assert frame.cell.lengths() == pytest.approx([settings.isolated_atom_box] * 3)
+    assert np.all(frame.arrays["REF_forces"] == 0)
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        label_main(["--in", str(tmp_path / "missing.xyz"), "--out", str(tmp_path / "o.xyz")])
+    assert exc.value.code == 2
+    assert "input file not found" in capsys.readouterr().err
+    src = tmp_path / "in.xyz"
+    write(src, _structures(1))
+    with pytest.raises(SystemExit) as exc:
+        label_main(["--in", str(src), "--out", str(tmp_path / "o.xyz"), "--engine", "vasp"])
+    assert exc.value.code == 2
+    assert "unknown --engine" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- real CP2K
+needs_cp2k = pytest.mark.skipif(shutil.which("cp2k.psmp") is None or shutil.which("mpirun") is None,
+                                reason="CP2K not installed (make dft-setup)")
+
+
+@pytest.mark.slow
+@needs_cp2k
+def test_cp2k_si2_forces_match_finite_differences(tmp_path):
+    """2-atom Si: zero forces in perfect diamond; rattled forces = -dE/dx by central differences."""
+    s = dft.load_settings("configs/dft_pbe.yaml", scratch_dir=str(tmp_path))
+    perfect = bulk("Si", "diamond", a=5.47)
+    perfect.calc = dft.CP2KCalculator(s)
+    assert np.abs(perfect.get_forces()).max() < 1e-3  # eV/Å, by symmetry
+
+    atoms = bulk("Si", "diamond", a=5.47)
+    atoms.positions[0] += [0.08, -0.05, 0.03]
+    atoms.calc = dft.CP2KCalculator(s)
+    force = atoms.get_forces()[0, 0]
+    np.testing.assert_allclose(atoms.get_forces().sum(axis=0), 0, atol=2e-3)
+    h = 0.01
+    energies = []
+    for sign in (+1, -1):
+        displaced = atoms.copy()
+        displaced.positions[0, 0] += sign * h
+        displaced.calc = dft.CP2KCalculator(s)
+        energies.append(displaced.get_potential_energy())
+    assert force == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=5e-3)
