@@ -1,0 +1,232 @@
+"""Report of :func:`mace_transfer.evaluate.evaluate`: ``metrics.json``, ``summary.md``, PNGs.
+
+PNGs (matplotlib, Agg backend): ``force_parity.png``, ``md_survival.png``, ``rdf_<T>K.png``,
+``adf_<T>K.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from mace_transfer.evaluate_properties import PROPERTY_LABELS
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:+.1f}%"
+
+
+def write_report(result: dict, out) -> List[Path]:
+    """Write every report file of ``result`` into directory ``out``; return their paths."""
+    from mace_transfer.evaluate import strip_private
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json", out / "summary.md"]
+    written[0].write_text(json.dumps(strip_private(result), indent=1, allow_nan=True))
+    written[1].write_text(summary_markdown(result))
+    written += plot_parity(result, out)
+    written += plot_survival(result, out)
+    written += plot_structure(result, out)
+    return written
+
+
+# --------------------------------------------------------------------------- markdown
+def summary_markdown(result: dict) -> str:
+    """Markdown tables: errors, MD stability, properties vs reference, RDF/ADF differences."""
+    models = result["models"]
+    labels = list(models)
+    reference = result.get("reference") or {}
+    lines = [f"# Evaluation: diamond {result['element']}", ""]
+    described = ", ".join(f"**{label}** (`{entry['source']}`)" for label, entry in models.items())
+    lines.append(f"Models: {described}. Reference: {reference.get('label', 'none')}.")
+    lines.append("")
+
+    with_errors = [k for k in labels if "errors" in models[k]]
+    if with_errors:
+        lines += ["## Errors vs test set", "",
+                  "| model | config_type | n | E MAE (meV/atom) | E RMSE (meV/atom) | "
+                  "F MAE (meV/Å) | F RMSE (meV/Å) |", "|---|---|---|---|---|---|---|"]
+        for label in with_errors:
+            errors = models[label]["errors"]
+            rows = [("all", errors["overall"])] + list(errors["per_config_type"].items())
+            for kind, stats in rows:
+                lines.append(f"| {label} | {kind} | {stats['n_configs']} | "
+                             f"{_fmt(stats['energy_mae_meV_per_atom'])} | "
+                             f"{_fmt(stats['energy_rmse_meV_per_atom'])} | "
+                             f"{_fmt(stats['force_mae_meV_per_A'])} | "
+                             f"{_fmt(stats['force_rmse_meV_per_A'])} |")
+        lines.append("")
+
+    with_md = [k for k in labels if "md_stability" in models[k]]
+    if with_md:
+        md = result["settings"]["md"]
+        lines += ["## MD stability", "",
+                  f"NVT Langevin, {md['repeat'] ** 3 * 8} atoms, {md['steps']} steps × "
+                  f"{md['timestep_fs']} fs, seeds {md['seeds']}. A run fails on non-finite "
+                  f"values, a pair closer than {md['min_distance_A']} Å, or a one-step energy "
+                  f"jump above {md['max_energy_jump_eV_per_atom']} eV/atom. Cells: surviving "
+                  f"fraction of seeds (mean time held, ps).", ""]
+        temperatures = list(models[with_md[0]]["md_stability"]["per_temperature"])
+        lines.append("| model | " + " | ".join(f"{t} K" for t in temperatures)
+                     + " | highest T held (K) | atom-steps/s |")
+        lines.append("|---" * (len(temperatures) + 3) + "|")
+        for label in with_md:
+            stability = models[label]["md_stability"]
+            cells = [f"{row['survival_fraction']:.2f} ({row['mean_time_held_ps']:.3g})"
+                     for row in stability["per_temperature"].values()]
+            lines.append(f"| {label} | " + " | ".join(cells) +
+                         f" | {_fmt(stability['max_stable_temperature_K'])} | "
+                         f"{_fmt(stability['atom_steps_per_s'], 3)} |")
+        failures = [(label, run) for label in with_md
+                    for run in models[label]["md_stability"]["runs"] if run["failure"]]
+        if failures:
+            lines += ["", "Failures:", ""]
+            lines += [f"- {label}: {run['temperature_K']:g} K seed {run['seed']}: "
+                      f"{run['failure']} at {run['time_to_failure_ps']:.3g} ps"
+                      for label, run in failures]
+        lines.append("")
+
+    ref_props = reference.get("properties", {})
+    keys = [k for k in PROPERTY_LABELS if k in ref_props
+            or any(k in models[m].get("properties", {}) for m in labels)]
+    if keys:
+        lines += ["## Crystal properties", "",
+                  "Value (relative error vs reference). C44 is the relaxed one (internal "
+                  "sublattice relaxation); C44^0 clamps the ions.", ""]
+        lines.append("| property | unit | reference | " + " | ".join(labels) + " |")
+        lines.append("|---" * (len(labels) + 3) + "|")
+        for key in keys:
+            name, unit = PROPERTY_LABELS[key]
+            cells = []
+            for label in labels:
+                value = models[label].get("properties", {}).get(key)
+                relative = models[label].get("comparison", {}).get(key, {}).get("relative_error")
+                cells.append(_fmt(value) + ("" if relative is None else f" ({_percent(relative)})"))
+            lines.append(f"| {name} | {unit} | {_fmt(ref_props.get(key))} | "
+                         + " | ".join(cells) + " |")
+        notes = [(label, w) for label in labels
+                 for w in models[label].get("properties", {}).get("warnings", [])]
+        notes += [("reference", w) for w in ref_props.get("warnings", [])]
+        if notes:
+            lines += ["", "Warnings:", ""] + [f"- {label}: {w}" for label, w in notes]
+        lines.append("")
+
+    with_structure = [k for k in labels if "structure_comparison" in models[k]]
+    if with_structure:
+        lines += ["## Structure from MD (RDF, ADF)", "",
+                  "Relative L1 difference to the reference curve, ∫|y − y_ref| / ∫|y_ref| "
+                  "(0 = identical; – = no curve, e.g. the run failed).", "",
+                  "| model | T (K) | RDF difference | ADF difference |", "|---|---|---|---|"]
+        for label in with_structure:
+            for temperature, row in models[label]["structure_comparison"].items():
+                lines.append(f"| {label} | {temperature} | {_fmt(row['rdf_difference'], 3)} | "
+                             f"{_fmt(row['adf_difference'], 3)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+def plot_parity(result: dict, out: Path) -> List[Path]:
+    """Predicted vs reference force components, one panel per model (eV/Å)."""
+    with_errors = [(k, v["errors"]) for k, v in result["models"].items()
+                   if "errors" in v and "_parity" in v["errors"]]
+    if not with_errors:
+        return []
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(with_errors), figsize=(4.2 * len(with_errors), 4),
+                                squeeze=False)
+    for axis, (label, errors) in zip(axes[0], with_errors):
+        reference, predicted = errors["_parity"]["reference"], errors["_parity"]["predicted"]
+        finite = np.isfinite(predicted)
+        axis.scatter(reference[finite], predicted[finite], s=3, alpha=0.4)
+        span = [float(np.min(reference)), float(np.max(reference))]
+        axis.plot(span, span, "k--", lw=0.8)
+        stats = errors["overall"]
+        axis.set_title(f"{label}: MAE {_fmt(stats['force_mae_meV_per_A'], 3)} meV/Å")
+        axis.set_xlabel("reference force component (eV/Å)")
+        axis.set_ylabel("predicted (eV/Å)")
+    figure.tight_layout()
+    path = out / "force_parity.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]
+
+
+def plot_survival(result: dict, out: Path) -> List[Path]:
+    """Surviving fraction and mean time held (ps) vs temperature (K), all models."""
+    with_md = [(k, v["md_stability"]) for k, v in result["models"].items() if "md_stability" in v]
+    if not with_md:
+        return []
+    plt = _pyplot()
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    for label, stability in with_md:
+        temperatures = [float(t) for t in stability["per_temperature"]]
+        rows = list(stability["per_temperature"].values())
+        top.plot(temperatures, [r["survival_fraction"] for r in rows], "o-", label=label)
+        bottom.plot(temperatures, [r["mean_time_held_ps"] for r in rows], "o-", label=label)
+    top.set_ylabel("fraction of seeds surviving")
+    top.set_ylim(-0.05, 1.05)
+    top.legend()
+    bottom.set_ylabel("mean time held (ps)")
+    bottom.set_xlabel("temperature (K)")
+    figure.tight_layout()
+    path = out / "md_survival.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return [path]
+
+
+def plot_structure(result: dict, out: Path) -> List[Path]:
+    """RDF and ADF per temperature, each model overlaid with the reference."""
+    reference = (result.get("reference") or {}).get("structure", {})
+    temperatures = sorted({t for v in result["models"].values() for t in v.get("structure", {})}
+                          | set(reference), key=float)
+    if not temperatures:
+        return []
+    plt = _pyplot()
+    paths = []
+    for temperature in temperatures:
+        for kind, (x_key, y_key, x_label, y_label) in {
+                "rdf": ("r_A", "g", "r (Å)", "g(r)"),
+                "adf": ("theta_deg", "p", "bond angle (degrees)", "probability density (1/degree)"),
+        }.items():
+            figure, axis = plt.subplots(figsize=(6, 4))
+            curve = reference.get(temperature, {}).get(kind)
+            if curve:
+                label = (result.get("reference") or {}).get("label", "reference")
+                axis.plot(curve[x_key], curve[y_key], "k-", lw=2, label=f"{label} (reference)")
+            for model, entry in result["models"].items():
+                curve = entry.get("structure", {}).get(temperature, {}).get(kind)
+                if curve:
+                    axis.plot(curve[x_key], curve[y_key], lw=1.2, label=model)
+            axis.set_xlabel(x_label)
+            axis.set_ylabel(y_label)
+            axis.set_title(f"{kind.upper()} at {temperature} K")
+            axis.legend()
+            figure.tight_layout()
+            path = out / f"{kind}_{temperature}K.png"
+            figure.savefig(path, dpi=120)
+            plt.close(figure)
+            paths.append(path)
+    return paths
