@@ -175,7 +175,77 @@ def label_main(argv: Optional[Sequence[str]] = None) -> None:
 
 # --------------------------------------------------------------------------- eval
 def _eval(argv):
-    raise UserInputError("mace_transfer_eval is not implemented yet (issue: evaluation)")
+    from mace_transfer import evaluate
+    from mace_transfer.evaluate_md import MDSettings
+
+    def floats(text):
+        try:
+            return [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+    def ints(text):
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+
+    def names(text):
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    defaults = MDSettings()
+    parser = argparse.ArgumentParser(
+        prog="mace_transfer_eval",
+        description="Errors vs a test set, MD stability and crystal properties vs a reference, "
+        "for one or several MACE models; writes metrics.json, summary.md and PNGs to --out.")
+    parser.add_argument("models", nargs="+", metavar="MODEL.model", help="MACE model file(s)")
+    parser.add_argument("--test", required=True, metavar="TEST.xyz",
+                        help="extxyz with REF_energy, REF_forces (eV, eV/Å) and config_type")
+    parser.add_argument("--reference", default=None,
+                        help=f"{'|'.join(evaluate.REFERENCE_NAMES)} or a JSON file of values "
+                        "(keys: lattice_constant_A, bulk_modulus_GPa, C11_GPa, ...)")
+    parser.add_argument("--out", default="eval", metavar="DIR", help="output directory")
+    parser.add_argument("--labels", type=names, default=None, help="comma-separated model names")
+    parser.add_argument("--element", default=None,
+                        help="element of the diamond crystal (default: from reference/test file)")
+    parser.add_argument("--temperatures", type=floats, default=list(defaults.temperatures_K),
+                        help="MD temperature ladder, K (default %(default)s)")
+    parser.add_argument("--md-steps", type=int, default=defaults.steps,
+                        help="steps per MD run (default %(default)s)")
+    parser.add_argument("--timestep", type=float, default=defaults.timestep_fs,
+                        help="MD timestep, fs (default %(default)s)")
+    parser.add_argument("--seeds", type=ints, default=list(defaults.seeds),
+                        help="MD seeds (default %(default)s)")
+    parser.add_argument("--supercell", type=int, default=defaults.repeat,
+                        help="MD cell: N x N x N cubic 8-atom cells (default %(default)s = 64 atoms)")
+    parser.add_argument("--min-distance", type=float, default=defaults.min_distance_A,
+                        help="MD fails below this interatomic distance, Å (default %(default)s)")
+    parser.add_argument("--max-energy-jump", type=float,
+                        default=defaults.max_energy_jump_eV_per_atom,
+                        help="MD fails on a larger one-step energy change, eV/atom "
+                        "(default %(default)s)")
+    parser.add_argument("--structure-temperatures", type=floats, default=None,
+                        help="temperatures (K) for RDF/ADF (default: lowest and highest of ladder)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    parser.add_argument("--skip", type=names, default=[],
+                        help=f"comma-separated parts to skip: {','.join(evaluate.SKIPPABLE)}")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    for value, flag in ((args.md_steps, "--md-steps"), (args.timestep, "--timestep"),
+                        (args.supercell, "--supercell"), (args.min_distance, "--min-distance"),
+                        (args.max_energy_jump, "--max-energy-jump")):
+        if value <= 0:
+            raise UserInputError(f"{flag} must be positive, got {value}")
+    settings = MDSettings(temperatures_K=tuple(args.temperatures), seeds=tuple(args.seeds),
+                          steps=args.md_steps, timestep_fs=args.timestep, repeat=args.supercell,
+                          min_distance_A=args.min_distance,
+                          max_energy_jump_eV_per_atom=args.max_energy_jump,
+                          structure_temperatures_K=tuple(args.structure_temperatures or ()))
+    evaluate.evaluate(args.models, args.test, args.reference, labels=args.labels,
+                      element=args.element, out=args.out, md_settings=settings,
+                      device=args.device, skip=args.skip, progress=not args.no_progress)
+    print(f"report: {args.out}/summary.md, {args.out}/metrics.json")
+    return 0
 
 
 def eval_main(argv: Optional[Sequence[str]] = None) -> None:
