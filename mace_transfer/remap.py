@@ -350,3 +350,126 @@ def _copy_plain_attributes(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     for a, b in zip(src.interactions, dst.interactions):
         b.avg_num_neighbors = a.avg_num_neighbors
     dst.to(next(src.parameters()).device)
+
+
+# ----------------------------------------------------------------------------- corresponding states
+def predict(model: torch.nn.Module, atoms) -> Tuple[float, np.ndarray]:
+    """Energy (eV) and forces (eV/Å) of ``atoms`` under an in-memory MACE model.
+
+    A direct call on MACE's own data pipeline (no TorchScript compile, unlike MACECalculator),
+    in the model's dtype; the model is not modified.
+    """
+    from mace import data as mace_data
+    from mace.tools import AtomicNumberTable, torch_geometric
+
+    dtype = next(model.parameters()).dtype
+    table = AtomicNumberTable(model_elements(model))
+    unknown = sorted(set(int(z) for z in atoms.numbers) - set(table.zs))
+    if unknown:
+        raise UserInputError(f"model has no {_symbols(unknown)} (it has {_symbols(table.zs)})")
+    config = mace_data.config_from_atoms(atoms)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        data = mace_data.AtomicData.from_config(config, z_table=table, cutoff=float(model.r_max))
+        batch = next(iter(torch_geometric.dataloader.DataLoader([data], batch_size=1)))
+    finally:
+        torch.set_default_dtype(previous)
+    device = next(model.parameters()).device
+    out = model(batch.to(device).to_dict(), compute_force=True, training=False)
+    return float(out["energy"].detach().sum()), out["forces"].detach().cpu().numpy()
+
+
+def nearest_neighbour_distance(atoms_list: Sequence) -> float:
+    """Median over all atoms of the distance to the nearest neighbour (Å)."""
+    from ase.neighborlist import neighbor_list
+
+    nearest = []
+    for atoms in atoms_list:
+        i, d = neighbor_list("id", atoms, 6.0)
+        if len(d) == 0:
+            continue
+        per_atom = np.full(len(atoms), np.inf)
+        np.minimum.at(per_atom, i, d)
+        nearest.extend(per_atom[np.isfinite(per_atom)])
+    if not nearest:
+        raise UserInputError("no neighbours within 6 Å in the target data: cannot estimate a length scale")
+    return float(np.median(nearest))
+
+
+def equilibrium_nearest_neighbour(model: torch.nn.Module, element: ElementLike) -> float:
+    """Nearest-neighbour distance (Å) of ``element``'s ASE reference crystal at the model's minimum.
+
+    The reference structure (``ase.build.bulk``, e.g. diamond for Si) is scaled isotropically
+    over ±8 % and the energy minimum is found by an equation-of-state fit.
+    """
+    from ase.build import bulk
+    from ase.eos import EquationOfState
+
+    symbol = chemical_symbols[to_atomic_number(element)]
+    try:
+        ref = bulk(symbol)
+    except Exception as exc:  # noqa: BLE001
+        raise UserInputError(f"no ASE reference crystal for {symbol}: {exc}") from None
+    volumes, energies = [], []
+    for f in np.linspace(0.92, 1.08, 9):
+        atoms = ref.copy()
+        atoms.set_cell(ref.cell * f, scale_atoms=True)
+        volumes.append(atoms.get_volume())
+        energies.append(predict(model, atoms)[0])
+    v0, _, _ = EquationOfState(volumes, energies).fit()
+    atoms = ref.copy()
+    atoms.set_cell(ref.cell * (v0 / ref.get_volume()) ** (1 / 3), scale_atoms=True)
+    return nearest_neighbour_distance([atoms])
+
+
+def estimate_corresponding_states(
+    model: torch.nn.Module,
+    element_map: Union[str, Mapping[ElementLike, ElementLike]],
+    target_atoms: Sequence,
+    *,
+    forces_key: str = "REF_forces",
+    length_scale: Optional[float] = None,
+) -> Dict[str, float]:
+    """Estimate the corresponding-states scales s (length) and k (energy) from target data.
+
+    * s = median nearest-neighbour distance of the target structures / nearest-neighbour distance
+      of the source element's reference crystal at the source model's equilibrium (skipped when
+      ``length_scale`` is given). Thermal expansion of MD data biases s up by a few 0.1 %.
+    * k from forces, which do not depend on E0s: with F_new(R) = (k/s)·F_src(R/s),
+      k = s·Σ F_target·F_src / Σ F_src·F_src, where F_src is the source model on each target
+      structure shrunk by 1/s with target species mapped back to source species (eV/Å).
+    """
+    mapping = parse_element_map(element_map)
+    inverse = {t: s for s, t in mapping.items()}
+    frames = list(target_atoms)
+    if not frames:
+        raise UserInputError("no target structures to estimate corresponding states from")
+    details: Dict[str, float] = {}
+    if length_scale is None:
+        if len(mapping) != 1:
+            raise UserInputError("'auto' length scale needs a single source:target pair")
+        (source,) = mapping
+        d_target = nearest_neighbour_distance(frames)
+        d_source = equilibrium_nearest_neighbour(model, source)
+        length_scale = d_target / d_source
+        details.update(nn_target=d_target, nn_source=d_source)
+    num = den = 0.0
+    for atoms in frames:
+        if forces_key not in atoms.arrays:
+            raise UserInputError(f"target structure without {forces_key!r} forces")
+        f_target = np.asarray(atoms.arrays[forces_key])
+        shrunk = atoms.copy()
+        shrunk.calc = None
+        shrunk.numbers = [inverse.get(int(z), int(z)) for z in shrunk.numbers]
+        shrunk.set_cell(shrunk.cell / length_scale, scale_atoms=True)
+        f_src = predict(model, shrunk)[1]
+        num += float(np.sum(f_target * f_src))
+        den += float(np.sum(f_src * f_src))
+    if den <= 0:
+        raise UserInputError("source model gives zero forces on the target data: cannot fit k")
+    energy_scale = length_scale * num / den
+    if energy_scale <= 0:
+        raise UserInputError(f"fitted energy scale {energy_scale:.3g} is not positive")
+    details.update(length_scale=float(length_scale), energy_scale=float(energy_scale))
+    return details

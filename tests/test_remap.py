@@ -1,0 +1,199 @@
+"""Species remap is exact: the remapped model reproduces the source to float64 round-off."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import energy_forces, make_mace_model, rattled_diamond
+
+from mace_transfer import UserInputError
+from mace_transfer.remap import (
+    estimate_corresponding_states,
+    load_model,
+    parse_element_map,
+    remap_elements,
+)
+
+INTERACTIONS = [
+    "RealAgnosticResidualInteractionBlock",
+    "RealAgnosticInteractionBlock",
+    "RealAgnosticDensityResidualInteractionBlock",
+    "RealAgnosticResidualNonLinearInteractionBlock",
+]
+
+
+def _e0(model, z):
+    zs = [int(x) for x in model.atomic_numbers]
+    return float(model.atomic_energies_fn.atomic_energies[..., zs.index(z)])
+
+
+def _binding(model, atoms):
+    """E - ΣE0 (eV) and forces (eV/Å)."""
+    energy, forces = energy_forces(model, atoms)
+    e0 = sum(_e0(model, z) for z in atoms.numbers)
+    return energy - e0, forces
+
+
+def _as(atoms, mapping):
+    out = atoms.copy()
+    out.numbers = [mapping.get(int(z), int(z)) for z in out.numbers]
+    return out
+
+
+@pytest.mark.parametrize("interaction", INTERACTIONS)
+def test_replace_reproduces_source(interaction):
+    src = make_mace_model([14], interaction)
+    before = {k: v.clone() for k, v in src.state_dict().items()}
+    ge = remap_elements(src, {"Si": "Ge"}, atomic_energies={"Ge": -7.25})
+    assert [int(z) for z in ge.atomic_numbers] == [32]
+    assert _e0(ge, 32) == -7.25
+    si_cell = rattled_diamond("Si")
+    e_src, f_src = _binding(src, si_cell)
+    e_new, f_new = _binding(ge, _as(si_cell, {14: 32}))
+    assert abs(e_src) > 1e-3  # a non-trivial energy
+    assert e_new == pytest.approx(e_src, abs=1e-6)
+    np.testing.assert_allclose(f_new, f_src, atol=1e-8)
+    # the input model is never modified
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("interaction", INTERACTIONS)
+def test_extend_keeps_source_and_copies_target(interaction):
+    src = make_mace_model([14], interaction)
+    sige = remap_elements(src, "Si:Ge", mode="extend")
+    assert [int(z) for z in sige.atomic_numbers] == [14, 32]
+    si_cell = rattled_diamond("Si", repeat=(1, 1, 1))
+    e_src, f_src = _binding(src, si_cell)
+    e_si, f_si = _binding(sige, si_cell)
+    e_ge, f_ge = _binding(sige, _as(si_cell, {14: 32}))
+    assert e_si == pytest.approx(e_src, abs=1e-6)
+    assert e_ge == pytest.approx(e_src, abs=1e-6)
+    np.testing.assert_allclose(f_si, f_src, atol=1e-8)
+    np.testing.assert_allclose(f_ge, f_src, atol=1e-8)
+    # Ge is an exact copy of Si, so a mixed cell has the same binding energy as pure Si
+    mixed = si_cell.copy()
+    mixed.numbers[::2] = 32
+    e_mix, f_mix = _binding(sige, mixed)
+    assert e_mix == pytest.approx(e_src, abs=1e-6)
+    np.testing.assert_allclose(f_mix, f_src, atol=1e-8)
+
+
+def test_multi_element_source_with_reordering():
+    src = make_mace_model([6, 14], seed=3)  # C + Si
+    cell = rattled_diamond("Si", a=5.0)
+    cell.numbers[[0, 3, 5]] = 6
+    e_src, f_src = _binding(src, cell)
+    # Si -> Ge keeps the order [C, Ge]
+    cge = remap_elements(src, {"Si": "Ge"})
+    assert [int(z) for z in cge.atomic_numbers] == [6, 32]
+    e1, f1 = _binding(cge, _as(cell, {14: 32}))
+    assert e1 == pytest.approx(e_src, abs=1e-6)
+    np.testing.assert_allclose(f1, f_src, atol=1e-8)
+    # C -> Sn reorders: [Si, Sn], tensors permuted
+    sisn = remap_elements(src, {"C": "Sn"})
+    assert [int(z) for z in sisn.atomic_numbers] == [14, 50]
+    e2, f2 = _binding(sisn, _as(cell, {6: 50}))
+    assert e2 == pytest.approx(e_src, abs=1e-6)
+    np.testing.assert_allclose(f2, f_src, atol=1e-8)
+    # swapping both elements is a pure permutation
+    swapped = remap_elements(src, {"C": "Si", "Si": "C"})
+    e3, f3 = _binding(swapped, _as(cell, {6: 14, 14: 6}))
+    assert e3 == pytest.approx(e_src, abs=1e-6)
+    np.testing.assert_allclose(f3, f_src, atol=1e-8)
+    # extend a two-element model: C, Si + Ge (copy of Si)
+    csige = remap_elements(src, {"Si": "Ge"}, mode="extend")
+    assert [int(z) for z in csige.atomic_numbers] == [6, 14, 32]
+    mixed = cell.copy()
+    mixed.numbers[[1, 2]] = 32
+    e4, f4 = _binding(csige, mixed)
+    assert e4 == pytest.approx(e_src, abs=1e-6)
+    np.testing.assert_allclose(f4, f_src, atol=1e-8)
+
+
+@pytest.mark.parametrize("s,k", [(1.042, 0.89), (0.95, 1.3)])
+def test_corresponding_states_rescale(s, k):
+    src = make_mace_model([14])
+    ge = remap_elements(src, {"Si": "Ge"}, length_scale=s, energy_scale=k, atomic_energies={"Ge": -1.0})
+    assert float(ge.r_max) == pytest.approx(float(src.r_max) * s)
+    si_cell = rattled_diamond("Si")
+    e_src, f_src = _binding(src, si_cell)
+    ge_cell = _as(si_cell, {14: 32})
+    ge_cell.set_cell(ge_cell.cell * s, scale_atoms=True)
+    e_new, f_new = _binding(ge, ge_cell)
+    assert e_new == pytest.approx(k * e_src, abs=1e-6)
+    np.testing.assert_allclose(f_new, (k / s) * f_src, atol=1e-8)
+
+
+def test_save_reload_and_calculator(tmp_path):
+    from mace.calculators import MACECalculator
+
+    ge = remap_elements(make_mace_model([14]), {"Si": "Ge"}, atomic_energies={"Ge": -4.0})
+    path = tmp_path / "ge.model"
+    torch.save(ge, path)
+    reloaded = load_model(path)
+    calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    atoms = _as(rattled_diamond("Si"), {14: 32})
+    atoms.calc = calc
+    e_file = atoms.get_potential_energy()
+    e_mem, _ = energy_forces(reloaded, atoms)
+    assert e_file == pytest.approx(e_mem, abs=1e-9)
+    assert np.isfinite(atoms.get_forces()).all()
+
+
+@pytest.mark.slow
+def test_lammps_export_accepts_remapped(tmp_path):
+    import subprocess
+    import sys
+
+    ge = remap_elements(make_mace_model([14]), {"Si": "Ge"}, atomic_energies={"Ge": -4.0})
+    path = tmp_path / "ge.model"
+    torch.save(ge, path)
+    subprocess.run(
+        [sys.executable, "-m", "mace.cli.create_lammps_model", str(path)], check=True, cwd=tmp_path
+    )
+    assert (tmp_path / "ge.model-lammps.pt").is_file()
+
+
+def test_estimate_corresponding_states_recovers_known_scales():
+    """Target data made by a rescaled copy of the source: the estimate recovers s and k."""
+    src = make_mace_model([14], correlation=2)
+    s_true, k_true = 1.04, 0.9
+    target = remap_elements(src, {"Si": "Ge"}, length_scale=s_true, energy_scale=k_true)
+    frames = []
+    for seed in range(3):
+        atoms = _as(rattled_diamond("Si", a=5.43 * s_true, rattle=0.05, seed=seed), {14: 32})
+        _, forces = energy_forces(target, atoms)
+        atoms.arrays["REF_forces"] = forces
+        frames.append(atoms)
+    est = estimate_corresponding_states(src, {14: 32}, frames, length_scale=s_true)
+    assert est["length_scale"] == pytest.approx(s_true)
+    assert est["energy_scale"] == pytest.approx(k_true, rel=1e-6)
+
+
+def test_errors():
+    src = make_mace_model([14])
+    with pytest.raises(UserInputError, match="not in the model"):
+        remap_elements(src, {"C": "Ge"})
+    with pytest.raises(UserInputError, match="unknown element"):
+        parse_element_map("Si:Xx")
+    with pytest.raises(UserInputError, match="twice"):
+        parse_element_map("Si:Ge,C:Ge")
+    with pytest.raises(UserInputError, match="rescale"):
+        remap_elements(src, {"Si": "Ge"}, mode="extend", length_scale=1.1)
+    with pytest.raises(UserInputError, match="already in the model"):
+        remap_elements(make_mace_model([14, 32]), {"Si": "Ge"})
+    with pytest.raises(UserInputError, match="is not a MACE model"):
+        remap_elements(torch.nn.Linear(2, 2), {"Si": "Ge"})
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        load_model(tmp_path / "missing.model")
+    bad = tmp_path / "bad.model"
+    bad.write_text("not a model")
+    with pytest.raises(UserInputError, match="not a readable MACE model"):
+        load_model(bad)
+    other = tmp_path / "other.model"
+    torch.save(torch.nn.Linear(2, 2), other)
+    with pytest.raises(UserInputError, match="not a MACE model"):
+        load_model(other)
