@@ -75,8 +75,9 @@ import logging
 import math
 import re
 import sys
+import weakref
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -105,7 +106,7 @@ GENERAL_BLOCKS = ("interactions", "products", "readouts")
 EMBEDDING = "embedding"
 RADIAL = "radial"
 REGEX_PREFIX = "re:"
-#: tag put in every param group the seam builds; its value identifies the seam session
+#: key of the info dict (nominal lr, held for thawing) put in every param group the seam builds
 GROUP_TAG = "mace_transfer_seam"
 
 #: state dict (cloned, CPU) of the model the last seam saw at optimizer creation, before any step
@@ -428,11 +429,16 @@ class SeamSession:
     unfreeze_step: Optional[int] = None
     unfrozen_at_step: Optional[int] = None
     restored_after_training: bool = False
+    #: weak reference to the optimizer MACE built from our groups (set at its first step)
+    optimizer_ref: Optional[Callable] = None
+    #: indices (into the optimizer's param groups) of held groups -> their lr once thawed
+    _pending: Dict[int, float] = field(default_factory=dict)
+    #: (index, nominal lr) of a live group: its lr / nominal lr is the scheduler's decay so far
+    _reference: Optional[Tuple[int, float]] = None
+    #: (group name, lr, parameter names) of every optimizer group at the first step
+    groups_at_first_step: List[Tuple[str, float, List[str]]] = field(default_factory=list)
+    _param_ids: set = field(default_factory=set)
     _hook_handles: List = field(default_factory=list)
-
-    @property
-    def token(self) -> int:
-        return id(self)
 
     # -- the wrapper that replaces mace.cli.run_train.get_params_options
     def get_params_options(self, args, model: torch.nn.Module):
@@ -458,9 +464,19 @@ class SeamSession:
             key: value.detach().clone().cpu() for key, value in model.state_dict().items()
         }
         names = {id(p): n for n, p in model.named_parameters()}
-        new_groups, lrs = _split_groups(options, names, plan, self.token)
-        if not any(g[GROUP_TAG + "_pending"] is False for g in new_groups):
+        new_groups, lrs = _split_groups(options, names, plan)
+        self._pending = {
+            i: g[GROUP_TAG]["nominal_lr"] for i, g in enumerate(new_groups) if g[GROUP_TAG]["held"]
+        }
+        live = [i for i, g in enumerate(new_groups) if not g[GROUP_TAG]["held"]]
+        if not live:
             raise UserInputError("every parameter is frozen: nothing left to train")
+        self._reference = next(
+            ((i, new_groups[i][GROUP_TAG]["nominal_lr"]) for i in live
+             if new_groups[i][GROUP_TAG]["nominal_lr"] > 0),
+            None,
+        )
+        self._param_ids = {id(p) for g in new_groups for p in g["params"]}
         for name, param in model.named_parameters():
             if plan[name].state != "trainable":
                 param.requires_grad_(False)
@@ -482,10 +498,20 @@ class SeamSession:
 
     # -- global optimizer step post-hook (public torch API)
     def on_optimizer_step(self, optimizer, args, kwargs) -> None:
-        if not any(g.get(GROUP_TAG) == self.token for g in optimizer.param_groups):
+        # ours = built from the seam's groups; identified by parameter identity, which survives
+        # optimizer.load_state_dict (that replaces the group dicts by the checkpoint's)
+        if not self._param_ids or not any(
+            id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"]
+        ):
             return
         self.steps += 1
         if self.steps == 1:
+            self.optimizer_ref = weakref.ref(optimizer)
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            self.groups_at_first_step = [
+                (g.get("name", "?"), float(g["lr"]), [names.get(id(p), "?") for p in g["params"]])
+                for g in optimizer.param_groups
+            ]
             self._hook_handles.append(
                 optimizer.register_load_state_dict_post_hook(self._on_checkpoint_loaded)
             )
@@ -497,23 +523,22 @@ class SeamSession:
             self._unfreeze(optimizer)
 
     def _unfreeze(self, optimizer) -> None:
+        groups = optimizer.param_groups
         scale = 1.0
-        for group in optimizer.param_groups:
-            nominal = group.get(GROUP_TAG + "_nominal_lr", 0.0)
-            if group.get(GROUP_TAG + "_pending") is False and nominal > 0:
-                scale = float(group["lr"]) / nominal
-                break
+        if self._reference is not None:
+            index, nominal = self._reference
+            scale = float(groups[index]["lr"]) / nominal
         thawed = []
-        for group in optimizer.param_groups:
-            if group.get(GROUP_TAG) != self.token or not group.get(GROUP_TAG + "_pending"):
-                continue
-            group["lr"] = group[GROUP_TAG + "_nominal_lr"] * scale
+        for index, nominal in sorted(self._pending.items()):
+            group = groups[index]
+            group["lr"] = nominal * scale
             if "initial_lr" in group:
-                group["initial_lr"] = group[GROUP_TAG + "_nominal_lr"]
-            group[GROUP_TAG + "_pending"] = False
+                group["initial_lr"] = nominal
+            group[GROUP_TAG] = dict(group.get(GROUP_TAG, {}), held=False)
             for param in group["params"]:
                 param.requires_grad_(True)
             thawed.append(f"{group.get('name', '?')} (lr {group['lr']:.3g})")
+        self._pending = {}
         self.unfrozen_at_step = self.steps
         log.info(
             "mace-transfer: unfreezing after epoch %d (optimizer step %d): %s",
@@ -556,7 +581,7 @@ def _steps_per_epoch_from_caller() -> int:
     return max(1, len(loader))
 
 
-def _split_groups(options, names: Dict[int, str], plan: Dict[str, ParamPlan], token: int):
+def _split_groups(options, names: Dict[int, str], plan: Dict[str, ParamPlan]):
     """Split every MACE group by block; drop frozen parameters; hold thawing ones at lr 0.
 
     Returns (new groups, parameter name -> list of group learning rates)."""
@@ -578,9 +603,8 @@ def _split_groups(options, names: Dict[int, str], plan: Dict[str, ParamPlan], to
             new = {k: v for k, v in group.items() if k != "params"}
             new["params"] = [param for _, param in members]
             new["name"] = f"{group.get('name', 'group')}:{label.replace(' ', '')}"
-            new[GROUP_TAG] = token
-            new[GROUP_TAG + "_nominal_lr"] = base_lr * factor
-            new[GROUP_TAG + "_pending"] = state == "thaws"
+            # bookkeeping shown in the optimizer's state dict; the seam itself keeps its own copy
+            new[GROUP_TAG] = {"nominal_lr": base_lr * factor, "held": state == "thaws"}
             new["lr"] = 0.0 if state == "thaws" else base_lr * factor
             new_groups.append(new)
             for name, _ in members:
