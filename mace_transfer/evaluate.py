@@ -245,9 +245,11 @@ def choose_element(element: Optional[str], reference: Optional[Reference],
     """The element whose diamond crystal is measured: explicit, else the reference's, else
     the test file's (single element), else the one element every model knows."""
     candidates = [element, reference.element if reference else None]
+    in_test = None
     if frames:
         found = {s for atoms in frames for s in atoms.get_chemical_symbols()}
-        candidates.append(found.pop() if len(found) == 1 else None)
+        in_test = found.pop() if len(found) == 1 else None
+        candidates.append(in_test)
     known = [set(m.elements) for m in models if m.elements is not None]
     if known and len(set.intersection(*known)) == 1:
         candidates.append(next(iter(set.intersection(*known))))
@@ -260,6 +262,9 @@ def choose_element(element: Optional[str], reference: Optional[Reference],
     if reference and reference.element and reference.element != chosen:
         raise UserInputError(f"reference {reference.label} describes {reference.element}, "
                              f"not {chosen}")
+    if in_test and in_test != chosen:
+        raise UserInputError(f"the test set holds only {in_test} but the crystal to measure is "
+                             f"{chosen} (from the reference or --element)")
     return chosen
 
 
@@ -269,7 +274,8 @@ def check_elements(model: Model, elements: Sequence[str], where: str) -> None:
         return
     missing = sorted(set(elements) - set(model.elements))
     if missing:
-        raise UserInputError(f"model {model.source} has no {', '.join(missing)} (present in "
+        name = model.source if model.source.endswith(".model") else model.label
+        raise UserInputError(f"model {name} has no {', '.join(missing)} (present in "
                              f"{where}); it knows {', '.join(model.elements)}")
 
 
