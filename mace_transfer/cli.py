@@ -24,7 +24,25 @@ def _guarded(func: Callable[[Optional[Sequence[str]]], Optional[int]], argv) -> 
 
 
 # --------------------------------------------------------------------------- train
+def _pipeline_file(argv) -> Optional[str]:
+    """The value of ``--pipeline`` in ``argv`` (``--pipeline F`` or ``--pipeline=F``), else None."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, item in enumerate(argv):
+        if item == "--pipeline":
+            if i + 1 >= len(argv):
+                raise UserInputError("--pipeline needs a YAML file")
+            return argv[i + 1]
+        if item.startswith("--pipeline="):
+            return item.split("=", 1)[1]
+    return None
+
+
 def _train(argv):
+    pipeline_file = _pipeline_file(argv)
+    if pipeline_file is not None:
+        from mace_transfer import pipeline
+
+        return pipeline.run_pipeline_file(pipeline_file)
     from mace_transfer import train
 
     return train.main(argv)
@@ -37,7 +55,49 @@ def train_main(argv: Optional[Sequence[str]] = None) -> None:
 
 # --------------------------------------------------------------------------- remap
 def _remap(argv):
-    raise UserInputError("mace_transfer_remap is not implemented yet (issue: species remap)")
+    parser = argparse.ArgumentParser(
+        prog="mace_transfer_remap",
+        description="Remap the elements of a trained MACE model (e.g. Si -> Ge), exactly.",
+    )
+    parser.add_argument("input", help="source MACE .model file")
+    parser.add_argument("output", help="remapped MACE .model file to write")
+    parser.add_argument("--element_map", required=True, help="source:target pairs, e.g. Si:Ge")
+    parser.add_argument("--mode", choices=["replace", "extend"], default="replace")
+    parser.add_argument("--length_scale", type=float, default=1.0, help="corresponding-states s")
+    parser.add_argument("--energy_scale", type=float, default=1.0, help="corresponding-states k")
+    parser.add_argument("--E0s", default=None, help='E0 per element in eV, JSON: \'{"Ge": -4.5}\'')
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = parser.parse_args(argv)
+
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from mace_transfer import remap
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise UserInputError(f"{out} exists (pass --overwrite to replace it)")
+    e0s = None
+    if args.E0s:
+        try:
+            e0s = json.loads(args.E0s)
+        except json.JSONDecodeError:
+            raise UserInputError(f"--E0s is not JSON: {args.E0s!r}") from None
+    model = remap.load_model(args.input)
+    new = remap.remap_elements(
+        model,
+        args.element_map,
+        mode=args.mode,
+        atomic_energies=e0s,
+        length_scale=args.length_scale,
+        energy_scale=args.energy_scale,
+    )
+    torch.save(new, out)
+    zs = remap.model_elements(new)
+    print(f"wrote {out}: elements {remap.symbols(zs)}")
+    return 0
 
 
 def remap_main(argv: Optional[Sequence[str]] = None) -> None:

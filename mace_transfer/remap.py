@@ -96,7 +96,7 @@ def parse_element_map(
     return mapping
 
 
-def _symbols(zs: Iterable[int]) -> str:
+def symbols(zs: Iterable[int]) -> str:
     return ",".join(chemical_symbols[int(z)] for z in zs)
 
 
@@ -155,21 +155,21 @@ def plan_elements(
     missing = [z for z in element_map if z not in source_zs]
     if missing:
         raise UserInputError(
-            f"source element {_symbols(missing)} is not in the model (it has {_symbols(source_zs)})"
+            f"source element {symbols(missing)} is not in the model (it has {symbols(source_zs)})"
         )
     if mode == "replace":
         remaining = set(source_zs) - set(element_map)
         clash = [z for z in element_map.values() if z in remaining]
         if clash:
             raise UserInputError(
-                f"target element {_symbols(clash)} is already in the model; "
+                f"target element {symbols(clash)} is already in the model; "
                 "use --remap_mode extend or map it away too"
             )
         pairs = [(element_map.get(z, z), i) for i, z in enumerate(source_zs)]
     else:
         clash = [z for z in element_map.values() if z in source_zs]
         if clash:
-            raise UserInputError(f"target element {_symbols(clash)} is already in the model")
+            raise UserInputError(f"target element {symbols(clash)} is already in the model")
         pairs = [(z, i) for i, z in enumerate(source_zs)]
         pairs += [(tgt, source_zs.index(src)) for src, tgt in element_map.items()]
     pairs.sort()
@@ -264,11 +264,11 @@ def remap_elements(
     given = {to_atomic_number(z): float(e) for z, e in (atomic_energies or {}).items()}
     unknown = [z for z in given if z not in new_zs]
     if unknown:
-        raise UserInputError(f"E0 given for {_symbols(unknown)}, not in the new model ({_symbols(new_zs)})")
+        raise UserInputError(f"E0 given for {symbols(unknown)}, not in the new model ({symbols(new_zs)})")
     kept = [z for z in mapping.values() if z not in given]
     if kept:
         warnings.warn(
-            f"no E0 given for {_symbols(kept)}: keeping the source element's E0 "
+            f"no E0 given for {symbols(kept)}: keeping the source element's E0 "
             "(pass atomic_energies / --E0s for the target)"
         )
     for z, e0 in given.items():
@@ -334,7 +334,7 @@ def remap_elements(
     new_model.eval()
     logging.info(
         "remapped %s -> %s (mode=%s, s=%.6g, k=%.6g)",
-        _symbols(source_zs), _symbols(new_zs), mode, length_scale, energy_scale,
+        symbols(source_zs), symbols(new_zs), mode, length_scale, energy_scale,
     )
     return new_model
 
@@ -366,7 +366,7 @@ def predict(model: torch.nn.Module, atoms) -> Tuple[float, np.ndarray]:
     table = AtomicNumberTable(model_elements(model))
     unknown = sorted(set(int(z) for z in atoms.numbers) - set(table.zs))
     if unknown:
-        raise UserInputError(f"model has no {_symbols(unknown)} (it has {_symbols(table.zs)})")
+        raise UserInputError(f"model has no {symbols(unknown)} (it has {symbols(table.zs)})")
     config = mace_data.config_from_atoms(atoms)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

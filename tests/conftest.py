@@ -14,7 +14,7 @@ def make_mace_model(
     *,
     r_max=4.5,
     hidden="8x0e+8x1o",
-    correlation=3,
+    correlation=2,
     seed=0,
     dtype=torch.float64,
 ):

@@ -1,0 +1,104 @@
+"""mace_transfer_train is a drop-in superset of mace_run_train."""
+
+import numpy as np
+import pytest
+import torch
+from ase.io import read, write
+from conftest import energy_forces, make_mace_model, rattled_diamond, write_sw_si_dataset
+
+from mace_transfer import UserInputError, train
+from mace_transfer.cli import _guarded, _train
+
+TINY = [
+    "--num_channels", "8", "--max_L", "0", "--r_max", "4.0", "--num_radial_basis", "6",
+    "--correlation", "2", "--batch_size", "2", "--valid_batch_size", "2",
+    "--max_num_epochs", "2", "--device", "cpu", "--default_dtype", "float64", "--seed", "1",
+    "--valid_fraction", "0.34", "--energy_key", "REF_energy", "--forces_key", "REF_forces",
+]
+
+
+def _dirs(tmp_path, tag):
+    d = tmp_path / tag
+    return [
+        "--name", tag, "--model_dir", str(d), "--checkpoints_dir", str(d / "ckpt"),
+        "--results_dir", str(d / "res"), "--log_dir", str(d / "log"),
+    ]
+
+
+def _state(path):
+    model = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def si_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "si.xyz"
+    write_sw_si_dataset(path, n=6)
+    return path
+
+
+def test_without_our_flags_trains_exactly_what_mace_trains(tmp_path, si_data):
+    from mace.cli.run_train import run as mace_run
+    from mace.tools import build_default_arg_parser
+
+    common = ["--train_file", str(si_data), "--E0s", "average"] + TINY
+    mace_run(build_default_arg_parser().parse_args(common + _dirs(tmp_path, "mace")))
+    assert train.main(common + _dirs(tmp_path, "ours")) == 0
+    ref = _state(tmp_path / "mace" / "mace.model")
+    ours = _state(tmp_path / "ours" / "ours.model")
+    assert ref.keys() == ours.keys()
+    for key in ref:
+        np.testing.assert_allclose(ours[key].numpy(), ref[key].numpy(), rtol=0, atol=1e-12, err_msg=key)
+    # and the output is an ordinary MACE model for MACECalculator
+    from mace.calculators import MACECalculator
+
+    atoms = rattled_diamond("Si")
+    atoms.calc = MACECalculator(model_paths=str(tmp_path / "ours" / "ours.model"), device="cpu", default_dtype="float64")
+    assert np.isfinite(atoms.get_potential_energy())
+    assert atoms.get_forces().shape == (8, 3)
+
+
+def test_source_model_remap_starts_training_from_remapped_weights(tmp_path, si_data):
+    """lr = 0: MACE's foundation path must hand back our remapped model unchanged (Ge, our E0)."""
+    src = make_mace_model([14], r_max=4.0)
+    src_path = tmp_path / "si.model"
+    torch.save(src, src_path)
+    frames = read(si_data, ":")
+    for atoms in frames:
+        atoms.numbers = [32] * len(atoms)
+    ge_data = tmp_path / "ge.xyz"
+    write(ge_data, frames, format="extxyz")
+    argv = (
+        ["--train_file", str(ge_data), "--source_model", str(src_path), "--element_map", "Si:Ge",
+         "--E0s", "{32: -3.5}", "--lr", "0.0"]
+        + TINY
+        + _dirs(tmp_path, "ge")
+    )
+    assert train.main(argv) == 0
+    out = torch.load(tmp_path / "ge" / "ge.model", map_location="cpu", weights_only=False)
+    assert [int(z) for z in out.atomic_numbers] == [32]
+    assert float(out.atomic_energies_fn.atomic_energies.reshape(-1)[0]) == pytest.approx(-3.5)
+    atoms = rattled_diamond("Si")
+    e_src, f_src = energy_forces(src, atoms)
+    ge_atoms = atoms.copy()
+    ge_atoms.numbers = [32] * len(atoms)
+    e_out, f_out = energy_forces(out.double(), ge_atoms)
+    e0_src = float(src.atomic_energies_fn.atomic_energies.reshape(-1)[0])
+    assert e_out - 8 * -3.5 == pytest.approx(e_src - 8 * e0_src, abs=1e-6)
+    np.testing.assert_allclose(f_out, f_src, atol=1e-8)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, si_data):
+    base = ["--name", "x", "--train_file", str(si_data)] + _dirs(tmp_path, "x")[2:]
+    code = _guarded(_train, base + ["--source_model", str(tmp_path / "nope.model"), "--element_map", "Si:Ge"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not found" in err and "\n" not in err
+    not_model = tmp_path / "junk.model"
+    not_model.write_bytes(b"\x00junk")
+    assert _guarded(_train, base + ["--source_model", str(not_model), "--element_map", "Si:Ge"]) == 2
+    torch.save(make_mace_model([14]), tmp_path / "si.model")
+    for bad_map in ("Si:Xx", "Si:Ge,Si:Sn", "C:Ge"):
+        assert _guarded(_train, base + ["--source_model", str(tmp_path / "si.model"), "--element_map", bad_map]) == 2
+    with pytest.raises(UserInputError):
+        train._parse_scale("-1", "--length_scale")
