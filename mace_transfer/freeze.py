@@ -19,8 +19,10 @@ puts the original back on exit.  The wrapper
 Two public torch hooks (not patches of MACE) are registered while the ``with`` block is open:
 
 * a global ``torch.optim.optimizer.register_optimizer_step_post_hook`` that recognises *our*
-  optimizer by a tag in its param groups and counts its steps (epoch boundaries for
-  ``--unfreeze_after``: steps per epoch = ``len(train_loader)``);
+  optimizer by parameter identity (it holds the seam's parameters) and counts its steps: the epoch
+  boundary for ``--unfreeze_after`` is step ``E x steps_per_epoch``.  ``steps_per_epoch`` is
+  ``len(train_loader)``, read (read-only) from the local ``train_loader`` of MACE's ``run()``, the
+  caller of the wrapper, unless the caller of :func:`optimizer_seam` passes it;
 * on that optimizer, ``register_load_state_dict_post_hook``: after training MACE reloads the best
   checkpoint (``checkpoint_handler.load_latest``) and only then saves the ``.model``; the hook
   sets ``requires_grad=True`` on every parameter there, so the saved ``.model`` is fully trainable.
@@ -63,6 +65,11 @@ Semantics
   initial lr of the live groups), i.e. the thawed block joins at the scheduler's current decay.
   Keeping the group count constant keeps MACE's checkpoints loadable (optimizer state dicts must
   match group by group).
+
+Limits: ``--lbfgs`` is refused (MACE builds LBFGS from all parameters, outside the seam).  With
+``--swa``, MACE's SWALR sets every group to ``--swa_lr`` in stage two, so per-block factors stop
+applying there (frozen parameters stay frozen: no gradient).  With ``--restart_latest`` the
+``--unfreeze_after`` epochs count from the start of the restarted run.
 
 Units: learning rates are MACE's (dimensionless step sizes); epochs count MACE's training epochs.
 """
@@ -322,6 +329,11 @@ class FreezeSpec:
                 raise UserInputError("--unfreeze_after needs --freeze_blocks (nothing to unfreeze)")
         return cls(freeze=freeze, lr_factors=tuple(factors), unfreeze_after=after)
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Raise UserInputError now if ``model`` lacks a named block (e.g. before a long data load;
+        the seam checks again on the model MACE actually trains)."""
+        plan_parameters(model, self)
+
 
 @dataclass(frozen=True)
 class ParamPlan:
@@ -387,7 +399,7 @@ def format_plan_table(
     """Text table: block, number of parameters, trainable/frozen, learning rate(s).
 
     ``lrs``: parameter name -> learning rates of the optimizer groups holding it (empty when the
-    parameter is in no group)."""
+    parameter is in no group; for a held parameter, the lr it gets once thawed)."""
     rows: Dict[str, Dict] = {}
     for name, param in model.named_parameters():
         label = _display_block(name)
@@ -411,6 +423,8 @@ def format_plan_table(
     lines = [header, "-" * len(header)]
     for label, row in rows.items():
         lr_text = ", ".join(f"{lr:.3g}" for lr in row["lrs"]) or "-"
+        if any(state.startswith("frozen, thaws") for state in row["states"]):
+            lr_text = f"0 -> {lr_text}"
         lines.append(f"{label:<26} {row['count']:>10}  {' / '.join(row['states']):<32} {lr_text}")
     return "\n".join(lines)
 
@@ -607,8 +621,8 @@ def _split_groups(options, names: Dict[int, str], plan: Dict[str, ParamPlan]):
             new[GROUP_TAG] = {"nominal_lr": base_lr * factor, "held": state == "thaws"}
             new["lr"] = 0.0 if state == "thaws" else base_lr * factor
             new_groups.append(new)
-            for name, _ in members:
-                lrs.setdefault(name, []).append(new["lr"])
+            for name, _ in members:  # a held group is listed with the lr it gets once thawed
+                lrs.setdefault(name, []).append(base_lr * factor)
     return new_groups, lrs
 
 

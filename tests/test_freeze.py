@@ -133,6 +133,8 @@ def test_unknown_block_lists_valid_names(small_model):
         assert valid in message
     with pytest.raises(UserInputError, match="matches no parameter"):
         freeze.freeze_blocks(small_model, ["re:^nothing_like_this"])
+    with pytest.raises(UserInputError, match="unknown block 'readouts.2'"):
+        freeze.FreezeSpec.from_strings(None, '{"readouts.2": 0.5}').check_model(small_model)
 
 
 # --------------------------------------------------------------------------- spec parsing
@@ -242,12 +244,16 @@ def _toy_loss(model):
     return sum((p * p).sum() for p in model.parameters() if p.requires_grad)
 
 
-def test_gradual_unfreezing_at_epoch_boundary_with_decayed_lr(small_model):
+def test_gradual_unfreezing_at_epoch_boundary_with_decayed_lr(small_model, caplog):
     """2 steps/epoch, thaw after 1 epoch; ExponentialLR gamma 0.5 has decayed lr once by then."""
     args = mace_args("--lr", "0.01")
     spec = freeze.FreezeSpec.from_strings("interactions.0", '{"interactions": 0.4}', 1)
     with freeze.optimizer_seam(spec, steps_per_epoch=2) as session:
-        options = run_train.get_params_options(args, small_model)
+        with caplog.at_level(logging.INFO, logger="mace_transfer.freeze"):
+            options = run_train.get_params_options(args, small_model)
+        table = caplog.text
+        assert "interactions.0 [radial]" in table and "0 -> 0.004" in table
+        assert "frozen, thaws after epoch 1" in table
         optimizer = torch.optim.Adam(**options)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.5)
         start = {n: p.detach().clone() for n, p in small_model.named_parameters()}
