@@ -434,8 +434,12 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
             stability = md_stability(model.calc, crystal, a0, settings, progress, model.label)
             snapshots = stability.pop("_snapshots")
             entry["md_stability"] = stability
-        elif settings.structure_temperatures_K:
-            snapshots = structure_snapshots(model.calc, crystal, a0, settings, progress, model.label)
+        ladder = set() if "md" in skip else {float(t) for t in settings.temperatures_K}
+        extra = [t for t in settings.structure_temperatures_K if float(t) not in ladder]
+        if extra:  # structure temperatures the stability ladder did not visit
+            snapshots.update(structure_snapshots(
+                model.calc, crystal, a0, replace(settings, structure_temperatures_K=tuple(extra)),
+                progress, model.label))
         if settings.structure_temperatures_K:
             entry["structure"] = structure_curves(snapshots, a0, settings)
         if ref is not None:
@@ -455,7 +459,7 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
 
 
 def strip_private(value):
-    """A JSON-ready copy: keys starting with '_' dropped, numpy scalars/arrays made plain."""
+    """A JSON-ready copy: keys starting with '_' dropped, numpy made plain, NaN/inf -> None."""
     if isinstance(value, dict):
         return {str(k): strip_private(v) for k, v in value.items() if not str(k).startswith("_")}
     if isinstance(value, (list, tuple)):
@@ -463,5 +467,7 @@ def strip_private(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # strict JSON has no NaN/inf
     return value

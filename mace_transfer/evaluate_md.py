@@ -37,12 +37,20 @@ class MDSettings:
     friction_per_fs: float = 0.01
     repeat: int = 2  # 2x2x2 cubic cells = 64 atoms
     min_distance_A: float = 1.5
+    min_distance_fraction: Optional[float] = None  # if set: floor = this x crystal bond length
     max_energy_jump_eV_per_atom: float = 0.1
     structure_temperatures_K: Sequence[float] = ()  # RDF/ADF sampled at these (seed = seeds[0])
     snapshot_interval: int = 10  # steps between RDF/ADF snapshots (second half of the run)
     rdf_bins: int = 120
     adf_cutoff_A: Optional[float] = None  # default: 1.3 x nearest-neighbour distance
     adf_bins: int = 90
+
+    def distance_floor(self, lattice_constant: float) -> float:
+        """The minimum-distance floor (Å): ``min_distance_fraction`` x the diamond bond
+        length √3/4 a0 when set, else ``min_distance_A``."""
+        if self.min_distance_fraction is not None:
+            return float(self.min_distance_fraction * np.sqrt(3) / 4 * lattice_constant)
+        return float(self.min_distance_A)
 
     def to_dict(self) -> dict:
         return {key: (list(value) if isinstance(value, (tuple, list)) else value)
@@ -70,8 +78,11 @@ def minimum_distance(atoms: Atoms, cutoff: float) -> float:
 
 
 def run_md(calc, atoms: Atoms, temperature_K: float, seed: int, settings: MDSettings,
-           keep_snapshots: bool = False, on_step=None) -> RunResult:
+           keep_snapshots: bool = False, on_step=None,
+           distance_floor: Optional[float] = None) -> RunResult:
     """One Langevin NVT run from ``atoms`` (copied) with Maxwell-Boltzmann velocities (seeded).
+
+    ``distance_floor`` (Å) defaults to ``settings.min_distance_A``.
 
     ``on_step(n)`` is called after every step (progress bars). Snapshots of the second half,
     every ``snapshot_interval`` steps, are kept when ``keep_snapshots``.
@@ -88,6 +99,7 @@ def run_md(calc, atoms: Atoms, temperature_K: float, seed: int, settings: MDSett
     n_atoms = len(atoms)
     result = RunResult(temperature_K=float(temperature_K), seed=int(seed), steps_done=0,
                        time_ps=settings.steps * settings.timestep_fs / 1000)
+    floor = settings.min_distance_A if distance_floor is None else distance_floor
     temperatures = []
     previous_energy = None
     steps = dynamics.irun(steps=settings.steps)
@@ -109,8 +121,8 @@ def run_md(calc, atoms: Atoms, temperature_K: float, seed: int, settings: MDSett
             pass
         elif not (np.isfinite(energy) and np.all(np.isfinite(atoms.positions))):
             result.failure = "non-finite energy or positions"
-        elif minimum_distance(atoms, settings.min_distance_A) < settings.min_distance_A:
-            result.failure = f"pair closer than {settings.min_distance_A} Å"
+        elif minimum_distance(atoms, floor) < floor:
+            result.failure = f"pair closer than {floor:.3g} Å"
         elif abs(energy - previous_energy) / n_atoms > settings.max_energy_jump_eV_per_atom:
             result.failure = (f"energy jump {abs(energy - previous_energy) / n_atoms:.3g} eV/atom "
                               f"in one step")
@@ -150,7 +162,8 @@ def md_stability(calc, element: str, lattice_constant: float, settings: MDSettin
             for seed in settings.seeds:
                 keep = temperature in structure_temperatures and seed == settings.seeds[0]
                 tick = time.perf_counter()
-                run = run_md(calc, start, temperature, seed, settings, keep, on_step=bar.update)
+                run = run_md(calc, start, temperature, seed, settings, keep, bar.update,
+                             settings.distance_floor(lattice_constant))
                 wall += time.perf_counter() - tick
                 bar.update(settings.steps - run.steps_done)  # skipped steps of a failed run
                 runs.append(run)
@@ -173,6 +186,8 @@ def md_stability(calc, element: str, lattice_constant: float, settings: MDSettin
     atom_steps = sum(r.steps_done for r in runs) * len(start)
     return {
         "n_atoms": len(start),
+        "lattice_constant_A": float(lattice_constant),
+        "distance_floor_A": settings.distance_floor(lattice_constant),
         "run_time_ps": settings.steps * settings.timestep_fs / 1000,
         "runs": [{key: value for key, value in asdict(r).items() if key != "snapshots"}
                  for r in runs],
@@ -195,7 +210,7 @@ def structure_snapshots(calc, element: str, lattice_constant: float, settings: M
               disable=not progress, leave=False) as bar:
         for temperature in temperatures:
             run = run_md(calc, start, temperature, settings.seeds[0], settings, True,
-                         on_step=bar.update)
+                         bar.update, settings.distance_floor(lattice_constant))
             if run.snapshots:
                 snapshots[temperature] = run.snapshots
     return snapshots

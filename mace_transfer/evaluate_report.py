@@ -84,19 +84,20 @@ def summary_markdown(result: dict) -> str:
         lines += ["## MD stability", "",
                   f"NVT Langevin, {md['repeat'] ** 3 * 8} atoms, {md['steps']} steps × "
                   f"{md['timestep_fs']} fs, seeds {md['seeds']}. A run fails on non-finite "
-                  f"values, a pair closer than {md['min_distance_A']} Å, or a one-step energy "
+                  f"values, a pair closer than the distance floor, or a one-step energy "
                   f"jump above {md['max_energy_jump_eV_per_atom']} eV/atom. Cells: surviving "
                   f"fraction of seeds (mean time held, ps).", ""]
         temperatures = list(models[with_md[0]]["md_stability"]["per_temperature"])
         lines.append("| model | " + " | ".join(f"{t} K" for t in temperatures)
-                     + " | highest T held (K) | atom-steps/s |")
-        lines.append("|---" * (len(temperatures) + 3) + "|")
+                     + " | highest T held (K) | floor (Å) | atom-steps/s |")
+        lines.append("|---" * (len(temperatures) + 4) + "|")
         for label in with_md:
             stability = models[label]["md_stability"]
             cells = [f"{row['survival_fraction']:.2f} ({row['mean_time_held_ps']:.3g})"
                      for row in stability["per_temperature"].values()]
             lines.append(f"| {label} | " + " | ".join(cells) +
                          f" | {_fmt(stability['max_stable_temperature_K'])} | "
+                         f"{_fmt(stability.get('distance_floor_A'), 3)} | "
                          f"{_fmt(stability['atom_steps_per_s'], 3)} |")
         failures = [(label, run) for label in with_md
                     for run in models[label]["md_stability"]["runs"] if run["failure"]]
