@@ -280,6 +280,9 @@ def _eval(argv):
                         help="MD cell: N x N x N cubic 8-atom cells (default %(default)s = 64 atoms)")
     parser.add_argument("--min-distance", type=float, default=defaults.min_distance_A,
                         help="MD fails below this interatomic distance, Å (default %(default)s)")
+    parser.add_argument("--min-distance-fraction", type=float, default=None,
+                        help="instead of --min-distance: this fraction of the crystal's bond "
+                        "length (e.g. 0.5)")
     parser.add_argument("--max-energy-jump", type=float,
                         default=defaults.max_energy_jump_eV_per_atom,
                         help="MD fails on a larger one-step energy change, eV/atom "
@@ -299,6 +302,7 @@ def _eval(argv):
     settings = MDSettings(temperatures_K=tuple(args.temperatures), seeds=tuple(args.seeds),
                           steps=args.md_steps, timestep_fs=args.timestep, repeat=args.supercell,
                           min_distance_A=args.min_distance,
+                          min_distance_fraction=args.min_distance_fraction,
                           max_energy_jump_eV_per_atom=args.max_energy_jump,
                           structure_temperatures_K=tuple(args.structure_temperatures or ()))
     evaluate.evaluate(args.models, args.test, args.reference, labels=args.labels,
