@@ -40,6 +40,9 @@ from ase.units import Bohr, GPa, Hartree
 
 # Physics settings enter the settings hash; run settings (how/where CP2K runs) do not.
 _RUN_ONLY_FIELDS = ("command", "nprocs", "timeout_s", "scratch_dir", "data_dir", "keep_failed_dirs")
+# Fields added after labels were first made: left out of the hash while at their default, so old
+# label files still resume. A new physics field must default to the old behaviour and go here.
+_HASH_IF_NOT_DEFAULT = ("kpoint_symmetry",)
 
 # Ground-state spin multiplicity (Hund's rule) of isolated main-group atoms.
 ATOM_MULTIPLICITY = {
@@ -82,6 +85,7 @@ class PBESettings:
     mixing_alpha: float = 0.3
     nbroyden: int = 8
     stress: bool = True
+    kpoint_symmetry: bool = False  # reduce the mesh by crystal symmetry (perfect crystals only)
     isolated_atom_box: float = 12.0
     isolated_atom_spin_polarized: bool = True
     # run settings (not physics)
@@ -105,7 +109,10 @@ class PBESettings:
 
     def physics_hash(self) -> str:
         """Short hash of the physics settings (not of how CP2K is run)."""
-        physics = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RUN_ONLY_FIELDS}
+        defaults = PBESettings.__dataclass_fields__
+        physics = {k: v for k, v in dataclasses.asdict(self).items()
+                   if k not in _RUN_ONLY_FIELDS
+                   and not (k in _HASH_IF_NOT_DEFAULT and v == defaults[k].default)}
         blob = json.dumps(physics, sort_keys=True).encode()
         return hashlib.sha1(blob).hexdigest()[:10]
 
@@ -202,6 +209,7 @@ def cp2k_input(
         lines += [
             "    &KPOINTS",
             "      SCHEME MONKHORST-PACK {} {} {}".format(*mesh),
+            f"      SYMMETRY {'T' if s.kpoint_symmetry else 'F'}",
             "    &END KPOINTS",
         ]
     lines += ["    &SCF", f"      EPS_SCF {s.eps_scf:.3E}", f"      MAX_SCF {int(s.max_scf)}"]
@@ -326,7 +334,8 @@ class CP2KCalculator(Calculator):
         self.settings = settings or PBESettings()
         self.isolated = isolated
         self.multiplicity = multiplicity
-        self.last_wall_s: Optional[float] = None
+        self.last_wall_s: Optional[float] = None  # s, wall time of the last CP2K run
+        self.last_cpu_s: Optional[float] = None  # s, CPU time of all its MPI ranks together
         self.last_n_scf: Optional[int] = None
 
     def _command(self) -> List[str]:
@@ -342,21 +351,35 @@ class CP2KCalculator(Calculator):
             Path(s.scratch_dir).mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="cp2k_", dir=s.scratch_dir))
         (workdir / "job.inp").write_text(text_in)
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+        # one OpenMP thread per rank; MPI ranks yield the CPU while waiting (shared machines)
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_MCA_mpi_yield_when_idle="1")
         if s.data_dir:
             env["CP2K_DATA_DIR"] = s.data_dir
         t0 = time.perf_counter()
+        cpu0 = _children_cpu_s()
         try:
             with open(workdir / "stdout.txt", "w") as out:
-                proc = subprocess.run(
+                proc = subprocess.Popen(
                     self._command() + ["-i", "job.inp", "-o", "job.out"],
                     cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env,
-                    timeout=s.timeout_s,
                 )
-        except subprocess.TimeoutExpired as exc:
-            raise CalculationFailed(f"CP2K timed out after {s.timeout_s:g} s (in {workdir})") from exc
+                try:
+                    proc.wait(timeout=s.timeout_s)
+                except subprocess.TimeoutExpired as exc:
+                    proc.terminate()  # mpirun forwards SIGTERM to its ranks; SIGKILL would orphan them
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    raise CalculationFailed(f"CP2K timed out after {s.timeout_s:g} s (in {workdir})") from exc
+                except BaseException:
+                    proc.terminate()
+                    proc.wait()
+                    raise
         except FileNotFoundError as exc:
             raise CalculationFailed(f"cannot run CP2K ({exc}); run `make dft-setup`") from exc
+        self.last_cpu_s = _children_cpu_s() - cpu0
         self.last_wall_s = time.perf_counter() - t0
         log_path = workdir / "job.out"
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
@@ -376,6 +399,14 @@ class CP2KCalculator(Calculator):
                         "forces": results["forces"]}
         if "stress" in results:
             self.results["stress"] = results["stress"]
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of all waited-for child processes so far."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _remove_tree(path: Path) -> None:
@@ -517,7 +548,7 @@ def _frame_text(frame: Atoms) -> str:
 
 _DROP_INFO_PREFIXES = ("REF_",)
 _DROP_INFO_KEYS = {"energy", "free_energy", "forces", "stress", "virial", "virials", "label_id",
-                   "dft_settings", "source_index", "dft_wall_s", "dft_n_scf"}
+                   "dft_settings", "source_index", "dft_wall_s", "dft_cpu_s", "dft_n_scf"}
 
 
 def _labelled_frame(atoms: Atoms, results: Dict, index: int, lid: str, settings_tag: str) -> Atoms:
@@ -617,12 +648,19 @@ def label_structures(
         consecutive = 0
         frame = _labelled_frame(atoms, results, index, lid, settings_tag)
         frame.info["dft_wall_s"] = round(wall, 2)
+        cpu = getattr(calculator, "last_cpu_s", None)
+        if cpu is not None:
+            frame.info["dft_cpu_s"] = round(float(cpu), 2)
+        n_scf = getattr(calculator, "last_n_scf", None)
+        if n_scf is not None:
+            frame.info["dft_n_scf"] = int(n_scf)
         _append_durably(out_path, _frame_text(frame))
         counts["labelled"] += 1
         counts["remaining"] -= 1
         fmax = float(np.abs(results["forces"]).max())
         log(f"label: [{n}/{len(todo)}] index {index} ({frame.info['config_type']}, {len(atoms)} atoms) "
-            f"E/atom={results['energy'] / len(atoms):.4f} eV |F|max={fmax:.3f} eV/Å {wall:.1f} s")
+            f"E/atom={results['energy'] / len(atoms):.4f} eV |F|max={fmax:.3f} eV/Å "
+            f"wall {wall:.1f} s" + (f", cpu {cpu:.1f} s" if cpu is not None else ""))
     log(f"label: {out_path}: labelled {counts['labelled']}, failed {counts['failed']}, "
         f"remaining {counts['remaining']}")
     return counts
@@ -636,11 +674,16 @@ def add_isolated_atoms(
     calculator_factory: Optional[Callable[[str], Calculator]] = None,
     log: Callable[[str], None] = print,
 ) -> List[str]:
-    """Append an ``IsolatedAtom`` frame per element to ``out_path`` unless already there; return those added."""
+    """Append an ``IsolatedAtom`` frame per element to ``out_path`` unless already there; return those added.
+
+    A failed calculation is recorded in the failed sidecar (and not retried), never raised.
+    """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tag = settings.physics_hash()
     done = read_done(out_path, log)
+    failed_path = failed_sidecar(out_path)
+    failed = read_failed(failed_path)
     added = []
     for symbol in sorted(set(symbols)):
         lid = f"IsolatedAtom-{symbol}"
@@ -649,9 +692,19 @@ def add_isolated_atoms(
                 raise SettingsMismatch(f"{out_path}: IsolatedAtom {symbol} was made with settings {done[lid]}, "
                                        f"these are {tag}: use another output file")
             continue
+        if lid in failed:
+            continue
         calc = calculator_factory(symbol) if calculator_factory else None
         t0 = time.perf_counter()
-        frame = isolated_atom(symbol, settings, calculator=calc)
+        try:
+            frame = isolated_atom(symbol, settings, calculator=calc)
+        except CalculationFailed as exc:
+            record = {"label_id": lid, "source_index": -1, "error": type(exc).__name__,
+                      "message": str(exc)[:2000], "config_type": "IsolatedAtom", "dft_settings": tag,
+                      "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            _append_durably(failed_path, json.dumps(record) + "\n")
+            log(f"label: isolated {symbol} FAILED ({type(exc).__name__}: {str(exc)[:200]}); recorded, skipped")
+            continue
         frame.info.update({"label_id": lid, "source_index": -1, "dft_settings": tag,
                            "dft_wall_s": round(time.perf_counter() - t0, 2)})
         _append_durably(out_path, _frame_text(frame))

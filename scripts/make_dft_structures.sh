@@ -4,12 +4,15 @@
 # are dropped by mace_transfer_label, which replaces them with PBE labels. Resumable (sampler appends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# one writer at a time: the sampler appends to these files
+mkdir -p runs && exec 9>runs/.structures.lock
+flock 9
 BIN=${BIN:-.venv/bin}
 S="nice -n 5 $BIN/mace_transfer_sample --potential sw --supercell 2,1,1 --no_progress"
-# Si train: default ladder 300..2500 K, seed 0
-$S --element Si --n 300 --seed 0 --out data/si_structures16.xyz
-# Ge train: default ladder 300..2500 K, seed 0
-$S --element Ge --n 300 --seed 0 --out data/ge_structures16.xyz
 # Ge test: independent seed, ladder shifted by +150 K
 $S --element Ge --n 60 --seed 1001 --temperatures 450,750,1050,1350,1650,2150,2650 \
    --out data/ge_test_structures16.xyz
+# Ge train: default ladder 300..2500 K, seed 0
+$S --element Ge --n 300 --seed 0 --out data/ge_structures16.xyz
+# Si train: default ladder 300..2500 K, seed 0
+$S --element Si --n 300 --seed 0 --out data/si_structures16.xyz

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Long-running, resumable PBE labelling of the 16-atom structures (CP2K, 2 MPI ranks, nice 10).
+#   nohup scripts/label_background.sh > runs/label.log 2>&1 &
+# Safe to kill and restart at any time: finished frames are in data/*_pbe16.xyz, SCF failures in
+# data/*_pbe16.failed.jsonl; a rerun skips both. Order: Ge train interleaved with Ge test (5:1, so
+# both grow together), then Si. Isolated-atom E0 frames go into the train files (--e0).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+NPROCS=${NPROCS:-2}
+CHUNK=${CHUNK:-5}
+mkdir -p runs && exec 8>runs/.label.lock
+flock -n 8 || { echo "label_background: another instance is running"; exit 1; }
+
+# Structures are sampled (resumably, one writer at a time) while labelling runs; a file still
+# growing is only "done" once its sampler has finished.
+scripts/make_dft_structures.sh > runs/make_dft_structures.log 2>&1 &
+MAKE_PID=$!
+sampling() { kill -0 "$MAKE_PID" 2>/dev/null; }
+
+label() {  # label IN OUT MAX [extra...]; prints remaining count on the last line
+    local in=$1 out=$2 max=$3; shift 3
+    local tries=0 line
+    while :; do
+        line=$(nice -n 10 "$BIN/mace_transfer_label" --in "$in" --out "$out" --engine cp2k \
+               --settings configs/dft_pbe.yaml --nprocs "$NPROCS" --max "$max" "$@" 2>&1 | tee /dev/stderr | tail -1)
+        if [[ $line =~ remaining=([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; return 0; fi
+        tries=$((tries + 1))
+        echo "label_background: $in failed ($line), retry $tries/3 in 60 s" >&2
+        [ $tries -ge 3 ] && { echo "-1"; return 1; }
+        sleep 60
+    done
+}
+
+date -u +"label_background: start %FT%TZ"
+ge_left=1; test_left=1
+while [ "$ge_left" != 0 ] || [ "$test_left" != 0 ] || sampling; do
+    until [ -s data/ge_structures16.xyz ] && [ -s data/ge_test_structures16.xyz ]; do sleep 30; done
+    if [ "$ge_left" != 0 ]; then ge_left=$(label data/ge_structures16.xyz data/ge_pbe16.xyz "$CHUNK" --e0) || exit 1; fi
+    if [ "$test_left" != 0 ]; then test_left=$(label data/ge_test_structures16.xyz data/ge_test_pbe16.xyz 1) || exit 1; fi
+    date -u +"label_background: %FT%TZ Ge train left $ge_left, Ge test left $test_left"
+    if [ "$ge_left" = 0 ] && [ "$test_left" = 0 ] && sampling; then sleep 60; ge_left=1; test_left=1; fi
+done
+si_left=1
+while [ "$si_left" != 0 ] || sampling; do
+    until [ -s data/si_structures16.xyz ]; do sleep 30; done
+    si_left=$(label data/si_structures16.xyz data/si_pbe16.xyz "$CHUNK" --e0) || exit 1
+    date -u +"label_background: %FT%TZ Si left $si_left"
+    if [ "$si_left" = 0 ] && sampling; then sleep 60; si_left=1; fi
+done
+date -u +"label_background: all done %FT%TZ"
