@@ -410,6 +410,8 @@ def format_plan_table(
             state = "frozen"
         elif not lrs.get(name):
             state = "not in MACE's optimizer"
+        elif not param.requires_grad:
+            state = "frozen by MACE (--freeze/LoRA)"
         else:
             state = "trainable"
         row = rows.setdefault(label, {"count": 0, "states": [], "lrs": []})
