@@ -26,6 +26,8 @@ Two public torch hooks (not patches of MACE) are registered while the ``with`` b
 * on that optimizer, ``register_load_state_dict_post_hook``: after training MACE reloads the best
   checkpoint (``checkpoint_handler.load_latest``) and only then saves the ``.model``; the hook
   sets ``requires_grad=True`` on every parameter there, so the saved ``.model`` is fully trainable.
+  It is registered at the optimizer's first step, so a ``--restart_latest`` load before training
+  does not fire it.  If no reload happens, exit warns; :func:`ensure_trainable_file` re-saves.
 
 EMA: MACE builds ``ExponentialMovingAverage(model.parameters(), ...)`` -- all parameters, not
 filtered by ``requires_grad`` (torch_ema documents that it averages whatever it is given).  For a
