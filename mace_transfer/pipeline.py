@@ -1,0 +1,314 @@
+"""Staged runs from a YAML file: sample -> label -> pretrain -> remap -> fine-tune -> evaluate.
+
+A pipeline file::
+
+    workdir: runs/demo              # every stage writes under <workdir>/<stage name>/
+    mace: {max_L: 0, ...}           # MACE flags shared by every training stage
+    stages:
+      - {name: si, kind: train, mace: {train_file: data/si_sw.xyz}}
+      - {name: ge, kind: train, source: si, element_map: "Si:Ge",
+         subset: {file: data/ge_sw.xyz, n_train: 10, n_valid: 10, seed: 0}}
+      - {name: report, kind: evaluate, models: [ge], test: data/ge_sw_test.xyz}
+
+Stage kinds: ``sample`` (classical configurations), ``train`` (``mace_transfer_train``; ``source``
+= a stage or ``.model`` to remap with ``element_map``, ``foundation`` = a same-element stage to
+continue from), ``classical_pretrain`` (sample + train on a classical potential) and ``evaluate``.
+A stage whose output exists is skipped, so a cut run resumes; a training stage cut mid-way
+resumes from MACE's own latest checkpoint (``--restart_latest``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from mace_transfer import UserInputError, train
+
+STAGE_KINDS = ("sample", "train", "classical_pretrain", "evaluate")
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- config
+def load_pipeline(path) -> Dict[str, Any]:
+    """Read and check a pipeline YAML file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"pipeline file not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("stages"), list):
+        raise UserInputError(f"{path}: expected a mapping with a 'stages' list")
+    names = set()
+    for i, stage in enumerate(config["stages"]):
+        if not isinstance(stage, dict) or "name" not in stage:
+            raise UserInputError(f"{path}: stage {i} needs a 'name'")
+        if stage.get("kind") not in STAGE_KINDS:
+            raise UserInputError(
+                f"{path}: stage {stage['name']!r} has kind {stage.get('kind')!r}; "
+                f"choose from {', '.join(STAGE_KINDS)}"
+            )
+        if stage["name"] in names:
+            raise UserInputError(f"{path}: two stages are named {stage['name']!r}")
+        names.add(stage["name"])
+    config.setdefault("workdir", str(Path("runs") / path.stem))
+    config["_base"] = str(path.parent)
+    return config
+
+
+def mace_argv(options: Dict[str, Any], parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+    """``{"max_L": 0, "amsgrad": True}`` -> ``["--max_L", "0", "--amsgrad"]`` for MACE's parser.
+
+    Booleans of ``store_true`` flags become the bare flag (or nothing); dicts become JSON.
+    """
+    parser = parser or train.build_parser()
+    actions = parser._option_string_actions  # noqa: SLF001 - argparse keeps no public map
+    argv: List[str] = []
+    for key, value in options.items():
+        flag = f"--{key}"
+        if flag not in actions:
+            raise UserInputError(f"unknown training option {key!r} (not a mace_transfer_train flag)")
+        if value is None:
+            continue
+        if isinstance(actions[flag], argparse._StoreTrueAction):  # noqa: SLF001
+            if value:
+                argv.append(flag)
+            continue
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, bool):
+            value = str(value)
+        argv += [flag, str(value)]
+    return argv
+
+
+# ----------------------------------------------------------------------------- helpers
+class Pipeline:
+    """Runs the stages of a loaded pipeline config in order."""
+
+    def __init__(self, config: Dict[str, Any]):
+        self.config = config
+        self.base = Path(config.get("_base", "."))
+        self.workdir = Path(config["workdir"])
+        self.outputs: Dict[str, Path] = {}
+
+    def path(self, value) -> Path:
+        """A path from the YAML, relative to the current directory (as on the command line)."""
+        return Path(value)
+
+    def stage_dir(self, stage) -> Path:
+        return self.workdir / stage["name"]
+
+    def model_of(self, ref: str) -> Path:
+        """A stage name (its output model) or a ``.model`` path."""
+        if ref in self.outputs:
+            return self.outputs[ref]
+        path = self.path(ref)
+        if path.suffix == ".model":
+            return path
+        raise UserInputError(f"{ref!r} is neither an earlier stage nor a .model file")
+
+    # ------------------------------------------------------------------ stages
+    def run(self) -> Dict[str, Path]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        stages = self.config["stages"]
+        for number, stage in enumerate(stages, 1):
+            label = f"[{number}/{len(stages)}] {stage['kind']} {stage['name']}"
+            out = self.expected_output(stage)
+            if out.exists():
+                print(f"{label}: done already ({out}), skipped", flush=True)
+                self.outputs[stage["name"]] = out
+                continue
+            print(f"{label}: running", flush=True)
+            start = time.time()
+            getattr(self, f"run_{stage['kind']}")(stage)
+            if not out.exists():
+                raise UserInputError(f"stage {stage['name']!r} finished without writing {out}")
+            self.outputs[stage["name"]] = out
+            print(f"{label}: finished in {time.time() - start:.0f} s -> {out}", flush=True)
+        return self.outputs
+
+    def expected_output(self, stage) -> Path:
+        folder = self.stage_dir(stage)
+        if stage["kind"] == "sample":
+            return self.path(stage["out"]) if "out" in stage else folder / f"{stage['name']}.xyz"
+        if stage["kind"] == "evaluate":
+            return folder / "metrics.json"
+        return folder / f"{stage['name']}.model"
+
+    def _sample(self, stage, out: Path) -> Path:
+        from mace_transfer import sampling
+
+        for key in ("element", "potential", "n"):
+            if key not in stage:
+                raise UserInputError(f"stage {stage['name']!r} needs {key!r}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        options = dict(stage.get("options", {}))
+        sampling.sample_configurations(
+            stage["element"], stage["potential"], int(stage["n"]), out_path=str(out), **options
+        )
+        return out
+
+    def run_sample(self, stage) -> None:
+        self._sample(stage, self.expected_output(stage))
+
+    def _subset(self, stage, folder: Path) -> Dict[str, str]:
+        """Disjoint random train/valid subsets of ``subset.file`` (extxyz) -> MACE file flags."""
+        from ase.io import read, write
+
+        spec = stage["subset"]
+        frames = read(self.path(spec["file"]), ":")
+        n_train, n_valid = int(spec["n_train"]), int(spec.get("n_valid", 0))
+        if n_train + n_valid > len(frames):
+            raise UserInputError(
+                f"stage {stage['name']!r}: {n_train}+{n_valid} configurations asked, "
+                f"{spec['file']} has {len(frames)}"
+            )
+        order = list(range(len(frames)))
+        random.Random(int(spec.get("seed", 0))).shuffle(order)
+        # the validation set is drawn first, so it is the same for every n_train
+        valid = [frames[i] for i in order[:n_valid]]
+        train_frames = [frames[i] for i in order[n_valid : n_valid + n_train]]
+        files = {"train_file": str(folder / "train.xyz")}
+        write(files["train_file"], train_frames, format="extxyz")
+        if valid:
+            files["valid_file"] = str(folder / "valid.xyz")
+            write(files["valid_file"], valid, format="extxyz")
+        return files
+
+    def _train(self, stage, extra: Optional[Dict[str, Any]] = None) -> None:
+        folder = self.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        options: Dict[str, Any] = dict(self.config.get("mace", {}))
+        options.update(stage.get("mace", {}))
+        options.update(extra or {})
+        if "subset" in stage:
+            options.update(self._subset(stage, folder))
+        if "source" in stage:
+            options["source_model"] = str(self.model_of(stage["source"]))
+            options["element_map"] = stage.get("element_map") or options.get("element_map")
+            if not options["element_map"]:
+                raise UserInputError(f"stage {stage['name']!r}: 'source' needs 'element_map'")
+        if "foundation" in stage:
+            options["foundation_model"] = str(self.model_of(stage["foundation"]))
+        options.update(
+            name=stage["name"],
+            model_dir=str(folder),
+            checkpoints_dir=str(folder / "checkpoints"),
+            results_dir=str(folder / "results"),
+            log_dir=str(folder / "logs"),
+        )
+        options.setdefault("restart_latest", True)
+        argv = mace_argv(options)
+        (folder / "argv.json").write_text(json.dumps(argv, indent=1))
+        args = train.parse_args(argv)
+        train.run(args)
+
+    def run_train(self, stage) -> None:
+        self._train(stage)
+
+    def run_classical_pretrain(self, stage) -> None:
+        """Sample classical configurations of ``element`` with ``potential``, then train on them."""
+        data = self.path(stage["data"]) if "data" in stage else self.stage_dir(stage) / "classical.xyz"
+        if not data.exists() or "data" not in stage:
+            self._sample(stage, data)
+        extra: Dict[str, Any] = {}
+        if "subset" not in stage:
+            extra["train_file"] = str(data)
+        else:
+            stage = dict(stage, subset=dict(stage["subset"], file=str(data)))
+        self._train(stage, extra)
+
+    def run_evaluate(self, stage) -> None:
+        from mace_transfer import evaluate
+
+        folder = self.stage_dir(stage)
+        models = [self.model_of(m) for m in stage["models"]]
+        labels = stage.get("labels", list(stage["models"]))
+        metrics = evaluate.evaluate(
+            [str(m) for m in models],
+            test=str(self.path(stage["test"])) if stage.get("test") else None,
+            reference=stage.get("reference"),
+            labels=labels,
+            out=str(folder),
+            temperatures=stage.get("temperatures"),
+            seeds=stage.get("seeds"),
+            md_steps=stage.get("md_steps"),
+            skip=stage.get("skip", ()),
+        )
+        curves = {
+            label: self.stage_dir({"name": name}) / "results"
+            for label, name in zip(labels, stage["models"])
+            if name in self.outputs
+        }
+        if curves:
+            plot_training_curves(curves, folder / "training_curves.png")
+        print(summary_table(metrics, labels), flush=True)
+
+
+# ----------------------------------------------------------------------------- reporting
+def read_training_curve(results_dir: Path) -> Dict[str, List[float]]:
+    """Validation epochs and force RMSE (meV/Å) from MACE's ``*_train.txt`` results file."""
+    epochs, rmse_f = [], []
+    for path in sorted(Path(results_dir).glob("*_train.txt")):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("mode") == "eval" and row.get("rmse_f") is not None:
+                epochs.append(int(row["epoch"]) if row.get("epoch") is not None else len(epochs))
+                rmse_f.append(1000.0 * float(row["rmse_f"]))
+    return {"epoch": epochs, "rmse_f_meV_A": rmse_f}
+
+
+def plot_training_curves(results: Dict[str, Path], out_png: Path) -> None:
+    """Validation force RMSE vs epoch for several training runs (one PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=150)
+    for label, folder in results.items():
+        curve = read_training_curve(folder)
+        if curve["epoch"]:
+            ax.plot(curve["epoch"], curve["rmse_f_meV_A"], marker="o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation force RMSE (meV/Å)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+
+
+def summary_table(metrics: Dict[str, Any], labels: List[str]) -> str:
+    """Markdown table of test energy/force errors per model."""
+    rows = ["| model | force MAE (meV/Å) | force RMSE (meV/Å) | energy MAE (meV/atom) |", "|---|---|---|---|"]
+    models = metrics.get("models", {})
+    for label in labels:
+        errors = (models.get(label) or {}).get("errors", {}).get("overall", {})
+        if not errors:
+            continue
+        rows.append(
+            f"| {label} | {errors.get('force_mae_meV_per_A', float('nan')):.1f} | "
+            f"{errors.get('force_rmse_meV_per_A', float('nan')):.1f} | "
+            f"{errors.get('energy_mae_meV_per_atom', float('nan')):.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def run_pipeline_file(path) -> int:
+    """Entry point of ``mace_transfer_train --pipeline FILE.yaml``."""
+    Pipeline(load_pipeline(path)).run()
+    return 0

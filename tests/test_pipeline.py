@@ -1,0 +1,70 @@
+"""Pipeline: stages in order, outputs feed the next stage, a rerun skips what is done."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from mace_transfer import UserInputError
+from mace_transfer.pipeline import Pipeline, load_pipeline, mace_argv
+
+TINY_MACE = {
+    "model": "ScaleShiftMACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "correlation": 2,
+    "num_radial_basis": 6, "batch_size": 2, "valid_batch_size": 4, "max_num_epochs": 2,
+    "device": "cpu", "default_dtype": "float64", "seed": 1, "energy_key": "REF_energy",
+    "forces_key": "REF_forces", "stress_key": "REF_stress",
+}
+FAST_SAMPLING = {"supercell": [1, 1, 1], "temperatures": [300, 900], "equilibration_steps": 5,
+                 "snapshot_interval": 3, "snapshots_per_unit": 2, "seed": 4, "progress": False}
+
+
+def test_mace_argv_booleans_and_unknown_keys():
+    argv = mace_argv({"max_L": 0, "amsgrad": True, "ema": False, "swa": True, "E0s": "average"})
+    assert argv == ["--max_L", "0", "--amsgrad", "--swa", "--E0s", "average"]
+    with pytest.raises(UserInputError, match="unknown training option"):
+        mace_argv({"not_a_flag": 1})
+
+
+def test_load_pipeline_errors(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        load_pipeline(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stages": [{"name": "a", "kind": "bake"}]}))
+    with pytest.raises(UserInputError, match="kind"):
+        load_pipeline(bad)
+
+
+def test_classical_pretrain_then_remap_then_evaluate_and_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {
+        "workdir": "runs/p",
+        "mace": TINY_MACE,
+        "stages": [
+            {"name": "si", "kind": "classical_pretrain", "element": "Si", "potential": "sw", "n": 6,
+             "options": FAST_SAMPLING, "mace": {"E0s": "{14: 0.0}", "valid_fraction": 0.34}},
+            {"name": "ge_data", "kind": "sample", "element": "Ge", "potential": "sw", "n": 6,
+             "options": FAST_SAMPLING},
+            {"name": "ge", "kind": "train", "source": "si", "element_map": "Si:Ge",
+             "subset": {"file": "runs/p/ge_data/ge_data.xyz", "n_train": 4, "n_valid": 2},
+             "mace": {"E0s": "{32: 0.0}", "lr": 0.001, "freeze_blocks": "embedding"}},
+            {"name": "report", "kind": "evaluate", "models": ["ge"], "labels": ["transfer"],
+             "test": "runs/p/ge_data/ge_data.xyz", "reference": "sw-ge",
+             "skip": ["md", "structure", "lattice", "elastic", "vacancy", "phonons"]},
+        ],
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    outputs = Pipeline(load_pipeline(path)).run()
+    ge = torch.load(outputs["ge"], map_location="cpu", weights_only=False)
+    assert [int(z) for z in ge.atomic_numbers] == [32]
+    assert all(p.requires_grad for p in ge.parameters())
+    si = torch.load(outputs["si"], map_location="cpu", weights_only=False)
+    # the frozen embedding was carried over from the Si model unchanged
+    assert torch.equal(ge.node_embedding.linear.weight, si.node_embedding.linear.weight)
+    metrics = json.loads(outputs["report"].read_text())
+    assert metrics["models"]["transfer"]["errors"]["overall"]["force_mae_meV_per_A"] > 0
+    assert (tmp_path / "runs/p/report/training_curves.png").stat().st_size > 0
+    stamp = outputs["ge"].stat().st_mtime_ns
+    again = Pipeline(load_pipeline(path)).run()
+    assert again["ge"].stat().st_mtime_ns == stamp  # skipped, not retrained
