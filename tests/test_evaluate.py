@@ -264,15 +264,16 @@ def test_full_evaluation_sw_vs_tersoff_ge(tmp_path):
                           seeds=(0,), progress=False)
     for label in ("tersoff", "sw"):
         assert metrics["models"][label]["md_stability"]["max_stable_temperature_K"] == 2500
-    assert metrics["models"]["sw"]["structure_comparison"]["300"]["rdf_difference"] == 0
+    assert metrics["models"]["sw"]["structure_comparison"]["300"]["rdf_difference"] < 1e-6
     assert (tmp_path / "out" / "rdf_2500K.png").exists()
 
 
 @pytest.mark.slow
 def test_random_mace_model_unstable_at_modest_temperature(mace_model_path):
-    """A random-weight MACE has no repulsion: atoms wander into each other."""
+    """A random-weight MACE is nearly flat (no repulsion): atoms drift into each other at 300 K."""
     model = ev.load_model(mace_model_path)
     result = md_stability(model.calc, "Ge", A_SW_GE,
-                          MDSettings(temperatures_K=(600,), seeds=(0,), steps=2000, repeat=1),
+                          MDSettings(temperatures_K=(300,), seeds=(0,), steps=1000, repeat=1),
                           progress=False)
     assert result["max_stable_temperature_K"] is None
+    assert "closer than" in result["runs"][0]["failure"]
