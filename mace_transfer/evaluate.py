@@ -70,6 +70,8 @@ def load_model(path: Union[str, os.PathLike], device: str = "cpu",
     import torch
     from mace.calculators import MACECalculator
 
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"device {device!r} requested but torch sees no CUDA GPU")
     try:
         network = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # pickle, zip or torch errors: all mean "not a model file"

@@ -33,7 +33,9 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 def _percent(value) -> str:
-    return "–" if value is None else f"{100 * value:+.1f}%"
+    if value is None:
+        return "–"
+    return "0.0%" if abs(value) < 5e-4 else f"{100 * value:+.1f}%"
 
 
 def write_report(result: dict, out) -> List[Path]:
@@ -216,7 +218,8 @@ def plot_structure(result: dict, out: Path) -> List[Path]:
             curve = reference.get(temperature, {}).get(kind)
             if curve:
                 label = (result.get("reference") or {}).get("label", "reference")
-                axis.plot(curve[x_key], curve[y_key], "k-", lw=2, label=f"{label} (reference)")
+                axis.plot(curve[x_key], curve[y_key], "k--", lw=1.5, zorder=5,
+                          label=f"{label} (reference)")
             for model, entry in result["models"].items():
                 curve = entry.get("structure", {}).get(temperature, {}).get(kind)
                 if curve:
