@@ -473,3 +473,31 @@ def estimate_corresponding_states(
         raise UserInputError(f"fitted energy scale {energy_scale:.3g} is not positive")
     details.update(length_scale=float(length_scale), energy_scale=float(energy_scale))
     return details
+
+
+def refit_energy_shift(
+    model: torch.nn.Module, frames: Sequence, *, energy_key: str = "REF_energy"
+) -> Tuple[torch.nn.Module, float]:
+    """A copy of ``model`` whose per-atom energy shift absorbs its mean error on ``frames``.
+
+    delta = Σ(E_ref - E_model) / Σ N_atoms (eV/atom) is added to the ScaleShift block's shift,
+    so the model's mean energy error on ``frames`` becomes zero while forces are unchanged. This
+    keeps the first fine-tuning steps from spending the transferred weights on a constant energy
+    offset between elements. Returns (new model, delta in eV/atom).
+    """
+    import copy
+
+    check_model(model)
+    residual, atoms_total = 0.0, 0
+    for atoms in frames:
+        if energy_key not in atoms.info:
+            raise UserInputError(f"training structure without {energy_key!r}: cannot refit the energy shift")
+        residual += float(atoms.info[energy_key]) - predict(model, atoms)[0]
+        atoms_total += len(atoms)
+    if atoms_total == 0:
+        raise UserInputError("no training structures to refit the energy shift on")
+    delta = residual / atoms_total
+    new = copy.deepcopy(model)
+    with torch.no_grad():
+        new.scale_shift.shift += delta
+    return new, delta

@@ -82,6 +82,13 @@ def build_parser():
         "(least-squares fit of forces on --train_file)",
     )
     group.add_argument(
+        "--refit_shift",
+        type=_str2bool,
+        default=True,
+        help="with --source_model: refit the per-atom energy shift of the remapped model to the "
+        "training energies before training (removes the constant energy offset between elements)",
+    )
+    group.add_argument(
         "--freeze_blocks",
         type=str,
         default=None,
@@ -108,6 +115,15 @@ def build_parser():
         help="YAML file of stages run in order (handled by mace_transfer_train itself)",
     )
     return parser
+
+
+def _str2bool(text) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "y", "on"):
+        return True
+    if value in ("0", "false", "no", "n", "off"):
+        return False
+    raise UserInputError(f"expected true/false, got {text!r}")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None):
@@ -168,13 +184,17 @@ def _remapped_model_path(args) -> Path:
     return folder / f"{args.name}_remapped_source{suffix}.model"
 
 
+#: at most this many training structures are read for 'auto' scales and the shift refit
+MAX_FRAMES_FOR_ESTIMATES = 200
+
+
 def _read_train_atoms(args):
     from ase.io import read
 
     if not args.train_file:
         raise UserInputError("'auto' length/energy scale needs --train_file with target data")
     try:
-        return read(args.train_file, index=":")
+        return read(args.train_file, index=f":{MAX_FRAMES_FOR_ESTIMATES}")
     except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
         raise UserInputError(f"cannot read --train_file {args.train_file}: {exc}") from None
 
@@ -201,6 +221,7 @@ def prepare_source_model(args) -> Optional[Path]:
     length_scale = _parse_scale(args.length_scale, "--length_scale")
     energy_scale = _parse_scale(args.energy_scale, "--energy_scale")
     e0s = _parse_e0s(args.E0s)
+    atoms_list = None
     if "auto" in (length_scale, energy_scale):
         atoms_list = _read_train_atoms(args)
         est = remap.estimate_corresponding_states(
@@ -210,7 +231,7 @@ def prepare_source_model(args) -> Optional[Path]:
             forces_key=args.forces_key,
             length_scale=None if length_scale == "auto" else length_scale,
         )
-        logging.info("corresponding states estimated: %s", est)
+        print(f"mace-transfer: corresponding states estimated: {est}", flush=True)
         length_scale = est["length_scale"] if length_scale == "auto" else length_scale
         energy_scale = est["energy_scale"] if energy_scale == "auto" else energy_scale
     remapped = remap.remap_elements(
@@ -221,6 +242,10 @@ def prepare_source_model(args) -> Optional[Path]:
         length_scale=length_scale,
         energy_scale=energy_scale,
     )
+    if args.refit_shift and args.train_file:
+        atoms_list = atoms_list or _read_train_atoms(args)
+        remapped, delta = remap.refit_energy_shift(remapped, atoms_list, energy_key=args.energy_key)
+        print(f"mace-transfer: remapped model's energy shift refitted by {delta:+.4f} eV/atom", flush=True)
     path = _remapped_model_path(args)
     tmp = path.with_suffix(".tmp")
     torch.save(remapped, tmp)

@@ -10,6 +10,8 @@ from mace_transfer.remap import (
     estimate_corresponding_states,
     load_model,
     parse_element_map,
+    predict,
+    refit_energy_shift,
     remap_elements,
 )
 
@@ -197,3 +199,18 @@ def test_load_model_errors(tmp_path):
     torch.save(torch.nn.Linear(2, 2), other)
     with pytest.raises(UserInputError, match="not a MACE model"):
         load_model(other)
+
+
+def test_refit_energy_shift_zeroes_mean_energy_error_keeps_forces():
+    src = make_mace_model([14])
+    frames = []
+    for seed in range(3):
+        atoms = rattled_diamond("Si", seed=seed)
+        energy, _ = predict(src, atoms)
+        atoms.info["REF_energy"] = energy - 0.37 * len(atoms) + 0.01 * seed
+        frames.append(atoms)
+    new, delta = refit_energy_shift(src, frames)
+    assert delta == pytest.approx(-0.37 + 0.01 / len(frames[0]), abs=1e-9)
+    residual = sum(a.info["REF_energy"] - predict(new, a)[0] for a in frames)
+    assert residual == pytest.approx(0.0, abs=1e-8)
+    np.testing.assert_allclose(predict(new, frames[0])[1], predict(src, frames[0])[1], atol=1e-10)

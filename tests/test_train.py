@@ -70,7 +70,7 @@ def test_source_model_remap_starts_training_from_remapped_weights(tmp_path, si_d
     write(ge_data, frames, format="extxyz")
     argv = (
         ["--train_file", str(ge_data), "--source_model", str(src_path), "--element_map", "Si:Ge",
-         "--E0s", "{32: -3.5}", "--lr", "0.0"]
+         "--E0s", "{32: -3.5}", "--lr", "0.0", "--refit_shift", "False"]
         + TINY
         + _dirs(tmp_path, "ge")
     )
