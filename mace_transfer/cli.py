@@ -214,6 +214,12 @@ def _label(argv):
     if not structures:
         raise UserInputError(f"{args.inp} holds no structures to label")
     calculator = dft.CP2KCalculator(settings)
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM -> SystemExit, so the running CP2K is stopped too
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.e0:
             symbols = {s for a in structures for s in a.get_chemical_symbols()}
