@@ -214,3 +214,22 @@ def test_refit_energy_shift_zeroes_mean_energy_error_keeps_forces():
     residual = sum(a.info["REF_energy"] - predict(new, a)[0] for a in frames)
     assert residual == pytest.approx(0.0, abs=1e-8)
     np.testing.assert_allclose(predict(new, frames[0])[1], predict(src, frames[0])[1], atol=1e-10)
+
+
+def test_remap_command(tmp_path, capsys):
+    from mace_transfer.cli import _guarded, _remap
+
+    src = tmp_path / "si.model"
+    torch.save(make_mace_model([14]), src)
+    out = tmp_path / "ge.model"
+    argv = [str(src), str(out), "--element_map", "Si:Ge", "--E0s", '{"Ge": -4.5}']
+    assert _guarded(_remap, argv) == 0
+    ge = load_model(out)
+    assert [int(z) for z in ge.atomic_numbers] == [32]
+    assert float(ge.atomic_energies_fn.atomic_energies.reshape(-1)[0]) == -4.5
+    # never overwrites silently; bad input is one line, exit 2
+    assert _guarded(_remap, argv) == 2
+    assert "exists" in capsys.readouterr().err
+    assert _guarded(_remap, [str(src), str(tmp_path / "x.model"), "--element_map", "Ge:Sn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "not in the model" in err
