@@ -104,7 +104,10 @@ def as_model(model, device: str = "cpu", label: Optional[str] = None) -> Model:
 
 # --------------------------------------------------------------------------- test errors
 def read_test_file(path: Union[str, os.PathLike]) -> List[Atoms]:
-    """Frames of an extxyz test file; each must carry ``REF_forces`` (eV/Å)."""
+    """Frames of an extxyz test file; each must carry ``REF_forces`` (eV/Å).
+
+    Frames with ``config_type=IsolatedAtom`` are dropped: MACE reads them as E0s, not as data.
+    """
     import ase.io
 
     path = Path(path)
@@ -114,8 +117,9 @@ def read_test_file(path: Union[str, os.PathLike]) -> List[Atoms]:
         frames = ase.io.read(path, index=":")
     except Exception as exc:
         raise UserInputError(f"cannot read test file {path}: {type(exc).__name__}: {exc}") from None
+    frames = [a for a in frames if a.info.get("config_type") != "IsolatedAtom"]
     if not frames:
-        raise UserInputError(f"test file {path} holds no configurations")
+        raise UserInputError(f"test file {path} holds no configurations (besides IsolatedAtom)")
     for index, atoms in enumerate(frames):
         forces = atoms.arrays.get("REF_forces")
         if forces is None or np.shape(forces) != (len(atoms), 3):

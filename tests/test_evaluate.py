@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from ase import units
+from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -88,7 +88,9 @@ def mace_model_path(tmp_path_factory):
 # --------------------------------------------------------------------------- errors + lattice
 def test_reference_as_model_has_zero_error_and_known_lattice(tmp_path):
     sw_ge = calculator("Ge", "sw")
-    test_file = write_frames(tmp_path / "test.xyz", labelled_frames(sw_ge))
+    isolated = Atoms("Ge", cell=np.eye(3) * 12.0, pbc=False)  # E0 frame: dropped from errors
+    isolated.info.update(REF_energy=0.0, config_type="IsolatedAtom")
+    test_file = write_frames(tmp_path / "test.xyz", [isolated] + labelled_frames(sw_ge))
     metrics = ev.evaluate(sw_ge, test_file, "sw-ge", labels=["sw"], out=tmp_path / "out",
                           skip=("md", "structure", "vacancy"), progress=False)
     errors = metrics["models"]["sw"]["errors"]
