@@ -348,7 +348,7 @@ def compare_structure(curves: Dict[str, dict], reference: Dict[str, dict]) -> Di
         for kind, x in (("rdf", ("r_A", "g")), ("adf", ("theta_deg", "p"))):
             entry[f"{kind}_difference"] = (curve_difference(
                 mine[kind][x[0]], mine[kind][x[1]], ref[kind][x[0]], ref[kind][x[1]])
-                if kind in ref else None)
+                if kind in ref and kind in mine else None)
         result[temperature] = entry
     return result
 

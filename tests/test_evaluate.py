@@ -14,7 +14,8 @@ from mace_transfer import UserInputError
 from mace_transfer import evaluate as ev
 from mace_transfer import evaluate_properties as props
 from mace_transfer.classical import calculator
-from mace_transfer.evaluate_md import MDSettings, angular_distribution, md_stability
+from mace_transfer.evaluate_md import MDSettings, angular_distribution, curve_difference
+from mace_transfer.evaluate_md import md_stability
 from mace_transfer.evaluate_md import radial_distribution
 
 A_SW_GE = 5.654  # Ding & Andersen SW-Ge lattice constant, Å
@@ -195,6 +196,12 @@ def test_rdf_and_adf_of_perfect_diamond():
     theta, p = angular_distribution([crystal], cutoff=1.3 * bond, bins=180)
     assert theta[np.argmax(p)] == pytest.approx(np.degrees(np.arccos(-1 / 3)), abs=1.0)
     assert np.sum(p) * (theta[1] - theta[0]) == pytest.approx(1.0)
+    # the comparison metric: 0 for identical curves, exactly 1 for a curve twice the reference
+    assert curve_difference(r, g, r, g) == 0.0
+    assert curve_difference(r, 2 * g, r, g) == pytest.approx(1.0, rel=1e-12)
+    compared = ev.compare_structure({"300": {"rdf": {"r_A": r, "g": g}}},
+                                    {"300": {"rdf": {"r_A": r, "g": g}}, "900": {}})
+    assert compared["300"]["rdf_difference"] == 0.0 and compared["900"]["rdf_difference"] is None
 
 
 # --------------------------------------------------------------------------- MACE models
