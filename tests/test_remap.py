@@ -233,3 +233,12 @@ def test_remap_command(tmp_path, capsys):
     assert _guarded(_remap, [str(src), str(tmp_path / "x.model"), "--element_map", "Ge:Sn"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "not in the model" in err
+
+
+def test_cueq_layout_model_is_refused_with_conversion_hint():
+    from types import SimpleNamespace
+
+    model = make_mace_model([14])
+    model.cueq_config = SimpleNamespace(enabled=True)
+    with pytest.raises(UserInputError, match="convert_cueq_e3nn"):
+        remap_elements(model, {"Si": "Ge"})
