@@ -292,6 +292,10 @@ def plot_training_curves(results: Dict[str, Path], out_png: Path) -> None:
     plt.close(fig)
 
 
+def _fmt(value, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def summary_table(metrics: Dict[str, Any], labels: List[str]) -> str:
     """Markdown table of test energy/force errors per model."""
     rows = ["| model | force MAE (meV/Å) | force RMSE (meV/Å) | energy MAE (meV/atom) |", "|---|---|---|---|"]
@@ -301,9 +305,9 @@ def summary_table(metrics: Dict[str, Any], labels: List[str]) -> str:
         if not errors:
             continue
         rows.append(
-            f"| {label} | {errors.get('force_mae_meV_per_A', float('nan')):.1f} | "
-            f"{errors.get('force_rmse_meV_per_A', float('nan')):.1f} | "
-            f"{errors.get('energy_mae_meV_per_atom', float('nan')):.2f} |"
+            f"| {label} | {_fmt(errors.get('force_mae_meV_per_A'), 1)} | "
+            f"{_fmt(errors.get('force_rmse_meV_per_A'), 1)} | "
+            f"{_fmt(errors.get('energy_mae_meV_per_atom'), 2)} |"
         )
     return "\n".join(rows)
 
