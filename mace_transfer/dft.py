@@ -42,7 +42,7 @@ from ase.units import Bohr, GPa, Hartree
 _RUN_ONLY_FIELDS = ("command", "nprocs", "timeout_s", "scratch_dir", "data_dir", "keep_failed_dirs")
 # Fields added after labels were first made: left out of the hash while at their default, so old
 # label files still resume. A new physics field must default to the old behaviour and go here.
-_HASH_IF_NOT_DEFAULT = ("kpoint_symmetry",)
+_HASH_IF_NOT_DEFAULT: Tuple[str, ...] = ()
 
 # Ground-state spin multiplicity (Hund's rule) of isolated main-group atoms.
 ATOM_MULTIPLICITY = {
@@ -85,7 +85,6 @@ class PBESettings:
     mixing_alpha: float = 0.3
     nbroyden: int = 8
     stress: bool = True
-    kpoint_symmetry: bool = False  # reduce the mesh by crystal symmetry (perfect crystals only)
     isolated_atom_box: float = 12.0
     isolated_atom_spin_polarized: bool = True
     # run settings (not physics)
@@ -209,7 +208,7 @@ def cp2k_input(
         lines += [
             "    &KPOINTS",
             "      SCHEME MONKHORST-PACK {} {} {}".format(*mesh),
-            f"      SYMMETRY {'T' if s.kpoint_symmetry else 'F'}",
+            "      SYMMETRY F",  # CP2K 2023.1 aborts in cryssym.F for symmetric cells with SYMMETRY T
             "    &END KPOINTS",
         ]
     lines += ["    &SCF", f"      EPS_SCF {s.eps_scf:.3E}", f"      MAX_SCF {int(s.max_scf)}"]
@@ -385,8 +384,7 @@ class CP2KCalculator(Calculator):
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         try:
             if proc.returncode != 0 and "SCF run NOT converged" not in text:
-                tail = (workdir / "stdout.txt").read_text(errors="replace")[-400:]
-                raise CalculationFailed(f"CP2K exit code {proc.returncode} (in {workdir}): {tail.strip()}")
+                raise CalculationFailed(f"CP2K exit code {proc.returncode}: {_abort_message(text, workdir)}")
             results = parse_cp2k_output(text, len(atoms), want_stress)
         except CalculationFailed as exc:
             if not s.keep_failed_dirs:
@@ -399,6 +397,19 @@ class CP2KCalculator(Calculator):
                         "forces": results["forces"]}
         if "stress" in results:
             self.results["stress"] = results["stress"]
+
+
+def _abort_message(text: str, workdir: Path) -> str:
+    """The message inside CP2K's [ABORT] box, else the last lines of its stdout."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "[ABORT]" in line:
+            words = [w for l in lines[i + 1:i + 8] for w in l.strip(" *").split()
+                     if not set(w) <= set("|/\\O_-*")]  # drop the ASCII-art figure
+            return " ".join(words)[:300]
+    stdout = workdir / "stdout.txt"
+    tail = stdout.read_text(errors="replace")[-300:] if stdout.exists() else ""
+    return " ".join(tail.split())
 
 
 def _children_cpu_s() -> float:
