@@ -488,6 +488,13 @@ def refit_energy_shift(
     import copy
 
     check_model(model)
+    present = sorted({int(z) for atoms in frames for z in atoms.numbers})
+    missing = [z for z in present if z not in model_elements(model)]
+    if missing:
+        raise UserInputError(
+            f"training data has {symbols(missing)}, which the remapped model "
+            f"({symbols(model_elements(model))}) lacks: check the element map"
+        )
     residual, atoms_total = 0.0, 0
     for atoms in frames:
         if energy_key not in atoms.info:

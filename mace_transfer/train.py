@@ -199,10 +199,10 @@ def _read_train_atoms(args):
         raise UserInputError(f"cannot read --train_file {args.train_file}: {exc}") from None
 
 
-def prepare_source_model(args) -> Optional[Path]:
+def prepare_source_model(args, spec=None):
     """Remap ``--source_model`` and point MACE's ``--foundation_model`` at the result.
 
-    Returns the path written, or None when no source model is given.
+    Returns the remapped model (also written next to MACE's output), or None without a source.
     """
     if not args.source_model:
         if args.element_map:
@@ -242,6 +242,8 @@ def prepare_source_model(args) -> Optional[Path]:
         length_scale=length_scale,
         energy_scale=energy_scale,
     )
+    if spec is not None and spec.active:
+        spec.check_model(remapped)  # unknown block names fail before any data is read
     if args.refit_shift and args.train_file:
         atoms_list = atoms_list or _read_train_atoms(args)
         remapped, delta = remap.refit_energy_shift(remapped, atoms_list, energy_key=args.energy_key)
@@ -254,7 +256,7 @@ def prepare_source_model(args) -> Optional[Path]:
     if args.E0s is None:
         # the remapped model carries the E0s (given or kept): MACE reads them back from it
         args.E0s = "foundation"
-    return path
+    return remapped
 
 
 def run(args) -> None:
@@ -266,7 +268,7 @@ def run(args) -> None:
     spec = freeze.FreezeSpec.from_strings(
         args.freeze_blocks, args.block_lr_factors, args.unfreeze_after
     )
-    prepare_source_model(args)
+    prepare_source_model(args, spec)
     with freeze.optimizer_seam(spec):
         run_train.run(args)
 

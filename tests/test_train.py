@@ -100,5 +100,14 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, si_data):
     torch.save(make_mace_model([14]), tmp_path / "si.model")
     for bad_map in ("Si:Xx", "Si:Ge,Si:Sn", "C:Ge"):
         assert _guarded(_train, base + ["--source_model", str(tmp_path / "si.model"), "--element_map", bad_map]) == 2
+    capsys.readouterr()
+    code = _guarded(_train, base + ["--source_model", str(tmp_path / "si.model"), "--element_map", "Si:Ge",
+                                    "--freeze_blocks", "interactions.7"])
+    assert code == 2
+    assert "interactions.7" in capsys.readouterr().err
+    # Si training data for a Ge model: named, one line
+    code = _guarded(_train, base + ["--source_model", str(tmp_path / "si.model"), "--element_map", "Si:Ge"])
+    assert code == 2
+    assert "training data has Si" in capsys.readouterr().err
     with pytest.raises(UserInputError):
         train._parse_scale("-1", "--length_scale")
