@@ -7,6 +7,10 @@ import torch
 from ase.build import bulk
 from e3nn import o3
 
+# tiny models are dominated by per-op overhead: one thread is as fast and does not fight
+# over the two cores of a CI machine
+torch.set_num_threads(1)
+
 
 def make_mace_model(
     atomic_numbers,
