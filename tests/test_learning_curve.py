@@ -1,0 +1,158 @@
+"""scripts/learning_curve.py: subsets, MACE result parsing, aggregation, resumable tiny sweep."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from ase.build import bulk
+from ase.io import write
+from conftest import write_sw_si_dataset
+from test_pipeline import TINY_MACE
+
+from mace_transfer import UserInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lc():
+    spec = importlib.util.spec_from_file_location("learning_curve", ROOT / "scripts" / "learning_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(strategy, n, seed, mae, curve_rmse=(50.0, 40.0), energy=1.0):
+    return {"strategy": strategy, "n_train": n, "seed": seed, "name": f"{strategy}_{n}_{seed}",
+            "test": {"force_mae_meV_per_A": mae, "force_rmse_meV_per_A": 1.3 * mae,
+                     "energy_mae_meV_per_atom": energy, "energy_rmse_meV_per_atom": energy},
+            "wall_s": 10.0, "epochs_run": len(curve_rmse), "best_epoch": len(curve_rmse) - 1,
+            "best_valid_rmse_f_meV_A": min(curve_rmse),
+            "curve": {"epoch": list(range(len(curve_rmse))), "valid_rmse_f_meV_A": list(curve_rmse),
+                      "train_step_s": [2.0] * len(curve_rmse), "initial_valid_rmse_f_meV_A": 500.0}}
+
+
+def test_subsets_fixed_validation_nested_training(lc):
+    valid, pool = lc.split_target(50, 10, valid_seed=7)
+    assert len(valid) == 10 and len(pool) == 40 and not set(valid) & set(pool)
+    assert lc.split_target(50, 10, valid_seed=7) == (valid, pool)  # the same for every N and seed
+    small, large = lc.training_indices(pool, 5, seed=1), lc.training_indices(pool, 20, seed=1)
+    assert large[:5] == small  # nested in N
+    assert lc.training_indices(pool, 5, seed=2) != small  # the seed changes the subset
+    with pytest.raises(UserInputError):
+        lc.training_indices(pool, 41, seed=0)
+    with pytest.raises(UserInputError):
+        lc.split_target(10, 10, valid_seed=0)
+
+
+def test_epoch_budget_is_steps_clipped(lc):
+    budget = {"steps": 200, "min_epochs": 15, "max_epochs": 80}
+    assert lc.epochs_for(5, 5, budget) == 80  # 1 step/epoch -> 200, clipped
+    assert lc.epochs_for(25, 5, budget) == 40  # 5 steps/epoch
+    assert lc.epochs_for(100, 5, budget) == 15  # 20 steps/epoch -> 10, raised to the minimum
+    assert lc.epochs_for(100, 5, {"epochs": 7}) == 7
+
+
+def test_aggregate_mean_sample_std_and_reach_scratch(lc):
+    records = [_record("scratch", 5, 0, 100.0, (90.0, 60.0)), _record("scratch", 5, 1, 120.0, (80.0, 70.0)),
+               _record("transfer", 5, 0, 40.0, (65.0, 50.0)), _record("transfer", 5, 1, 60.0, (75.0, 72.0)),
+               _record("transfer", 10, 0, 30.0)]
+    lc.attach_reach_scratch(records)
+    table = lc.aggregate(records)
+    stats = table["scratch"]["5"]["force_mae_meV_per_A"]
+    assert stats["mean"] == pytest.approx(110.0)
+    assert stats["std"] == pytest.approx(math.sqrt(200.0))  # sample std of (100, 120)
+    assert stats["n"] == 2 and table["scratch"]["5"]["seeds"] == [0, 1]
+    assert table["transfer"]["10"]["force_mae_meV_per_A"]["std"] == 0.0
+    # transfer seed 0 reaches scratch's 60 at epoch 1 (2 epochs, 4 s); seed 1 (target 70) never does
+    assert records[2]["reach_scratch"] == {"epochs": 2, "train_step_s": 4.0}
+    assert records[3]["reach_scratch"] is None
+    reach = table["transfer"]["5"]["reach_scratch"]
+    assert (reach["reached"], reach["of"], reach["epochs"]["mean"]) == (1, 2, 2.0)
+    assert "reach_scratch" not in table["transfer"]["10"]  # no scratch run at N=10
+    md = lc.summary_markdown({"table": table, "n_runs": 5})
+    assert "| scratch | 110.0 ± 14.1 (n=2) |" in md
+
+
+def test_read_results_curve_and_best_epoch(lc, tmp_path):
+    rows = [{"mode": "eval", "epoch": None, "loss": 9.0, "rmse_f": 0.5, "mae_f": 0.4},
+            {"mode": "opt", "epoch": 0, "time": 1.5}, {"mode": "opt", "epoch": 0, "time": 0.5},
+            {"mode": "eval", "epoch": 0, "loss": 3.0, "rmse_f": 0.2, "mae_f": 0.15},
+            {"mode": "opt", "epoch": 1, "time": 1.0},
+            {"mode": "eval", "epoch": 1, "loss": 4.0, "rmse_f": 0.25, "mae_f": 0.2}]
+    (tmp_path / "x_run-1_train.txt").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    curve = lc.read_results(tmp_path)
+    assert curve["epoch"] == [0, 1] and curve["initial_valid_rmse_f_meV_A"] == pytest.approx(500.0)
+    assert curve["valid_rmse_f_meV_A"] == pytest.approx([200.0, 250.0])
+    assert curve["train_step_s"] == pytest.approx([2.0, 1.0])
+    assert lc.best_epoch(curve) == 0 and lc.valid_rmse_at(curve, 0) == pytest.approx(200.0)
+    assert lc.time_to_reach(curve, 210.0) == {"epochs": 1, "train_step_s": 2.0}
+    assert lc.time_to_reach(curve, 100.0) is None
+
+
+def _write_sw_ge(path, n, seed):
+    """``n`` rattled 8-atom Ge cells labelled by SW-Ge (REF_ keys)."""
+    from mace_transfer.classical import calculator
+
+    calc = calculator("Ge", "sw")
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Ge", "diamond", a=5.65 * (1 + 0.02 * rng.uniform(-1, 1)), cubic=True)
+        atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
+        atoms.calc = calc
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        atoms.info.update(REF_energy=energy, config_type="rattled")
+        atoms.arrays["REF_forces"] = forces
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+
+
+def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_sw_si_dataset(tmp_path / "si.xyz", n=6)
+    _write_sw_ge(tmp_path / "ge.xyz", 9, seed=3)
+    _write_sw_ge(tmp_path / "ge_test.xyz", 3, seed=4)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    config = {
+        "out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
+        "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"},
+        "n_valid": 3, "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [2, 4, 50], "seeds": [0],
+        "mace": mace,
+        "source": {"n_valid": 2, "mace": {"E0s": "{14: 0.0}", "lr": 0.01, "max_num_epochs": 2}},
+        "budget": {"epochs": 2, "patience": 5},
+        "strategies": {"scratch": {"lr": 0.01},
+                       "transfer_freeze": {"lr": 0.002, "init": "remap", "freeze_blocks": "embedding"}},
+    }
+    path = tmp_path / "lc.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert lc.main(["--config", str(path), "--no-zero-shot"]) == 0
+    out = capsys.readouterr().out
+    assert "N=50 dropped" in out and "[4/4]" in out and "ETA" in out
+    records = lc.load_runs(tmp_path / "res")
+    assert sorted((r["strategy"], r["n_train"]) for r in records) == [
+        ("scratch", 2), ("scratch", 4), ("transfer_freeze", 2), ("transfer_freeze", 4)]
+    for rec in records:
+        assert rec["epochs_run"] == 2 and rec["wall_s"] > 0 and rec["freeze_blocks"] == (
+            "embedding" if rec["strategy"] == "transfer_freeze" else None)
+        assert np.isfinite(rec["test"]["force_mae_meV_per_A"]) and rec["test"]["force_mae_meV_per_A"] > 0
+        assert rec["best_valid_rmse_f_meV_A"] == pytest.approx(
+            rec["curve"]["valid_rmse_f_meV_A"][rec["curve"]["epoch"].index(rec["best_epoch"])])
+    by_n = {(r["strategy"], r["n_train"]): r for r in records}
+    assert by_n[("scratch", 4)]["train_indices"][:2] == by_n[("scratch", 2)]["train_indices"]
+    assert (tmp_path / "res" / "learning_curve.png").stat().st_size > 0
+    assert (tmp_path / "res" / "source" / "si.model").is_file()
+    summary = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert summary["table"]["scratch"]["4"]["force_mae_meV_per_A"]["mean"] == pytest.approx(
+        by_n[("scratch", 4)]["test"]["force_mae_meV_per_A"])
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").glob("*.json")}
+    assert lc.main(["--config", str(path), "--no-zero-shot"]) == 0  # resumes: nothing retrained
+    assert "0 to train" in capsys.readouterr().out
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").glob("*.json")}
+    with pytest.raises(UserInputError, match="classical"):
+        lc.main(["--config", str(path), "--strategies", "classical_pretrain"])
