@@ -169,8 +169,8 @@ def cp2k_input(
 
     Bulk (default): spin-unpolarised, Fermi-Dirac smearing with added MOs, Broyden mixing,
     Monkhorst-Pack mesh from ``settings.kspacing`` (Γ-only code path when the mesh is 1x1x1),
-    analytical stress. ``isolated=True``: Γ only, no stress; spin-polarised (UKS) at the
-    Hund's-rule multiplicity with orbital transformation (no smearing) when
+    analytical stress. ``isolated=True``: Γ only, no stress; spin-polarised (UKS) with the spin
+    moment fixed at the Hund's-rule value (``FIXED_MAGNETIC_MOMENT``, same smearing) when
     ``settings.isolated_atom_spin_polarized``.
     """
     s = settings
@@ -212,27 +212,25 @@ def cp2k_input(
             "    &END KPOINTS",
         ]
     lines += ["    &SCF", f"      EPS_SCF {s.eps_scf:.3E}", f"      MAX_SCF {int(s.max_scf)}"]
+    added = max(int(s.added_mos_min), int(math.ceil(s.added_mos_per_atom * len(atoms))))
+    lines += [
+        f"      ADDED_MOS {added}",
+        "      &SMEAR ON",
+        f"        METHOD {s.smearing}",
+        f"        ELECTRONIC_TEMPERATURE [K] {s.electronic_temperature_k:g}",
+    ]
     if spin_polarized:
-        lines += [
-            "      &OT ON",
-            "        MINIMIZER DIIS",
-            "        PRECONDITIONER FULL_ALL",
-            "      &END OT",
-        ]
-    else:
-        added = max(int(s.added_mos_min), int(math.ceil(s.added_mos_per_atom * len(atoms))))
-        lines += [
-            f"      ADDED_MOS {added}",
-            "      &SMEAR ON",
-            f"        METHOD {s.smearing}",
-            f"        ELECTRONIC_TEMPERATURE [K] {s.electronic_temperature_k:g}",
-            "      &END SMEAR",
-            "      &MIXING",
-            "        METHOD BROYDEN_MIXING",
-            f"        ALPHA {s.mixing_alpha:g}",
-            f"        NBROYDEN {int(s.nbroyden)}",
-            "      &END MIXING",
-        ]
+        # spin moment fixed at the Hund's-rule value; the smearing spreads the open p shell evenly
+        # (a spherical atom), which converges where OT on the symmetry-broken atom stagnates
+        lines.append(f"        FIXED_MAGNETIC_MOMENT {int(multiplicity or 1) - 1}")
+    lines += [
+        "      &END SMEAR",
+        "      &MIXING",
+        "        METHOD BROYDEN_MIXING",
+        f"        ALPHA {s.mixing_alpha:g}",
+        f"        NBROYDEN {int(s.nbroyden)}",
+        "      &END MIXING",
+    ]
     lines += [
         "    &END SCF",
         "    &XC",

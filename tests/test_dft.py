@@ -53,7 +53,8 @@ def test_cp2k_input_bulk_and_isolated():
     atom_text = dft.cp2k_input(
         bulk("Si", "diamond", a=5.43)[:1], s, isolated=True, multiplicity=dft.ATOM_MULTIPLICITY["Si"])
     assert "UKS T" in atom_text and "MULTIPLICITY 3" in atom_text
-    assert "KPOINTS" not in atom_text and "SMEAR" not in atom_text and "STRESS" not in atom_text
+    assert "FIXED_MAGNETIC_MOMENT 2" in atom_text  # triplet: two more up than down electrons
+    assert "KPOINTS" not in atom_text and "STRESS" not in atom_text
 
 
 def test_physics_hash_ignores_run_settings():
