@@ -14,16 +14,20 @@ flock -n 8 || { echo "label_background: another instance is running"; exit 1; }
 
 # Structures are sampled (resumably, one writer at a time) while labelling runs; a file still
 # growing is only "done" once its sampler has finished.
-scripts/make_dft_structures.sh > runs/make_dft_structures.log 2>&1 &
+scripts/make_dft_structures.sh 8>&- > runs/make_dft_structures.log 2>&1 &  # 8>&-: it must not hold our lock
 MAKE_PID=$!
 sampling() { kill -0 "$MAKE_PID" 2>/dev/null; }
 
-label() {  # label IN OUT MAX [extra...]; prints remaining count on the last line
+CHUNK_LOG=runs/label_chunk.log
+label() {  # label IN OUT MAX [extra...]: progress to our stderr (the log), remaining count on stdout
     local in=$1 out=$2 max=$3; shift 3
     local tries=0 line
     while :; do
-        line=$(nice -n 10 "$BIN/mace_transfer_label" --in "$in" --out "$out" --engine cp2k \
-               --settings configs/dft_pbe.yaml --nprocs "$NPROCS" --max "$max" "$@" 2>&1 | tee /dev/stderr | tail -1)
+        # tee writes to a chunk log and to its stdout, sent to our stderr (never reopen /dev/stderr:
+        # that truncates a log file)
+        nice -n 10 "$BIN/mace_transfer_label" --in "$in" --out "$out" --engine cp2k \
+            --settings configs/dft_pbe.yaml --nprocs "$NPROCS" --max "$max" "$@" 2>&1 | tee "$CHUNK_LOG" >&2
+        line=$(tail -1 "$CHUNK_LOG")
         if [[ $line =~ remaining=([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; return 0; fi
         tries=$((tries + 1))
         echo "label_background: $in failed ($line), retry $tries/3 in 60 s" >&2
