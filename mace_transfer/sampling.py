@@ -38,13 +38,17 @@ DEFAULT_TEMPERATURES: Tuple[float, ...] = (300, 600, 900, 1200, 1500, 2000, 2500
 #: from a pre-melted cell and is tagged ``liquid``. See ``data/README.md`` for sources and caveats.
 MELTING_POINTS: Dict[Tuple[str, str], float] = {
     ("Si", "sw"): 1691.0,  # Broughton & Li, PRB 35, 9120 (1987)
-    ("Ge", "sw"): 1800.0,  # placeholder, refined below from our own estimate
+    ("Ge", "sw"): 3300.0,  # our estimate (uncertain by a few 100 K): Ding-Andersen's lambda = 31 melts far above Si
     ("Si", "tersoff"): 2547.0,  # Cook & Clancy, PRB 47, 7686 (1993), Tersoff (T3)
     ("Ge", "tersoff"): 2300.0,  # approximate
 }
 
-SAMPLER_VERSION = 1
-_POSITION_DECIMALS = 8  # extxyz writes %16.8f; labels are computed on the rounded positions
+SAMPLER_VERSION = 2  # 2: pre-melting continues until the cell is molten
+_POSITION_DECIMALS = 8
+# A cell counts as molten once this fraction of atoms moved this many nearest-neighbour distances.
+_MELT_FRACTION = 0.9
+_MELT_DISPLACEMENT = 0.6
+_MAX_PREMELT_CHUNKS = 10  # extxyz writes %16.8f; labels are computed on the rounded positions
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,12 @@ def _crystal(settings: SamplerSettings) -> Atoms:
     return bulk(settings.element, "diamond", a=lattice_constant, cubic=True).repeat(settings.supercell)
 
 
+def _nearest_neighbour_distance(settings: SamplerSettings) -> float:
+    """Diamond nearest-neighbour distance (Å) at the potential's lattice constant."""
+    lattice_constant = classical.REFERENCE_VALUES[(settings.element, settings.potential)]["lattice_constant"]
+    return float(lattice_constant) * np.sqrt(3.0) / 4.0
+
+
 def _config_type_md(settings: SamplerSettings, temperature: float) -> str:
     return "liquid" if temperature >= settings.melting_point else f"md_{temperature:g}K"
 
@@ -168,12 +178,21 @@ def _run_md(atoms: Atoms, settings: SamplerSettings, temperature: float, rng, ca
     friction = settings.friction_per_fs / units.fs
     if premelt:
         # Melt well above the melting point, then settle at the target: a crystal heated for a
-        # few ps superheats far past T_m and would not give liquid frames.
+        # few ps superheats far past T_m and would not give liquid frames. Keep melting (in
+        # chunks of premelt_steps, at most _MAX_PREMELT_CHUNKS) until nearly every atom has left
+        # its lattice site; a half-molten cell regrows crystal at the target temperature.
         melt_temperature = max(2.0 * settings.melting_point, temperature)
         thermalize_momenta(atoms, temperature_K=melt_temperature, rng=rng)
         Stationary(atoms)
-        Langevin(atoms, timestep, temperature_K=melt_temperature, friction=friction, fixcm=False,
-                 rng=rng).run(settings.premelt_steps)
+        melt = Langevin(atoms, timestep, temperature_K=melt_temperature, friction=friction, fixcm=False,
+                        rng=rng)
+        sites = atoms.positions.copy()
+        nearest_neighbour = _nearest_neighbour_distance(settings)
+        for _ in range(_MAX_PREMELT_CHUNKS):
+            melt.run(max(settings.premelt_steps, 1))
+            moved = np.linalg.norm(atoms.positions - sites, axis=1) > _MELT_DISPLACEMENT * nearest_neighbour
+            if moved.mean() >= _MELT_FRACTION:
+                break
     else:
         thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
         Stationary(atoms)
