@@ -297,6 +297,8 @@ def mace_quiet(log_path: Path):
     handlers, filters, level = list(root.handlers), list(root.filters), root.level
     dtype = torch.get_default_dtype()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    for handler in handlers:  # e.g. a basicConfig handler: it would echo MACE's DEBUG lines
+        root.removeHandler(handler)
     with open(log_path, "a") as stream, contextlib.redirect_stdout(stream), \
             contextlib.redirect_stderr(stream), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -304,9 +306,10 @@ def mace_quiet(log_path: Path):
             yield
         finally:
             for handler in list(root.handlers):
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
+                root.removeHandler(handler)
+                handler.close()
+            for handler in handlers:
+                root.addHandler(handler)
             root.filters = filters
             root.setLevel(level)
             torch.set_default_dtype(dtype)
@@ -325,6 +328,12 @@ def model_errors(model_path, frames) -> Dict[str, Any]:
         warnings.simplefilter("ignore")
         model = evaluate.load_model(model_path)
         return evaluate.test_errors(model.calc, frames, progress=False)["overall"]
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _fmt_time(seconds: float) -> str:
@@ -357,6 +366,27 @@ class Sweep:
     def split(self):
         return split_target(len(self.frames("target")), int(self.config["n_valid"]),
                             int(self.config["valid_seed"]))
+
+    def check_data(self) -> Dict[str, Any]:
+        """Record the SHA-256 of the target and test files in ``<out>/data.json``; a resumed
+        sweep whose files changed since is refused (its runs would mix two data sets)."""
+        current = {}
+        for key in ("target", "test"):
+            path = Path(self.config["data"][key])
+            if not path.is_file():
+                raise UserInputError(f"data file not found: {path}")
+            current[key] = {"path": str(path), "sha256": _sha256(path),
+                            "configurations": len(self.frames(key))}
+        record = self.out / "data.json"
+        if record.is_file():
+            before = json.loads(record.read_text())
+            changed = [k for k in current if before.get(k, {}).get("sha256") != current[k]["sha256"]]
+            if changed and load_runs(self.out):
+                raise UserInputError(
+                    f"{', '.join(current[k]['path'] for k in changed)} changed since the finished runs in "
+                    f"{self.out} were made ({record}); use a new --out or restore the data")
+        write_json(record, current)
+        return current
 
     def valid_frames(self) -> list:
         target = self.frames("target")
@@ -443,7 +473,8 @@ class Sweep:
             "n_train": len(frames) - n_valid, "n_valid": n_valid, "wall_s": wall,
             "epochs_run": len(curve["epoch"]), "best_epoch": epoch,
             "best_valid_rmse_f_meV_A": valid_rmse_at(curve, epoch), "curve": curve,
-            "data": self.config["data"]["source"], "machine": machine_info(self.threads)})
+            "data": self.config["data"]["source"], "machine": machine_info(self.threads),
+            "train_xyz_sha256": _sha256(folder / "train.xyz"), "valid_xyz_sha256": _sha256(folder / "valid.xyz")})
         self.say(f"source: done in {_fmt_time(wall)}, valid force RMSE "
                  f"{valid_rmse_at(curve, epoch):.1f} meV/Å -> {path}")
         return path
@@ -604,9 +635,14 @@ class Sweep:
             todo = todo[:max_runs]
         walls = {(r["strategy"], int(r["n_train"])): r["wall_s"] for r in load_runs(self.out)}
         for number, (strategy, n_train, seed) in enumerate(todo, 1):
-            record = self.train_run(strategy, n_train, seed,
-                                    self.out / "runs" / f"{run_name(strategy, n_train, seed)}.json",
-                                    freeze_blocks=freeze if strategy == "transfer_freeze" else None)
+            path = self.out / "runs" / f"{run_name(strategy, n_train, seed)}.json"
+            record = self._selected_run(strategy, n_train, seed, freeze) if strategy == "transfer_freeze" else None
+            if record is not None:
+                record["name"] = path.stem
+                write_json(path, record)
+            else:
+                record = self.train_run(strategy, n_train, seed, path,
+                                        freeze_blocks=freeze if strategy == "transfer_freeze" else None)
             walls[(strategy, n_train)] = record["wall_s"]
             remaining = todo[number:]
             eta = sum(self._guess_wall(walls, s, n) for s, n, _ in remaining)
@@ -616,6 +652,14 @@ class Sweep:
                      f"{record['epochs_run']} epochs (best {record['best_epoch']}), "
                      f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
         return len(todo)
+
+    def _selected_run(self, strategy: str, n_train: int, seed: int, freeze: Optional[str]):
+        """The freeze-selection run of the chosen block set when it is this (N, seed), else None."""
+        for path in sorted((self.out / "selection").glob(f"*_N{n_train:04d}_s{seed}.json")):
+            record = json.loads(path.read_text())
+            if record.get("strategy") == strategy and record.get("freeze_blocks") == freeze:
+                return dict(record, reused_from=str(path))
+        return None
 
     @staticmethod
     def _guess_wall(walls, strategy: str, n_train: int) -> float:
@@ -897,6 +941,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sweep = Sweep(config, args.out, args.work, progress=lambda m: print(m, flush=True))
     if not args.report_only:
         write_json(sweep.out / "machine.json", machine_info(sweep.threads))
+        sweep.check_data()
         sweep.source_model()
         if not args.no_zero_shot:
             sweep.zero_shot()

@@ -122,21 +122,21 @@ def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
     config = {
         "out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
         "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"},
-        "n_valid": 3, "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [2, 4, 50], "seeds": [0],
+        "n_valid": 3, "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [3, 50], "seeds": [0],
         "mace": mace,
         "source": {"n_valid": 2, "mace": {"E0s": "{14: 0.0}", "lr": 0.01, "max_num_epochs": 2}},
         "budget": {"epochs": 2, "patience": 5},
         "strategies": {"scratch": {"lr": 0.01},
-                       "transfer_freeze": {"lr": 0.002, "init": "remap", "freeze_blocks": "embedding"}},
+                       "transfer_freeze": {"lr": 0.002, "init": "remap", "freeze_candidates": ["embedding"],
+                                           "select": {"n": 3, "seed": 0}}},
     }
     path = tmp_path / "lc.yaml"
     path.write_text(yaml.safe_dump(config))
     assert lc.main(["--config", str(path), "--no-zero-shot"]) == 0
     out = capsys.readouterr().out
-    assert "N=50 dropped" in out and "[4/4]" in out and "ETA" in out
+    assert "N=50 dropped" in out and "[2/2]" in out and "ETA" in out
     records = lc.load_runs(tmp_path / "res")
-    assert sorted((r["strategy"], r["n_train"]) for r in records) == [
-        ("scratch", 2), ("scratch", 4), ("transfer_freeze", 2), ("transfer_freeze", 4)]
+    assert sorted((r["strategy"], r["n_train"]) for r in records) == [("scratch", 3), ("transfer_freeze", 3)]
     for rec in records:
         assert rec["epochs_run"] == 2 and rec["wall_s"] > 0 and rec["freeze_blocks"] == (
             "embedding" if rec["strategy"] == "transfer_freeze" else None)
@@ -144,15 +144,22 @@ def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
         assert rec["best_valid_rmse_f_meV_A"] == pytest.approx(
             rec["curve"]["valid_rmse_f_meV_A"][rec["curve"]["epoch"].index(rec["best_epoch"])])
     by_n = {(r["strategy"], r["n_train"]): r for r in records}
-    assert by_n[("scratch", 4)]["train_indices"][:2] == by_n[("scratch", 2)]["train_indices"]
+    # the same seed: the same training subset for every strategy
+    selection = json.loads((tmp_path / "res" / "freeze_selection.json").read_text())
+    assert selection["chosen"] == "embedding"  # the selection run at N=3 seed 0 is reused, not retrained
+    assert by_n[("transfer_freeze", 3)]["reused_from"].endswith("freeze-embedding_N0003_s0.json")
+    assert by_n[("scratch", 3)]["train_indices"] == by_n[("transfer_freeze", 3)]["train_indices"]
     assert (tmp_path / "res" / "learning_curve.png").stat().st_size > 0
     assert (tmp_path / "res" / "source" / "si.model").is_file()
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
-    assert summary["table"]["scratch"]["4"]["force_mae_meV_per_A"]["mean"] == pytest.approx(
-        by_n[("scratch", 4)]["test"]["force_mae_meV_per_A"])
+    assert summary["table"]["scratch"]["3"]["force_mae_meV_per_A"]["mean"] == pytest.approx(
+        by_n[("scratch", 3)]["test"]["force_mae_meV_per_A"])
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").glob("*.json")}
     assert lc.main(["--config", str(path), "--no-zero-shot"]) == 0  # resumes: nothing retrained
     assert "0 to train" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").glob("*.json")}
     with pytest.raises(UserInputError, match="classical"):
         lc.main(["--config", str(path), "--strategies", "classical_pretrain"])
+    _write_sw_ge(tmp_path / "ge_test.xyz", 4, seed=5)  # new test data: finished runs would mix two sets
+    with pytest.raises(UserInputError, match="changed since"):
+        lc.main(["--config", str(path), "--no-zero-shot"])
