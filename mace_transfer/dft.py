@@ -266,6 +266,7 @@ def cp2k_input(
 
 _ENERGY_RE = re.compile(r"ENERGY\| Total FORCE_EVAL \( QS \) energy[^:]*:\s+(\S+)")
 _SCF_CONVERGED_RE = re.compile(r"SCF run converged in\s+(\d+)\s+steps")
+_ENTROPIC_RE = re.compile(r"Electronic entropic energy:\s+(\S+)")
 
 
 def parse_cp2k_output(text: str, n_atoms: int, want_stress: bool) -> Dict:
@@ -283,6 +284,8 @@ def parse_cp2k_output(text: str, n_atoms: int, want_stress: bool) -> Dict:
     if not energies:
         raise CalculationFailed("CP2K output has no total energy")
     results: Dict = {"energy": float(energies[-1]) * Hartree, "n_scf": int(converged[-1])}
+    entropic = _ENTROPIC_RE.findall(text)  # the -TS term (eV) included in the total energy
+    results["entropic_energy"] = float(entropic[-1]) * Hartree if entropic else 0.0
 
     lines = text.splitlines()
     start = max((i for i, line in enumerate(lines) if "ATOMIC FORCES in [a.u.]" in line), default=None)
@@ -334,6 +337,7 @@ class CP2KCalculator(Calculator):
         self.last_wall_s: Optional[float] = None  # s, wall time of the last CP2K run
         self.last_cpu_s: Optional[float] = None  # s, CPU time of all its MPI ranks together
         self.last_n_scf: Optional[int] = None
+        self.last_entropic_energy: Optional[float] = None  # eV, CP2K's -TS term
 
     def _command(self) -> List[str]:
         return shlex.split(self.settings.command.format(nprocs=int(self.settings.nprocs)))
@@ -390,9 +394,15 @@ class CP2KCalculator(Calculator):
             raise type(exc)(f"{exc} [{workdir}]") from exc
         _remove_tree(workdir)
         self.last_n_scf = results.pop("n_scf")
-        # With smearing CP2K's total energy is the Mermin free energy, the one consistent with forces.
-        self.results = {"energy": results["energy"], "free_energy": results["energy"],
-                        "forces": results["forces"]}
+        self.last_entropic_energy = results.pop("entropic_energy")
+        # With smearing CP2K's total energy is the Mermin free energy F = E - TS, the one consistent
+        # with the forces: the bulk label. An isolated atom's open p shell is spread evenly over
+        # degenerate orbitals, and its -TS (~ -0.16 eV at 1000 K) is an artefact of the smearing:
+        # its energy is the internal energy E = F + TS of that spherical atom.
+        energy = results["energy"]
+        if self.isolated:
+            energy = results["energy"] - self.last_entropic_energy
+        self.results = {"energy": energy, "free_energy": results["energy"], "forces": results["forces"]}
         if "stress" in results:
             self.results["stress"] = results["stress"]
 
@@ -431,6 +441,8 @@ def isolated_atom(symbol: str, settings: Optional[PBESettings] = None,
     Same basis/pseudopotential/cutoff as the bulk labels; cubic box of
     ``settings.isolated_atom_box`` Å, Γ only; spin-polarised at the Hund's-rule multiplicity
     (e.g. triplet Si/Ge) unless ``settings.isolated_atom_spin_polarized`` is false.
+    ``REF_energy`` is the internal energy of the spherical atom (CP2K's -TS smearing term, kept in
+    ``dft_entropic_energy``, left out; see :class:`CP2KCalculator`).
     """
     settings = settings or PBESettings()
     box = settings.isolated_atom_box
@@ -448,6 +460,9 @@ def isolated_atom(symbol: str, settings: Optional[PBESettings] = None,
         "REF_energy": float(energy),
         "spin_polarized": bool(settings.isolated_atom_spin_polarized),
     })
+    entropic = getattr(calculator, "last_entropic_energy", None)
+    if entropic is not None:
+        frame.info["dft_entropic_energy"] = float(entropic)  # eV, -TS, left out of REF_energy
     frame.arrays["REF_forces"] = np.zeros((1, 3))
     return frame
 

@@ -75,6 +75,7 @@ def test_load_settings_yaml(tmp_path):
 
 _CP2K_LOG = """
   *** SCF run converged in    12 steps ***
+  Electronic entropic energy:                                  -0.00018215815325
  ENERGY| Total FORCE_EVAL ( QS ) energy [a.u.]:              -31.486674686979036
  ATOMIC FORCES in [a.u.]
 
@@ -99,6 +100,7 @@ def test_parse_cp2k_output_units_and_signs():
     # Voigt order xx yy zz yz xz xy.
     np.testing.assert_allclose(res["stress"], -np.array([1.0, 2.0, 3.0, 0.6, 0.5, 0.4]) * GPa)
     assert res["n_scf"] == 12
+    assert res["entropic_energy"] == pytest.approx(-0.00018215815325 * Hartree)
 
 
 def test_parse_cp2k_output_detects_unconverged_and_truncated():
