@@ -2,6 +2,9 @@
 # Unlabelled-for-DFT 16-atom structures (8-atom cubic diamond cell x (2,1,1); vacancy cells 15 atoms)
 # from Stillinger-Weber MD / strain / vacancy sampling (mace_transfer.sampling). Their SW REF_* keys
 # are dropped by mace_transfer_label, which replaces them with PBE labels. Resumable (sampler appends).
+# The committed data/*_structures16.xyz were made by sampler v1 (commit a09cd89; Ge SW melting point
+# then 1800 K, so Ge 2000/2500 K frames are SW liquid pre-melted at 3600 K, supercooled w.r.t. the later
+# 3300 K estimate). A later sampler version refuses to extend them (settings hash), never silently alters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # one writer at a time: the sampler appends to these files
