@@ -31,7 +31,8 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from mace_transfer import UserInputError, classical
 
-#: Default MD temperature ladder (K); the top rungs lie above SW Si's melting point.
+#: Default MD temperature ladder (K); the top rungs lie above SW Si's melting point, but below
+#: SW Ge's (~3300 K): add a rung such as 3500 K for Ge liquid (see data/README.md).
 DEFAULT_TEMPERATURES: Tuple[float, ...] = (300, 600, 900, 1200, 1500, 2000, 2500)
 
 #: Approximate melting points (K) of each potential at zero pressure. MD at or above it starts
@@ -40,7 +41,7 @@ MELTING_POINTS: Dict[Tuple[str, str], float] = {
     ("Si", "sw"): 1691.0,  # Broughton & Li, PRB 35, 9120 (1987)
     ("Ge", "sw"): 3300.0,  # our estimate (uncertain by a few 100 K): Ding-Andersen's lambda = 31 melts far above Si
     ("Si", "tersoff"): 2547.0,  # Cook & Clancy, PRB 47, 7686 (1993), Tersoff (T3)
-    ("Ge", "tersoff"): 2300.0,  # approximate
+    ("Ge", "tersoff"): 2300.0,  # placeholder, not verified
 }
 
 SAMPLER_VERSION = 2  # 2: pre-melting continues until the cell is molten
