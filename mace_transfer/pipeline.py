@@ -201,6 +201,7 @@ class Pipeline:
             options["foundation_model"] = str(self.model_of(stage["foundation"]))
         options.update(
             name=stage["name"],
+            work_dir=str(folder),
             model_dir=str(folder),
             checkpoints_dir=str(folder / "checkpoints"),
             results_dir=str(folder / "results"),
