@@ -211,7 +211,18 @@ class Pipeline:
         argv = mace_argv(options)
         (folder / "argv.json").write_text(json.dumps(argv, indent=1))
         args = train.parse_args(argv)
-        train.run(args)
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        try:
+            train.run(args)
+        finally:
+            # MACE's run() adds its console and file handlers to the root logger: drop them, so
+            # the next stage does not write into this stage's log file
+            for handler in list(root.handlers):
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.setLevel(level)
 
     def run_train(self, stage) -> None:
         self._train(stage)

@@ -397,11 +397,18 @@ def nearest_neighbour_distance(atoms_list: Sequence) -> float:
     return float(np.median(nearest))
 
 
-def equilibrium_nearest_neighbour(model: torch.nn.Module, element: ElementLike) -> float:
-    """Nearest-neighbour distance (Å) of ``element``'s ASE reference crystal at the model's minimum.
+def atomic_length(atoms_list: Sequence) -> float:
+    """Median over structures of (volume per atom)^(1/3) (Å); all structures fully periodic."""
+    lengths = [(atoms.get_volume() / len(atoms)) ** (1 / 3) for atoms in atoms_list if len(atoms) > 1]
+    if not lengths:
+        raise UserInputError("no periodic structures to estimate a length scale from")
+    return float(np.median(lengths))
 
-    The reference structure (``ase.build.bulk``, e.g. diamond for Si) is scaled isotropically
-    over ±8 % and the energy minimum is found by an equation-of-state fit.
+
+def _source_equilibrium_crystal(model: torch.nn.Module, element: ElementLike):
+    """``element``'s ASE reference crystal (``ase.build.bulk``) at the model's energy minimum.
+
+    The cell is scaled isotropically over ±8 % and the minimum found by an equation-of-state fit.
     """
     from ase.build import bulk
     from ase.eos import EquationOfState
@@ -420,7 +427,12 @@ def equilibrium_nearest_neighbour(model: torch.nn.Module, element: ElementLike) 
     v0, _, _ = EquationOfState(volumes, energies).fit()
     atoms = ref.copy()
     atoms.set_cell(ref.cell * (v0 / ref.get_volume()) ** (1 / 3), scale_atoms=True)
-    return nearest_neighbour_distance([atoms])
+    return atoms
+
+
+def equilibrium_nearest_neighbour(model: torch.nn.Module, element: ElementLike) -> float:
+    """Nearest-neighbour distance (Å) of ``element``'s reference crystal at the model's minimum."""
+    return nearest_neighbour_distance([_source_equilibrium_crystal(model, element)])
 
 
 def estimate_corresponding_states(
@@ -433,9 +445,11 @@ def estimate_corresponding_states(
 ) -> Dict[str, float]:
     """Estimate the corresponding-states scales s (length) and k (energy) from target data.
 
-    * s = median nearest-neighbour distance of the target structures / nearest-neighbour distance
-      of the source element's reference crystal at the source model's equilibrium (skipped when
-      ``length_scale`` is given). Thermal expansion of MD data biases s up by a few 0.1 %.
+    * s (skipped when ``length_scale`` is given), against the source element's ASE reference
+      crystal at the source model's equilibrium: for fully periodic target data, the ratio of
+      (volume per atom)^(1/3), median over target structures (exact for a crystal and its MD
+      snapshots at fixed cell); otherwise the ratio of median nearest-neighbour distances (biased
+      low by thermal motion: the nearest of four vibrating neighbours is closer than the mean).
     * k from forces, which do not depend on E0s: with F_new(R) = (k/s)·F_src(R/s),
       k = s·Σ F_target·F_src / Σ F_src·F_src, where F_src is the source model on each target
       structure shrunk by 1/s with target species mapped back to source species (eV/Å).
@@ -450,10 +464,16 @@ def estimate_corresponding_states(
         if len(mapping) != 1:
             raise UserInputError("'auto' length scale needs a single source:target pair")
         (source,) = mapping
-        d_target = nearest_neighbour_distance(frames)
-        d_source = equilibrium_nearest_neighbour(model, source)
+        crystal = _source_equilibrium_crystal(model, source)
+        if all(atoms.pbc.all() for atoms in frames):
+            d_target, d_source = atomic_length(frames), atomic_length([crystal])
+            details["method"] = "volume per atom"
+        else:
+            d_target = nearest_neighbour_distance(frames)
+            d_source = nearest_neighbour_distance([crystal])
+            details["method"] = "nearest-neighbour distance"
         length_scale = d_target / d_source
-        details.update(nn_target=d_target, nn_source=d_source)
+        details.update(length_target=d_target, length_source=d_source)
     num = den = 0.0
     for atoms in frames:
         if forces_key not in atoms.arrays:

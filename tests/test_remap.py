@@ -242,3 +242,26 @@ def test_cueq_layout_model_is_refused_with_conversion_hint():
     model.cueq_config = SimpleNamespace(enabled=True)
     with pytest.raises(UserInputError, match="convert_cueq_e3nn"):
         remap_elements(model, {"Si": "Ge"})
+
+
+def test_auto_length_scale_from_volume_per_atom():
+    from mace_transfer.remap import _source_equilibrium_crystal, atomic_length
+
+    bulk_ge = rattled_diamond("Ge", a=5.654, rattle=0.0)
+    assert atomic_length([bulk_ge]) == pytest.approx((5.654**3 / 8) ** (1 / 3))
+    src = make_mace_model([14], correlation=2, seed=5)
+    crystal = _source_equilibrium_crystal(src, "Si")
+    s_true, k_true = 1.041, 0.89
+    target = remap_elements(src, {"Si": "Ge"}, length_scale=s_true, energy_scale=k_true)
+    frames = []
+    for seed in range(2):
+        atoms = crystal.repeat((2, 1, 1))
+        atoms.set_cell(atoms.cell * s_true, scale_atoms=True)
+        atoms.rattle(0.03, seed=seed)
+        atoms.numbers = [32] * len(atoms)
+        atoms.arrays["REF_forces"] = energy_forces(target, atoms)[1]
+        frames.append(atoms)
+    est = estimate_corresponding_states(src, "Si:Ge", frames)
+    assert est["method"] == "volume per atom"
+    assert est["length_scale"] == pytest.approx(s_true, rel=1e-9)
+    assert est["energy_scale"] == pytest.approx(k_true, rel=1e-6)
