@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import ast
 import json
-import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from mace_transfer import UserInputError
 
