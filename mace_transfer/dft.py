@@ -75,7 +75,7 @@ class PBESettings:
     potential_file: str = "GTH_POTENTIALS"
     cutoff_ry: float = 400.0
     rel_cutoff_ry: float = 60.0
-    kspacing: float = 0.3
+    kspacing: float = 0.2
     smearing: str = "FERMI_DIRAC"
     electronic_temperature_k: float = 1000.0
     added_mos_per_atom: float = 0.75
