@@ -8,7 +8,7 @@ Reproduces the set-up of Röcken & Zavadlav (arXiv 2502.13522) on Stillinger-Web
    corresponding-states rescale (s, k estimated on the validation set);
 3. for ``transfer_freeze``: each candidate block set trained at one small N; the lowest
    *validation* force RMSE wins (``<out>/freeze_selection.json``);
-4. the sweep: N (sizes) x seeds x strategies; each run writes ``<out>/runs/<name>.json`` (test force
+4. the sweep: N (sizes) x seeds x strategies; each run writes ``<out>/records/<name>.json`` (test force
    MAE/RMSE meV/Å, energy MAE meV/atom, wall seconds, epochs run, best epoch, validation curve)
    and is skipped when that file exists;
 5. optional: ``--md`` (MD stability, a0 and B vs SW-Ge for the ``md.seeds`` runs) and
@@ -57,6 +57,8 @@ from mace_transfer import UserInputError  # noqa: E402
 
 STRATEGIES = ("scratch", "transfer", "transfer_freeze", "transfer_rescale", "mace_freeze")
 INITS = ("scratch", "remap", "foundation")
+#: per-run records live in <out>/records/ (not "runs/": the repository's .gitignore ignores runs/)
+RECORDS = "records"
 METRICS = ("force_mae_meV_per_A", "force_rmse_meV_per_A", "energy_mae_meV_per_atom",
            "energy_rmse_meV_per_atom")
 
@@ -201,9 +203,9 @@ def time_to_reach(curve: Dict[str, Any], target: float) -> Optional[Dict[str, fl
 
 # ----------------------------------------------------------------------------- bookkeeping
 def load_runs(out) -> List[Dict[str, Any]]:
-    """Every finished run's record under ``<out>/runs/``."""
+    """Every finished run's record under ``<out>/records/``."""
     records = []
-    for path in sorted((Path(out) / "runs").glob("*.json")):
+    for path in sorted((Path(out) / RECORDS).glob("*.json")):
         try:
             records.append(json.loads(path.read_text()))
         except json.JSONDecodeError:
@@ -637,13 +639,13 @@ class Sweep:
         """Train every missing (strategy, N, seed); N ascending. Returns the number trained."""
         freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
         plan = [(s, n, seed) for n in sizes for seed in seeds for s in strategies]
-        todo = [p for p in plan if not (self.out / "runs" / f"{run_name(*p)}.json").is_file()]
+        todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
         self.say(f"sweep: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
         if max_runs is not None:
             todo = todo[:max_runs]
         walls = {(r["strategy"], int(r["n_train"])): r["wall_s"] for r in load_runs(self.out)}
         for number, (strategy, n_train, seed) in enumerate(todo, 1):
-            path = self.out / "runs" / f"{run_name(strategy, n_train, seed)}.json"
+            path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
             record = self._selected_run(strategy, n_train, seed, freeze) if strategy == "transfer_freeze" else None
             if record is not None:
                 record["name"] = path.stem

@@ -154,10 +154,10 @@ def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert summary["table"]["scratch"]["3"]["force_mae_meV_per_A"]["mean"] == pytest.approx(
         by_n[("scratch", 3)]["test"]["force_mae_meV_per_A"])
-    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").glob("*.json")}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "records").glob("*.json")}
     assert lc.main(["--config", str(path), "--no-zero-shot"]) == 0  # resumes: nothing retrained
     assert "0 to train" in capsys.readouterr().out
-    assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "runs").glob("*.json")}
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "records").glob("*.json")}
     with pytest.raises(UserInputError, match="classical"):
         lc.main(["--config", str(path), "--strategies", "classical_pretrain"])
     _write_sw_ge(tmp_path / "ge_test.xyz", 4, seed=5)  # new test data: finished runs would mix two sets
