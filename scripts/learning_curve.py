@@ -795,17 +795,29 @@ def plot_learning_curve(table, png, zero_shot=None) -> None:
         low = np.maximum(mean - std, mean * 0.05)
         ax.errorbar(x, mean, yerr=[mean - low, std], marker="o", ms=4, capsize=3, label=strategy)
     if zero_shot:
-        for key, style in (("remap", ":"), ("remap_rescale", "--"), ("remap_rescale_known", "-.")):
+        for key, style, text in (("remap", ":", "zero-shot remap"),
+                                 ("remap_rescale", "--", "zero-shot remap + rescale (estimated s, k)"),
+                                 ("remap_rescale_known", "-.", "zero-shot remap + rescale (SW σ, ε ratios)")):
             if key in zero_shot:
-                ax.axhline(zero_shot[key]["force_mae_meV_per_A"], color="grey", ls=style, lw=1,
-                           label=f"zero-shot {key.replace('_', ' + ')}")
+                ax.axhline(zero_shot[key]["force_mae_meV_per_A"], color="grey", ls=style, lw=1, label=text)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    all_sizes = sorted({int(n) for s in table.values() for n in s})
+    ax.set_xticks(all_sizes)
+    ax.set_xticklabels([str(n) for n in all_sizes])
+    from matplotlib.ticker import LogLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    counts = [e["force_mae_meV_per_A"]["n"] for s in table.values() for e in s.values()]
     ax.set_xlabel("Ge training configurations N")
     ax.set_ylabel("test force MAE (meV/Å)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    ax.set_title("SW-Ge: Si-initialised vs scratch (mean ± std over seeds)", fontsize=8)
+    seeds = f"{min(counts)}" if counts and min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    ax.set_title(f"SW-Ge: Si-initialised vs scratch (mean ± sample std over {seeds} seeds)", fontsize=8)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png)
@@ -852,8 +864,8 @@ def summary_markdown(summary) -> str:
              "|---|" + "---|" * len(sizes)]
     for key, digits, title in (("force_mae_meV_per_A", 1, None), ("energy_mae_meV_per_atom", 2,
                                                                   "Test energy MAE (meV/atom):"),
-                               ("wall_s", 0, "Wall seconds per run (training + test):"),
-                               ("epochs_run", 0, "Epochs run (early stopping with --patience):")):
+                               ("wall_s", 0, "Wall seconds per training (MACE set-up, epochs, final error table; test evaluation not included):"),
+                               ("epochs_run", 0, "Epochs run (MACE 0.3.16's --patience never stops a serial run; the lowest-validation-loss checkpoint is kept):")):
         if title:
             lines += ["", title, "", "| strategy | " + " | ".join(f"N={n}" for n in sizes) + " |",
                       "|---|" + "---|" * len(sizes)]
