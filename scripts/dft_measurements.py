@@ -26,7 +26,8 @@ from mace_transfer import dft
 OUT = Path("runs/dft_measurements")
 CONV_PLAN = [  # (config, kspacing Å^-1, cutoff Ry)
     ("Si_liquid_20", 0.5, 400.0), ("Si_liquid_20", 0.3, 400.0), ("Si_liquid_20", 0.2, 400.0),
-    ("Ge_liquid_scaled_24", 0.5, 400.0), ("Ge_liquid_scaled_24", 0.3, 400.0),
+    ("Ge_liquid_scaled_24", 0.5, 400.0), ("Ge_liquid_scaled_24", 0.3, 400.0), ("Ge_liquid_scaled_24", 0.2, 400.0),
+    ("Ge_liquid_scaled_24", 0.15, 400.0),
 ]
 EV_CENTRE = {"Si": 5.47, "Ge": 5.76}  # Å, published PBE (WIEN2k, ase.collections.dcdft)
 EV_STEPS = (-0.03, -0.015, 0.0, 0.015, 0.03)
