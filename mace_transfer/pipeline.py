@@ -34,18 +34,27 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- config
-def load_pipeline(path) -> Dict[str, Any]:
-    """Read and check a pipeline YAML file."""
+def read_yaml_mapping(path, what: str = "config file") -> Dict[str, Any]:
+    """A YAML file that must hold a mapping; missing or malformed files are a UserInputError."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"pipeline file not found: {path}")
+        raise UserInputError(f"{what} not found: {path}")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise UserInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(config, dict) or not isinstance(config.get("stages"), list):
+    if not isinstance(config, dict):
+        raise UserInputError(f"{path}: expected a mapping")
+    return config
+
+
+def load_pipeline(path) -> Dict[str, Any]:
+    """Read and check a pipeline YAML file."""
+    path = Path(path)
+    config = read_yaml_mapping(path, "pipeline file")
+    if not isinstance(config.get("stages"), list):
         raise UserInputError(f"{path}: expected a mapping with a 'stages' list")
     names = set()
     for i, stage in enumerate(config["stages"]):

@@ -66,17 +66,10 @@ METRICS = ("force_mae_meV_per_A", "force_rmse_meV_per_A", "energy_mae_meV_per_at
 # ----------------------------------------------------------------------------- config
 def load_config(path) -> Dict[str, Any]:
     """Read and check the learning-curve YAML (see configs/learning_curve_sw.yaml)."""
-    import yaml
+    from mace_transfer.pipeline import read_yaml_mapping
 
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"config file not found: {path}")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise UserInputError(f"{path}: expected a mapping")
+    config = read_yaml_mapping(path)
     for key in ("data", "mace", "strategies", "sizes", "seeds", "budget", "element_map"):
         if key not in config:
             raise UserInputError(f"{path}: missing {key!r}")
