@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 from mace_transfer import UserInputError, train
 
@@ -276,18 +276,23 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------- reporting
-def read_training_curve(results_dir: Path) -> Dict[str, List[float]]:
-    """Validation epochs and force RMSE (meV/Å) from MACE's ``*_train.txt`` results file."""
-    epochs, rmse_f = [], []
+def iter_mace_results(results_dir) -> Iterator[Dict[str, Any]]:
+    """The rows of MACE's ``*_train.txt`` results files (one JSON object a line; bad lines skipped)."""
     for path in sorted(Path(results_dir).glob("*_train.txt")):
         for line in path.read_text().splitlines():
             try:
-                row = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if row.get("mode") == "eval" and row.get("rmse_f") is not None:
-                epochs.append(int(row["epoch"]) if row.get("epoch") is not None else len(epochs))
-                rmse_f.append(1000.0 * float(row["rmse_f"]))
+
+
+def read_training_curve(results_dir: Path) -> Dict[str, List[float]]:
+    """Validation epochs and force RMSE (meV/Å) from MACE's ``*_train.txt`` results file."""
+    epochs, rmse_f = [], []
+    for row in iter_mace_results(results_dir):
+        if row.get("mode") == "eval" and row.get("rmse_f") is not None:
+            epochs.append(int(row["epoch"]) if row.get("epoch") is not None else len(epochs))
+            rmse_f.append(1000.0 * float(row["rmse_f"]))
     return {"epoch": epochs, "rmse_f_meV_A": rmse_f}
 
 

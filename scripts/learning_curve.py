@@ -145,27 +145,24 @@ def read_results(results_dir) -> Dict[str, Any]:
     ``epoch``/``valid_rmse_f_meV_A``/``valid_mae_f_meV_A``/``valid_loss`` per validated epoch;
     ``train_step_s`` = summed optimizer-step seconds per epoch; ``initial_*`` before training.
     """
+    from mace_transfer.pipeline import iter_mace_results
+
     curve: Dict[str, Any] = {"epoch": [], "valid_rmse_f_meV_A": [], "valid_mae_f_meV_A": [],
                              "valid_loss": [], "initial_valid_rmse_f_meV_A": None}
     steps: Dict[int, float] = {}
-    for path in sorted(Path(results_dir).glob("*_train.txt")):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+    for row in iter_mace_results(results_dir):
+        if row.get("mode") == "opt" and row.get("epoch") is not None:
+            steps[int(row["epoch"])] = steps.get(int(row["epoch"]), 0.0) + float(row.get("time", 0.0))
+        elif row.get("mode") == "eval":
+            rmse = 1000.0 * float(row["rmse_f"]) if row.get("rmse_f") is not None else None
+            if row.get("epoch") is None:
+                curve["initial_valid_rmse_f_meV_A"] = rmse
                 continue
-            if row.get("mode") == "opt" and row.get("epoch") is not None:
-                steps[int(row["epoch"])] = steps.get(int(row["epoch"]), 0.0) + float(row.get("time", 0.0))
-            elif row.get("mode") == "eval":
-                rmse = 1000.0 * float(row["rmse_f"]) if row.get("rmse_f") is not None else None
-                if row.get("epoch") is None:
-                    curve["initial_valid_rmse_f_meV_A"] = rmse
-                    continue
-                curve["epoch"].append(int(row["epoch"]))
-                curve["valid_rmse_f_meV_A"].append(rmse)
-                curve["valid_mae_f_meV_A"].append(
-                    1000.0 * float(row["mae_f"]) if row.get("mae_f") is not None else None)
-                curve["valid_loss"].append(float(row["loss"]) if row.get("loss") is not None else None)
+            curve["epoch"].append(int(row["epoch"]))
+            curve["valid_rmse_f_meV_A"].append(rmse)
+            curve["valid_mae_f_meV_A"].append(
+                1000.0 * float(row["mae_f"]) if row.get("mae_f") is not None else None)
+            curve["valid_loss"].append(float(row["loss"]) if row.get("loss") is not None else None)
     curve["train_step_s"] = [steps.get(e, 0.0) for e in curve["epoch"]]
     return curve
 
