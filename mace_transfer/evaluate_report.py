@@ -15,13 +15,21 @@ import numpy as np
 from mace_transfer.evaluate_properties import PROPERTY_LABELS
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(figure, path: Path, dpi=120) -> Path:
+    """Write ``figure`` to ``path`` (PNG) and release it; ``dpi=None`` keeps the figure's own."""
+    figure.savefig(path, dpi=dpi if dpi is not None else "figure")
+    pyplot().close(figure)
+    return path
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -156,7 +164,7 @@ def plot_parity(result: dict, out: Path) -> List[Path]:
                    if "errors" in v and "_parity" in v["errors"]]
     if not with_errors:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(with_errors), figsize=(4.2 * len(with_errors), 4),
                                 squeeze=False)
     for axis, (label, errors) in zip(axes[0], with_errors):
@@ -170,10 +178,7 @@ def plot_parity(result: dict, out: Path) -> List[Path]:
         axis.set_xlabel("reference force component (eV/Å)")
         axis.set_ylabel("predicted (eV/Å)")
     figure.tight_layout()
-    path = out / "force_parity.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return [path]
+    return [save_figure(figure, out / "force_parity.png")]
 
 
 def plot_survival(result: dict, out: Path) -> List[Path]:
@@ -181,7 +186,7 @@ def plot_survival(result: dict, out: Path) -> List[Path]:
     with_md = [(k, v["md_stability"]) for k, v in result["models"].items() if "md_stability" in v]
     if not with_md:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
     for label, stability in with_md:
         temperatures = [float(t) for t in stability["per_temperature"]]
@@ -194,10 +199,7 @@ def plot_survival(result: dict, out: Path) -> List[Path]:
     bottom.set_ylabel("mean time held (ps)")
     bottom.set_xlabel("temperature (K)")
     figure.tight_layout()
-    path = out / "md_survival.png"
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return [path]
+    return [save_figure(figure, out / "md_survival.png")]
 
 
 def plot_structure(result: dict, out: Path) -> List[Path]:
@@ -207,7 +209,7 @@ def plot_structure(result: dict, out: Path) -> List[Path]:
                           | set(reference), key=float)
     if not temperatures:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     for temperature in temperatures:
         for kind, (x_key, y_key, x_label, y_label) in {
@@ -229,8 +231,5 @@ def plot_structure(result: dict, out: Path) -> List[Path]:
             axis.set_title(f"{kind.upper()} at {temperature} K")
             axis.legend()
             figure.tight_layout()
-            path = out / f"{kind}_{temperature}K.png"
-            figure.savefig(path, dpi=120)
-            plt.close(figure)
-            paths.append(path)
+            paths.append(save_figure(figure, out / f"{kind}_{temperature}K.png"))
     return paths

@@ -298,12 +298,9 @@ def read_training_curve(results_dir: Path) -> Dict[str, List[float]]:
 
 def plot_training_curves(results: Dict[str, Path], out_png: Path) -> None:
     """Validation force RMSE vs epoch for several training runs (one PNG)."""
-    import matplotlib
+    from mace_transfer.evaluate_report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=150)
+    fig, ax = pyplot().subplots(figsize=(5, 3.6), dpi=150)
     for label, folder in results.items():
         curve = read_training_curve(folder)
         if curve["epoch"]:
@@ -314,8 +311,7 @@ def plot_training_curves(results: Dict[str, Path], out_png: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
+    save_figure(fig, out_png, dpi=None)
 
 
 def _fmt(value, digits: int) -> str:
