@@ -321,3 +321,43 @@ def _eval(argv):
 def eval_main(argv: Optional[Sequence[str]] = None) -> None:
     """``mace_transfer_eval MODEL.model --test TEST.xyz --reference sw-ge --out DIR``."""
     sys.exit(_guarded(_eval, argv))
+
+
+# --------------------------------------------------------------------------- learning curve
+def _learning_curve(argv):
+    """Parse ``mace_transfer_learning_curve`` flags, then run :func:`learning_curve.run_study`."""
+    from mace_transfer import learning_curve
+
+    parser = argparse.ArgumentParser(
+        prog="mace_transfer_learning_curve",
+        description="Learning curves: target models from a remapped source vs from scratch over the "
+        "training-set size N (resumable: finished runs are skipped).",
+    )
+    parser.add_argument("--config", required=True, help="YAML (configs/learning_curve_sw.yaml)")
+    parser.add_argument("--out", default=None, help="results folder (default: the config's out)")
+    parser.add_argument("--work", default=None, help="MACE run folders (default: the config's work)")
+    parser.add_argument("--sizes", default=None, help="comma-separated N (default: the config's)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
+    parser.add_argument("--strategies", default=None,
+                        help=f"comma-separated, from {','.join(learning_curve.STRATEGIES)}")
+    parser.add_argument("--max-runs", type=int, default=None, help="train at most this many runs now")
+    parser.add_argument("--md", action="store_true", help="MD stability + a0, B for the md.seeds runs")
+    parser.add_argument("--timing", action="store_true", help="mace_transfer_train vs mace_run_train")
+    parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot errors")
+    parser.add_argument("--report-only", action="store_true", help="only aggregate, plot and summarise")
+    args = parser.parse_args(argv)
+    names = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    learning_curve.run_study(
+        args.config, out=args.out, work=args.work,
+        sizes=_comma_numbers(args.sizes, int, "--sizes") if args.sizes else None,
+        seeds=_comma_numbers(args.seeds, int, "--seeds") if args.seeds else None,
+        strategies=names, max_runs=args.max_runs, md=args.md, timing=args.timing,
+        zero_shot=not args.no_zero_shot, report_only=args.report_only,
+        progress=lambda message: print(message, flush=True),
+    )
+    return 0
+
+
+def learning_curve_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``mace_transfer_learning_curve --config configs/learning_curve_sw.yaml``."""
+    sys.exit(_guarded(_learning_curve, argv))

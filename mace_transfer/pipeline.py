@@ -12,7 +12,9 @@ A pipeline file::
 
 Stage kinds: ``sample`` (classical configurations), ``train`` (``mace_transfer_train``; ``source``
 = a stage or ``.model`` to remap with ``element_map``, ``foundation`` = a same-element stage to
-continue from), ``classical_pretrain`` (sample + train on a classical potential) and ``evaluate``.
+continue from), ``classical_pretrain`` (sample + train on a classical potential), ``evaluate`` and
+``learning_curve`` (a whole study of :mod:`mace_transfer.learning_curve`: ``config`` = its YAML,
+optional ``sizes``, ``seeds``, ``strategies``, ``md``, ``timing``, ``out``; resumable run by run).
 A stage whose output exists is skipped, so a cut run resumes; a training stage cut mid-way
 resumes from MACE's own latest checkpoint (``--restart_latest``).
 """
@@ -29,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from mace_transfer import UserInputError, train
 
-STAGE_KINDS = ("sample", "train", "classical_pretrain", "evaluate")
+STAGE_KINDS = ("sample", "train", "classical_pretrain", "evaluate", "learning_curve")
 log = logging.getLogger(__name__)
 
 
@@ -151,6 +153,8 @@ class Pipeline:
             return self.path(stage["out"]) if "out" in stage else folder / f"{stage['name']}.xyz"
         if stage["kind"] == "evaluate":
             return folder / "metrics.json"
+        if stage["kind"] == "learning_curve":
+            return folder / "learning_curve.json"
         return folder / f"{stage['name']}.model"
 
     def _sample(self, stage, out: Path) -> Path:
@@ -273,6 +277,25 @@ class Pipeline:
         if curves:
             plot_training_curves(curves, folder / "training_curves.png")
         print(summary_table(metrics, labels), flush=True)
+
+
+    def run_learning_curve(self, stage) -> None:
+        # imported here: learning_curve uses this module's helpers (it sits beside the pipeline)
+        from mace_transfer import learning_curve
+
+        if "config" not in stage:
+            raise UserInputError(f"stage {stage['name']!r} needs 'config' (a learning-curve YAML)")
+        folder = self.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = learning_curve.run_study(
+            str(self.path(stage["config"])), out=stage.get("out"), work=stage.get("work", folder / "work"),
+            sizes=stage.get("sizes"), seeds=stage.get("seeds"), strategies=stage.get("strategies"),
+            md=bool(stage.get("md", False)), timing=bool(stage.get("timing", False)),
+            progress=lambda message: print(message, flush=True),
+        )
+        out = stage.get("out") or learning_curve.load_config(str(self.path(stage["config"])))["out"]
+        (folder / "learning_curve.json").write_text(json.dumps(
+            {"config": str(stage["config"]), "out": str(out), "n_runs": summary["n_runs"]}, indent=1))
 
 
 # ----------------------------------------------------------------------------- reporting

@@ -65,7 +65,12 @@ def to_atomic_number(element: ElementLike) -> int:
 def parse_element_map(
     element_map: Union[str, Mapping[ElementLike, ElementLike]],
 ) -> Dict[int, int]:
-    """``"Si:Ge,C:Sn"`` or ``{"Si": "Ge"}`` -> ``{14: 32, 6: 50}``; duplicates are an error."""
+    """``"Si:Ge,C:Sn"`` or ``{"Si": "Ge"}`` -> ``{14: 32, 6: 50}``; duplicates are an error.
+
+    An identity entry (``"Ge:Ge"``, replace mode) is allowed: it keeps every weight and only
+    re-references the model (new E0s, refit shift, rescale), e.g. a Ge model trained on a classical
+    potential as the start of a DFT Ge model.
+    """
     if isinstance(element_map, str):
         pairs = []
         for item in element_map.split(","):
@@ -89,8 +94,6 @@ def parse_element_map(
             raise UserInputError(f"element map names source {chemical_symbols[z_src]} twice")
         if z_tgt in targets:
             raise UserInputError(f"element map names target {chemical_symbols[z_tgt]} twice")
-        if z_src == z_tgt:
-            raise UserInputError(f"element map sends {chemical_symbols[z_src]} to itself")
         mapping[z_src] = z_tgt
         targets.add(z_tgt)
     return mapping

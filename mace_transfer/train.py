@@ -272,6 +272,17 @@ def run(args) -> None:
         run_train.run(args)
 
 
+def run_mace_only(argv: Sequence[str]) -> None:
+    """Plain ``mace_run_train`` on ``argv`` (MACE's parser and ``run``, none of our code in the path).
+
+    For overhead comparisons only (the learning-curve timing): same process, same MACE version.
+    """
+    from mace.cli import run_train
+    from mace.tools import build_default_arg_parser
+
+    run_train.run(build_default_arg_parser().parse_args(list(argv)))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` (MACE's flags + ours) and train. Returns the exit code."""
     args = parse_args(argv)

@@ -2,13 +2,18 @@
 # Long-running, resumable PBE labelling of the 16-atom structures (CP2K, 2 MPI ranks, nice 10).
 #   nohup scripts/label_background.sh > runs/label.log 2>&1 &
 # Safe to kill and restart at any time: finished frames are in data/*_pbe16.xyz, SCF failures in
-# data/*_pbe16.failed.jsonl; a rerun skips both. Order: Ge train interleaved with Ge test (5:1, so
-# both grow together), then Si. Isolated-atom E0 frames go into the train files (--e0).
+# data/*_pbe16.failed.jsonl; a rerun skips both. Order: first a usable ab initio transfer set
+# (Si train up to SI_FIRST structures interleaved with Ge test up to TEST_FIRST, so a PBE Si source
+# model and a PBE Ge test set exist early), then Ge train interleaved with Ge test (5:1, so both grow
+# together), then the rest of Si. Isolated-atom E0 frames go into the train files (--e0).
+# NPROCS=1 leaves one core to other work (training) on a 2-core machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 NPROCS=${NPROCS:-2}
 CHUNK=${CHUNK:-5}
+SI_FIRST=${SI_FIRST:-60}
+TEST_FIRST=${TEST_FIRST:-20}
 mkdir -p runs && exec 8>runs/.label.lock
 flock -n 8 || { echo "label_background: another instance is running"; exit 1; }
 
@@ -36,7 +41,28 @@ label() {  # label IN OUT MAX [extra...]: progress to our stderr (the log), rema
     done
 }
 
+n_labelled() {  # structures in a labelled file, isolated-atom frames excluded
+    [ -s "$1" ] || { echo 0; return; }
+    local all iso
+    all=$(grep -c 'Lattice=' "$1"); iso=$(grep -c 'config_type=IsolatedAtom' "$1")
+    echo $((all - iso))
+}
+
 date -u +"label_background: start %FT%TZ"
+until [ -s data/si_structures16.xyz ] && [ -s data/ge_test_structures16.xyz ]; do sleep 30; done
+while [ "$(n_labelled data/si_pbe16.xyz)" -lt "$SI_FIRST" ] || [ "$(n_labelled data/ge_test_pbe16.xyz)" -lt "$TEST_FIRST" ]; do
+    si_now=$(n_labelled data/si_pbe16.xyz); test_now=$(n_labelled data/ge_test_pbe16.xyz)
+    if [ "$si_now" -lt "$SI_FIRST" ]; then
+        n=$((SI_FIRST - si_now)); [ $n -gt 3 ] && n=3
+        left=$(label data/si_structures16.xyz data/si_pbe16.xyz "$n" --e0) || exit 1
+        [ "$left" = 0 ] && SI_FIRST=0
+    fi
+    if [ "$test_now" -lt "$TEST_FIRST" ]; then
+        left=$(label data/ge_test_structures16.xyz data/ge_test_pbe16.xyz 1) || exit 1
+        [ "$left" = 0 ] && TEST_FIRST=0
+    fi
+    date -u +"label_background: %FT%TZ first phase: Si $(n_labelled data/si_pbe16.xyz)/$SI_FIRST, Ge test $(n_labelled data/ge_test_pbe16.xyz)/$TEST_FIRST"
+done
 ge_left=1; test_left=1
 while [ "$ge_left" != 0 ] || [ "$test_left" != 0 ] || sampling; do
     until [ -s data/ge_structures16.xyz ] && [ -s data/ge_test_structures16.xyz ]; do sleep 30; done

@@ -1,6 +1,5 @@
-"""scripts/learning_curve.py: subsets, MACE result parsing, aggregation, resumable tiny sweep."""
+"""mace_transfer.learning_curve: subsets, MACE result parsing, aggregation, resumable tiny sweep."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,16 +13,15 @@ from conftest import write_sw_si_dataset
 from test_pipeline import TINY_MACE
 
 from mace_transfer import UserInputError
+from mace_transfer import learning_curve as _learning_curve
+from mace_transfer.cli import _learning_curve as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def lc():
-    spec = importlib.util.spec_from_file_location("learning_curve", ROOT / "scripts" / "learning_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _learning_curve
 
 
 def _record(strategy, n, seed, mae, curve_rmse=(50.0, 40.0), energy=1.0):
@@ -132,7 +130,7 @@ def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
     }
     path = tmp_path / "lc.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert lc.main(["--config", str(path), "--no-zero-shot"]) == 0
+    assert run_cli(["--config", str(path), "--no-zero-shot"]) == 0
     out = capsys.readouterr().out
     assert "N=50 dropped" in out and "[2/2]" in out and "ETA" in out
     records = lc.load_runs(tmp_path / "res")
@@ -155,11 +153,65 @@ def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
     assert summary["table"]["scratch"]["3"]["force_mae_meV_per_A"]["mean"] == pytest.approx(
         by_n[("scratch", 3)]["test"]["force_mae_meV_per_A"])
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "records").glob("*.json")}
-    assert lc.main(["--config", str(path), "--no-zero-shot"]) == 0  # resumes: nothing retrained
+    assert run_cli(["--config", str(path), "--no-zero-shot"]) == 0  # resumes: nothing retrained
     assert "0 to train" in capsys.readouterr().out
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "records").glob("*.json")}
     with pytest.raises(UserInputError, match="classical"):
-        lc.main(["--config", str(path), "--strategies", "classical_pretrain"])
+        run_cli(["--config", str(path), "--strategies", "classical_pretrain"])
     _write_sw_ge(tmp_path / "ge_test.xyz", 4, seed=5)  # new test data: finished runs would mix two sets
     with pytest.raises(UserInputError, match="changed since"):
-        lc.main(["--config", str(path), "--no-zero-shot"])
+        run_cli(["--config", str(path), "--no-zero-shot"])
+
+
+def _shifted(path_in, path_out, shift_per_atom):
+    """The same frames with REF_energy moved by ``shift_per_atom`` eV/atom (another energy zero)."""
+    from ase.io import read
+
+    frames = read(path_in, ":")
+    for atoms in frames:
+        atoms.info["REF_energy"] += shift_per_atom * len(atoms)
+    write(path_out, frames, format="extxyz")
+
+
+def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsys):
+    """A learning_curve pipeline stage; classical_pretrain starts from an SW-Ge model re-referenced
+    to the target's E0 (target = SW-Ge with its energy zero moved by -100 eV/atom)."""
+    from mace_transfer import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    write_sw_si_dataset(tmp_path / "si.xyz", n=6)
+    _write_sw_ge(tmp_path / "ge_classical.xyz", 6, seed=1)
+    _write_sw_ge(tmp_path / "ge_sw.xyz", 7, seed=3)
+    _write_sw_ge(tmp_path / "ge_sw_test.xyz", 3, seed=4)
+    _shifted(tmp_path / "ge_sw.xyz", tmp_path / "ge.xyz", -100.0)
+    _shifted(tmp_path / "ge_sw_test.xyz", tmp_path / "ge_test.xyz", -100.0)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    config = {
+        "out": "res", "element_map": "Si:Ge", "threads": 1,
+        "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz", "classical": "ge_classical.xyz"},
+        "n_valid": 3, "valid_seed": 0, "target_E0s": "{32: -100.0}", "sizes": [3], "seeds": [0], "mace": mace,
+        "source": {"n_valid": 2, "mace": {"E0s": "{14: 0.0}", "lr": 0.01, "max_num_epochs": 2}},
+        "classical": {"n_valid": 2, "cache": "classical/ge_sw.model",
+                      "mace": {"E0s": "{32: 0.0}", "lr": 0.01, "max_num_epochs": 2}},
+        "budget": {"epochs": 2, "patience": 5},
+        "strategies": {"scratch": {"lr": 0.01}, "classical_pretrain": {"lr": 0.002, "init": "classical"}},
+    }
+    (tmp_path / "lc.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "pipe.yaml").write_text(yaml.safe_dump({"workdir": "runs", "stages": [
+        {"name": "curve", "kind": "learning_curve", "config": "lc.yaml"}]}))
+    pipeline.run_pipeline_file(str(tmp_path / "pipe.yaml"))
+    records = {r["strategy"]: r for r in lc.load_runs(tmp_path / "res")}
+    assert set(records) == {"scratch", "classical_pretrain"}
+    assert records["classical_pretrain"]["init"] == "classical"
+    assert (tmp_path / "runs" / "curve" / "work" / "classical_pretrain_N0003_s0").is_dir()
+    # zero-shot of the re-referenced classical model on the shifted test set = the classical model
+    # on the unshifted one, exactly: only the energy zero moved
+    zero = json.loads((tmp_path / "res" / "zero_shot.json").read_text())["classical"]
+    direct = lc.model_errors(tmp_path / "res" / "classical" / "ge_sw.model", lc.read_frames("ge_sw_test.xyz"))
+    assert zero["force_mae_meV_per_A"] == pytest.approx(direct["force_mae_meV_per_A"], rel=1e-9)
+    assert zero["energy_mae_meV_per_atom"] == pytest.approx(direct["energy_mae_meV_per_atom"], abs=1e-3)
+    # the fine-tuned model knows the target's energy zero: errors of meV, not 100 eV, per atom
+    assert records["classical_pretrain"]["test"]["energy_mae_meV_per_atom"] < 5000
+    capsys.readouterr()
+    pipeline.run_pipeline_file(str(tmp_path / "pipe.yaml"))  # the stage is done: skipped
+    assert "done already" in capsys.readouterr().out

@@ -59,6 +59,22 @@ def test_replace_reproduces_source(interaction):
         assert torch.equal(v, before[k]), k
 
 
+def test_identity_map_rereferences_e0_only():
+    """Ge:Ge (a classical Ge model as the start of a DFT Ge model): only the E0s change."""
+    src = make_mace_model([14, 32])
+    new = remap_elements(src, "Ge:Ge", atomic_energies={"Ge": -103.12})
+    assert [int(z) for z in new.atomic_numbers] == [14, 32]
+    assert _e0(new, 32) == -103.12 and _e0(new, 14) == _e0(src, 14)
+    cell = rattled_diamond("Si")
+    cell.numbers[::2] = 32
+    (e_src, f_src), (e_new, f_new) = energy_forces(src, cell), energy_forces(new, cell)
+    n_ge = int((cell.numbers == 32).sum())
+    assert e_new - e_src == pytest.approx(n_ge * (-103.12 - _e0(src, 32)), abs=1e-6)
+    np.testing.assert_allclose(f_new, f_src, atol=1e-8)
+    with pytest.raises(UserInputError, match="already in the model"):
+        remap_elements(src, "Ge:Ge", mode="extend")
+
+
 @pytest.mark.parametrize("interaction", INTERACTIONS)
 def test_extend_keeps_source_and_copies_target(interaction):
     src = make_mace_model([14], interaction)
