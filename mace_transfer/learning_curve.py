@@ -335,6 +335,19 @@ def _sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _frames_sha256(frames) -> str:
+    """SHA-256 of the labels and geometry of ``frames`` (for a prefix of a growing file)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for atoms in frames:
+        forces = atoms.arrays.get("REF_forces")
+        for array in (atoms.numbers, atoms.positions, atoms.cell.array, forces if forces is not None else ()):
+            digest.update(np.ascontiguousarray(array, dtype=float).tobytes())
+        digest.update(repr(atoms.info.get("REF_energy")).encode())
+    return digest.hexdigest()
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 3600:
@@ -362,8 +375,17 @@ class Sweep:
         return self.config["element_map"].split(":")[-1].strip()
 
     def frames(self, key: str) -> list:
+        """The configurations of ``data[key]``; only the first ``data.limits[key]`` if set (a file
+        still being labelled can then serve a study: its first K frames never change)."""
         if key not in self._frames:
-            self._frames[key] = read_frames(self.config["data"][key])
+            frames = read_frames(self.config["data"][key])
+            limit = (self.config["data"].get("limits") or {}).get(key)
+            if limit is not None:
+                if len(frames) < int(limit):
+                    raise UserInputError(f"{self.config['data'][key]} has {len(frames)} configurations, "
+                                         f"data.limits.{key} asks for {limit}")
+                frames = frames[: int(limit)]
+            self._frames[key] = frames
         return self._frames[key]
 
     def split(self):
@@ -378,8 +400,9 @@ class Sweep:
             path = Path(self.config["data"][key])
             if not path.is_file():
                 raise UserInputError(f"data file not found: {path}")
-            current[key] = {"path": str(path), "sha256": _sha256(path),
-                            "configurations": len(self.frames(key))}
+            limited = (self.config["data"].get("limits") or {}).get(key) is not None
+            current[key] = {"path": str(path), "configurations": len(self.frames(key)),
+                            "sha256": _frames_sha256(self.frames(key)) if limited else _sha256(path)}
         record = self.out / "data.json"
         if record.is_file():
             before = json.loads(record.read_text())

@@ -215,3 +215,32 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     capsys.readouterr()
     pipeline.run_pipeline_file(str(tmp_path / "pipe.yaml"))  # the stage is done: skipped
     assert "done already" in capsys.readouterr().out
+
+
+def test_data_limits_take_a_fixed_prefix_of_a_growing_file(lc, tmp_path):
+    """A study on the first K frames of a file still being labelled survives the file growing."""
+    from ase.io import read
+
+    _write_sw_ge(tmp_path / "ge.xyz", 6, seed=3)
+    _write_sw_ge(tmp_path / "test.xyz", 2, seed=4)
+    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
+              "data": {"source": "si.xyz", "target": str(tmp_path / "ge.xyz"), "test": str(tmp_path / "test.xyz"),
+                       "limits": {"target": 4}}}
+    sweep = lc.Sweep(config)
+    frames = sweep.frames("target")
+    assert len(frames) == 4
+    np.testing.assert_array_equal(frames[3].positions, read(tmp_path / "ge.xyz", 3).positions)
+    first = sweep.check_data()
+    (tmp_path / "res" / "records").mkdir()
+    (tmp_path / "res" / "records" / "scratch_N0003_s0.json").write_text(json.dumps(_record("scratch", 3, 0, 9.0)))
+    more = read(tmp_path / "ge.xyz", ":") + read(tmp_path / "test.xyz", ":")
+    write(tmp_path / "ge.xyz", more, format="extxyz")  # labelling went on: the prefix is unchanged
+    assert lc.Sweep(config).check_data()["target"]["sha256"] == first["target"]["sha256"]
+    moved = read(tmp_path / "ge.xyz", ":")
+    moved[0].positions[0, 0] += 0.01
+    write(tmp_path / "ge.xyz", moved, format="extxyz")  # a frame inside the prefix changed
+    with pytest.raises(UserInputError, match="changed since"):
+        lc.Sweep(config).check_data()
+    config["data"]["limits"] = {"target": 99}
+    with pytest.raises(UserInputError, match="limits.target asks for 99"):
+        lc.Sweep(config).frames("target")
