@@ -447,6 +447,8 @@ class Sweep:
         from mace_transfer.pipeline import mace_argv
 
         torch.set_num_threads(self.threads)
+        if options.get("device", "cpu") == "auto":  # the same config on a laptop and a GPU node
+            options = dict(options, device="cuda" if torch.cuda.is_available() else "cpu")
         start = time.time()
         with mace_quiet(folder / "console.log"):
             if use_mace_directly:  # the plain mace_run_train path, for the timing comparison only

@@ -186,6 +186,7 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     _shifted(tmp_path / "ge_sw.xyz", tmp_path / "ge.xyz", -100.0)
     _shifted(tmp_path / "ge_sw_test.xyz", tmp_path / "ge_test.xyz", -100.0)
     mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    mace["device"] = "auto"  # resolved before MACE sees it (MACE itself knows no "auto")
     config = {
         "out": "res", "element_map": "Si:Ge", "threads": 1,
         "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz", "classical": "ge_classical.xyz"},
