@@ -74,6 +74,11 @@ def load_config(path) -> Dict[str, Any]:
 
     path = Path(path)
     config = read_yaml_mapping(path)
+    if "base" in config:  # another study's config, these keys overriding (mappings merged key by key)
+        base_path = Path(config.pop("base"))
+        if base_path.resolve() == path.resolve():
+            raise UserInputError(f"{path}: 'base' names the file itself")
+        config = _merged(load_config(base_path), config)
     for key in ("data", "mace", "strategies", "sizes", "seeds", "budget", "element_map"):
         if key not in config:
             raise UserInputError(f"{path}: missing {key!r}")
@@ -98,6 +103,17 @@ def load_config(path) -> Dict[str, Any]:
     config.setdefault("threads", 1)
     config.setdefault("source", {})
     return config
+
+
+def _merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` updated by ``override``; nested mappings merged, ``null`` removes a key."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+            continue
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def epochs_for(n_train: int, batch_size: int, budget: Dict[str, Any]) -> int:

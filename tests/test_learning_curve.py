@@ -245,3 +245,18 @@ def test_data_limits_take_a_fixed_prefix_of_a_growing_file(lc, tmp_path):
     config["data"]["limits"] = {"target": 99}
     with pytest.raises(UserInputError, match="limits.target asks for 99"):
         lc.Sweep(config).frames("target")
+
+
+def test_config_base_merges_and_null_removes(lc, tmp_path):
+    base = yaml.safe_load((ROOT / "configs" / "learning_curve_sw.yaml").read_text())
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump({
+        "base": str(tmp_path / "base.yaml"), "out": "elsewhere", "budget": {"steps": 800},
+        "strategies": {"mace_freeze": None}}))
+    config = lc.load_config(tmp_path / "long.yaml")
+    assert config["out"] == "elsewhere" and config["mace"] == base["mace"]
+    assert config["budget"] == dict(base["budget"], steps=800)  # merged key by key
+    assert "mace_freeze" not in config["strategies"] and config["strategies"]["transfer"] == base["strategies"]["transfer"]
+    (tmp_path / "self.yaml").write_text(yaml.safe_dump({"base": str(tmp_path / "self.yaml")}))
+    with pytest.raises(UserInputError, match="itself"):
+        lc.load_config(tmp_path / "self.yaml")
