@@ -751,28 +751,43 @@ class Sweep:
         """MD stability ladder and a0, B vs SW-Ge for the finished runs of ``seeds``."""
         from mace_transfer import evaluate
 
+        import fcntl
+
         spec = self.config.get("md", {})
+        strategies = spec.get("strategies")  # default: every strategy
+        (self.out / "md").mkdir(parents=True, exist_ok=True)
         for rec in load_runs(self.out):
-            if int(rec["seed"]) not in seeds:
+            if int(rec["seed"]) not in seeds or (strategies and rec["strategy"] not in strategies):
                 continue
             path = self.out / "md" / f"{rec['name']}.json"
             if path.is_file():
                 continue
+            # a lock per run: several --md processes share the work; a dead one's lock is released
+            lock = open(self.work / f".md_{rec['name']}.lock", "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            if path.is_file():  # finished by another process meanwhile
+                lock.close()
+                continue
             self.say(f"md: {rec['name']}")
             start = time.time()
-            with warnings.catch_warnings():
+            with lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 metrics = evaluate.evaluate(
                     rec["model"], reference=spec.get("reference", "sw-ge"), labels=[rec["name"]],
                     temperatures=spec.get("temperatures"), seeds=spec.get("md_seeds"),
                     md_steps=spec.get("md_steps"), skip=["errors", "structure", "elastic", "vacancy",
                                                          "phonons"], progress=False)
-            entry = metrics["models"][rec["name"]]
-            write_json(path, {"strategy": rec["strategy"], "n_train": rec["n_train"], "seed": rec["seed"],
-                              "max_stable_temperature_K": entry["md_stability"].get("max_stable_temperature_K"),
-                              "properties": entry.get("properties"), "comparison": entry.get("comparison"),
-                              "reference": metrics["reference"]["properties"], "md_settings": metrics["settings"]["md"],
-                              "wall_s": time.time() - start})
+                entry = metrics["models"][rec["name"]]
+                write_json(path, {
+                    "strategy": rec["strategy"], "n_train": rec["n_train"], "seed": rec["seed"],
+                    "max_stable_temperature_K": entry["md_stability"].get("max_stable_temperature_K"),
+                    "properties": entry.get("properties"), "comparison": entry.get("comparison"),
+                    "reference": metrics["reference"]["properties"], "md_settings": metrics["settings"]["md"],
+                    "wall_s": time.time() - start})
 
     def timing(self) -> Dict[str, Any]:
         """Seconds per epoch: mace_transfer_train vs MACE's own run_train, same argv (scratch)."""

@@ -196,10 +196,11 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
                       "mace": {"E0s": "{32: 0.0}", "lr": 0.01, "max_num_epochs": 2}},
         "budget": {"epochs": 2, "patience": 5},
         "strategies": {"scratch": {"lr": 0.01}, "classical_pretrain": {"lr": 0.002, "init": "classical"}},
+        "md": {"seeds": [0], "strategies": ["scratch"], "temperatures": [300], "md_seeds": [0], "md_steps": 3},
     }
     (tmp_path / "lc.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "pipe.yaml").write_text(yaml.safe_dump({"workdir": "runs", "stages": [
-        {"name": "curve", "kind": "learning_curve", "config": "lc.yaml"}]}))
+        {"name": "curve", "kind": "learning_curve", "config": "lc.yaml", "md": True}]}))
     pipeline.run_pipeline_file(str(tmp_path / "pipe.yaml"))
     records = {r["strategy"]: r for r in lc.load_runs(tmp_path / "res")}
     assert set(records) == {"scratch", "classical_pretrain"}
@@ -213,6 +214,10 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     assert zero["energy_mae_meV_per_atom"] == pytest.approx(direct["energy_mae_meV_per_atom"], abs=1e-3)
     # the fine-tuned model knows the target's energy zero: errors of meV, not 100 eV, per atom
     assert records["classical_pretrain"]["test"]["energy_mae_meV_per_atom"] < 5000
+    md = sorted(p.name for p in (tmp_path / "res" / "md").glob("*.json"))
+    assert md == ["scratch_N0003_s0.json"]  # md.strategies: only scratch
+    md_record = json.loads((tmp_path / "res" / "md" / md[0]).read_text())
+    assert md_record["md_settings"]["temperatures_K"] == [300] and "max_stable_temperature_K" in md_record
     capsys.readouterr()
     pipeline.run_pipeline_file(str(tmp_path / "pipe.yaml"))  # the stage is done: skipped
     assert "done already" in capsys.readouterr().out
