@@ -858,7 +858,7 @@ def _order(strategies) -> List[str]:
 
 def plot_learning_curve(table, png, zero_shot=None, title: str = "SW-Ge: Si-initialised vs scratch",
                         target: str = "Ge") -> None:
-    """Test force MAE vs N, log-log, mean ± sample std over seeds (bars: min-max), one line each."""
+    """Test force MAE vs N, log-log, mean ± sample std over seeds (error bars), one line per strategy."""
     from mace_transfer.evaluate_report import pyplot, save_figure
 
     plt = pyplot()
@@ -999,13 +999,20 @@ def summary_markdown(summary) -> str:
                 lines.append(f"- {key}: " + ", ".join(f"{r['train_step_s_per_epoch']:.2f} s/epoch "
                                                       f"({r['wall_s']:.0f} s)" for r in rows))
     if "md" in summary:
-        lines += ["", "MD stability and crystal properties vs SW-Ge:", "",
-                  "| run | highest stable T (K) | a0 (Å) | B (GPa) |", "|---|---|---|---|"]
-        for r in summary["md"]:
+        lines += ["", "MD stability and crystal properties vs the reference:", "",
+                  "| run | highest stable T (K) | a0 (Å) | a0 error | B (GPa) | B error |", "|---|---|---|---|---|---|"]
+
+        def _rel(record, key):
+            value = ((record.get("comparison") or {}).get(key) or {}).get("relative_error")
+            return "–" if value is None else f"{100 * value:+.1f} %"
+
+        rank = {name: i for i, name in enumerate(STRATEGIES)}
+        for r in sorted(summary["md"], key=lambda r: (rank.get(r["strategy"], len(rank)), r["n_train"], r["seed"])):
             props_ = r.get("properties") or {}
             a0, bulk = props_.get("lattice_constant_A"), props_.get("bulk_modulus_GPa")
             lines.append(f"| {r['strategy']} N={r['n_train']} s{r['seed']} | {r['max_stable_temperature_K']} | "
-                         f"{a0 if a0 is None else f'{a0:.4f}'} | {bulk if bulk is None else f'{bulk:.1f}'} |")
+                         f"{a0 if a0 is None else f'{a0:.4f}'} | {_rel(r, 'lattice_constant_A')} | "
+                         f"{bulk if bulk is None else f'{bulk:.1f}'} | {_rel(r, 'bulk_modulus_GPa')} |")
     return "\n".join(lines) + "\n"
 
 
