@@ -911,10 +911,15 @@ def plot_stability(md_records, png, target: str = "Ge") -> None:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=150)
-    for strategy in _order({r["strategy"] for r in md_records}):
+    strategies = _order({r["strategy"] for r in md_records})
+    top = max((r["max_stable_temperature_K"] or 0) for r in md_records)
+    for i, strategy in enumerate(strategies):
         rows = sorted((r["n_train"], r["max_stable_temperature_K"] or 0) for r in md_records
                       if r["strategy"] == strategy)
-        ax.plot([n for n, _ in rows], [t for _, t in rows], marker="o", label=strategy)
+        shift = 1 + 0.04 * (i - (len(strategies) - 1) / 2)  # side by side where the lines coincide
+        ax.plot([n * shift for n, _ in rows], [t for _, t in rows], marker="osD^v"[i % 5], ls="-",
+                alpha=0.8, label=strategy)
+    ax.set_ylim(0, top * 1.1 + 100)
     ax.set_xscale("log")
     ax.set_xlabel(f"{target} training configurations N")
     ax.set_ylabel("highest stable MD temperature (K)")
