@@ -278,7 +278,6 @@ class Pipeline:
             plot_training_curves(curves, folder / "training_curves.png")
         print(summary_table(metrics, labels), flush=True)
 
-
     def run_learning_curve(self, stage) -> None:
         # imported here: learning_curve uses this module's helpers (it sits beside the pipeline)
         from mace_transfer import learning_curve
@@ -287,13 +286,14 @@ class Pipeline:
             raise UserInputError(f"stage {stage['name']!r} needs 'config' (a learning-curve YAML)")
         folder = self.stage_dir(stage)
         folder.mkdir(parents=True, exist_ok=True)
+        config = learning_curve.load_config(str(self.path(stage["config"])))  # read once, used twice
         summary = learning_curve.run_study(
-            str(self.path(stage["config"])), out=stage.get("out"), work=stage.get("work", folder / "work"),
+            config, out=stage.get("out"), work=stage.get("work", folder / "work"),
             sizes=stage.get("sizes"), seeds=stage.get("seeds"), strategies=stage.get("strategies"),
             md=bool(stage.get("md", False)), timing=bool(stage.get("timing", False)),
             progress=lambda message: print(message, flush=True),
         )
-        out = stage.get("out") or learning_curve.load_config(str(self.path(stage["config"])))["out"]
+        out = stage.get("out") or config["out"]
         (folder / "learning_curve.json").write_text(json.dumps(
             {"config": str(stage["config"]), "out": str(out), "n_runs": summary["n_runs"]}, indent=1))
 
