@@ -11,11 +11,16 @@ cd "$(dirname "$0")/.."
 mkdir -p runs && exec 9>runs/.structures.lock
 flock 9
 BIN=${BIN:-.venv/bin}
-S="nice -n 5 $BIN/mace_transfer_sample --potential sw --supercell 2,1,1 --no_progress"
+sample() {  # sample N OUT [flags...]: a file that already holds N structures is complete, not resampled
+    local n=$1 out=$2; shift 2
+    if [ -s "$out" ] && [ "$(grep -c 'Lattice=' "$out")" -ge "$n" ]; then
+        echo "make_dft_structures: $out complete ($n structures)"; return 0
+    fi
+    nice -n 5 "$BIN/mace_transfer_sample" --potential sw --supercell 2,1,1 --no_progress --n "$n" --out "$out" "$@"
+}
 # Ge test: independent seed, ladder shifted by +150 K
-$S --element Ge --n 60 --seed 1001 --temperatures 450,750,1050,1350,1650,2150,2650 \
-   --out data/ge_test_structures16.xyz
+sample 60 data/ge_test_structures16.xyz --element Ge --seed 1001 --temperatures 450,750,1050,1350,1650,2150,2650
 # Ge train: default ladder 300..2500 K, seed 0
-$S --element Ge --n 300 --seed 0 --out data/ge_structures16.xyz
+sample 300 data/ge_structures16.xyz --element Ge --seed 0
 # Si train: default ladder 300..2500 K, seed 0
-$S --element Si --n 300 --seed 0 --out data/si_structures16.xyz
+sample 300 data/si_structures16.xyz --element Si --seed 0
