@@ -11,7 +11,8 @@ Reproduces the set-up of Röcken & Zavadlav (arXiv 2502.13522), on Stillinger-We
 4. the sweep: N (sizes) x seeds x strategies; each run writes ``<out>/records/<name>.json`` (test force
    MAE/RMSE meV/Å, energy MAE meV/atom, wall seconds, epochs run, best epoch, validation curve)
    and is skipped when that file exists;
-5. optional: ``--md`` (MD stability, a0 and B vs SW-Ge for the ``md.seeds`` runs) and
+5. optional: ``--md`` (MD stability, a0 and B vs ``md.reference``, SW-Ge by default, for the
+   ``md.seeds`` runs) and
    ``--timing`` (``mace_transfer_train`` vs MACE's own ``run_train`` per epoch);
 6. ``summary.json``, ``summary.md``, ``learning_curve.png`` (and ``stability.png``) from every
    finished run.
@@ -748,7 +749,7 @@ class Sweep:
 
     # -------------------------------------------------------------- extras
     def md_and_properties(self, seeds: Sequence[int]) -> None:
-        """MD stability ladder and a0, B vs SW-Ge for the finished runs of ``seeds``."""
+        """MD stability ladder, a0 and B vs ``md.reference`` (default SW-Ge) for the finished ``seeds`` runs."""
         from mace_transfer import evaluate
 
         import fcntl
