@@ -399,8 +399,9 @@ class Sweep:
             limit = (self.config["data"].get("limits") or {}).get(key)
             if limit is not None:
                 if len(frames) < int(limit):
-                    raise UserInputError(f"{self.config['data'][key]} has {len(frames)} configurations, "
-                                         f"data.limits.{key} asks for {limit}")
+                    raise UserInputError(f"{self.config['data'][key]} has {len(frames)} configurations "
+                                         f"(isolated-atom frames not counted), data.limits.{key} asks "
+                                         f"for {limit}")
                 frames = frames[: int(limit)]
             self._frames[key] = frames
         return self._frames[key]
