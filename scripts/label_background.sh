@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 NPROCS=${NPROCS:-2}
 CHUNK=${CHUNK:-5}
-SI_FIRST=${SI_FIRST:-60}
+SI_FIRST=${SI_FIRST:-50}
 TEST_FIRST=${TEST_FIRST:-20}
 mkdir -p runs && exec 8>runs/.label.lock
 flock -n 8 || { echo "label_background: another instance is running"; exit 1; }
