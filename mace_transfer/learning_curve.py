@@ -755,6 +755,9 @@ class Sweep:
 
         import fcntl
 
+        import torch
+
+        torch.set_num_threads(self.threads)  # as for training: no oversubscription beside other jobs
         spec = self.config.get("md", {})
         strategies = spec.get("strategies")  # default: every strategy
         (self.out / "md").mkdir(parents=True, exist_ok=True)
