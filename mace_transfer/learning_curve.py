@@ -857,6 +857,11 @@ class Sweep:
 
 
 # ----------------------------------------------------------------------------- report helpers
+def _color(strategy: str) -> str:
+    """One colour per strategy in every figure (matplotlib's C0, C1, ... in STRATEGIES order)."""
+    return f"C{STRATEGIES.index(strategy) % 10}" if strategy in STRATEGIES else "k"
+
+
 def _order(strategies) -> List[str]:
     return [s for s in STRATEGIES if s in strategies] + sorted(s for s in strategies if s not in STRATEGIES)
 
@@ -879,7 +884,8 @@ def plot_learning_curve(table, png, zero_shot=None, title: str = "SW-Ge: Si-init
         mean = np.array([s["mean"] for _, s in keep])
         std = np.array([s["std"] for _, s in keep])
         low = np.maximum(mean - std, mean * 0.05)
-        ax.errorbar(x, mean, yerr=[mean - low, std], marker="o", ms=4, capsize=3, label=strategy)
+        ax.errorbar(x, mean, yerr=[mean - low, std], marker="o", ms=4, capsize=3, label=strategy,
+                    color=_color(strategy))
     if zero_shot:
         for key, style, text in (("remap", ":", "zero-shot remap"),
                                  ("remap_rescale", "--", "zero-shot remap + rescale (estimated s, k)"),
@@ -904,7 +910,7 @@ def plot_learning_curve(table, png, zero_shot=None, title: str = "SW-Ge: Si-init
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     seeds = f"{min(counts)}" if counts and min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
-    ax.set_title(f"{title} (mean ± sample std over {seeds} seeds)", fontsize=8)
+    ax.set_title(f"{title}\n(mean ± sample std over {seeds} seeds)", fontsize=8)
     fig.tight_layout()
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, Path(png), dpi=None)
@@ -923,7 +929,7 @@ def plot_stability(md_records, png, target: str = "Ge") -> None:
                       if r["strategy"] == strategy)
         shift = 1 + 0.04 * (i - (len(strategies) - 1) / 2)  # side by side where the lines coincide
         ax.plot([n * shift for n, _ in rows], [t for _, t in rows], marker="osD^v"[i % 5], ls="-",
-                alpha=0.8, label=strategy)
+                alpha=0.8, label=strategy, color=_color(strategy))
     ax.set_ylim(0, top * 1.1 + 100)
     ax.set_xscale("log")
     ax.set_xlabel(f"{target} training configurations N")
