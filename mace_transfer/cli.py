@@ -180,6 +180,13 @@ def _label(argv):
                         help="also append an IsolatedAtom frame per element (E0s; spin-polarised atom)")
     parser.add_argument("--retry-failed", action="store_true", help="retry structures recorded as failed")
     parser.add_argument("--scratch", default=None, help="folder for CP2K work dirs (default: system temp)")
+    parser.add_argument("--length-scale", type=float, default=None, metavar="F",
+                        help="scale every input cell and its positions by F before labelling "
+                        "(a_target / a_sampled, e.g. 5.783/5.654 brings SW-Ge cells to PBE density); "
+                        "recorded as length_scale in each frame")
+    parser.add_argument("--skip-labelled-in", action="append", default=[], metavar="FILE",
+                        help="skip input indices already labelled in FILE (source_index), e.g. the "
+                        "same structures labelled unscaled; repeatable")
     args = parser.parse_args(argv)
 
     import os
@@ -197,6 +204,14 @@ def _label(argv):
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserInputError(f"output folder {out_dir} does not exist")
+    if args.length_scale is not None and not (0.5 <= args.length_scale <= 2.0):
+        raise UserInputError(f"--length-scale must be between 0.5 and 2 (a ratio of lattice constants), "
+                             f"got {args.length_scale}")
+    for other in args.skip_labelled_in:
+        if not os.path.isfile(other):
+            raise UserInputError(f"--skip-labelled-in file not found: {other}")
+        if os.path.abspath(other) == os.path.abspath(args.out):
+            raise UserInputError(f"--skip-labelled-in {other} is the output file itself")
 
     from ase.io import read
 
@@ -213,6 +228,14 @@ def _label(argv):
     structures = [a for a in structures if a.info.get("config_type") != "IsolatedAtom"]
     if not structures:
         raise UserInputError(f"{args.inp} holds no structures to label")
+    if args.length_scale is not None:
+        structures = [dft.scale_lengths(a, args.length_scale) for a in structures]
+    skip = set()
+    for other in args.skip_labelled_in:
+        try:
+            skip |= dft.labelled_source_indices(other)
+        except Exception as exc:
+            raise UserInputError(f"cannot read {other} as labelled structures: {exc}") from None
     calculator = dft.CP2KCalculator(settings)
     import signal
 
@@ -226,7 +249,7 @@ def _label(argv):
             dft.add_isolated_atoms(symbols, args.out, settings)
         counts = dft.label_structures(
             structures, calculator, args.out, settings_tag=settings.physics_hash(),
-            max_new=args.max, retry_failed=args.retry_failed,
+            max_new=args.max, retry_failed=args.retry_failed, skip_indices=skip,
         )
     except dft.SettingsMismatch as exc:
         raise UserInputError(str(exc)) from None

@@ -483,6 +483,38 @@ def label_id(index: int, atoms: Atoms) -> str:
     return f"{index}-{structure_hash(atoms)}"
 
 
+def scale_lengths(atoms: Atoms, factor: float) -> Atoms:
+    """A copy of ``atoms`` with cell and positions scaled isotropically by ``factor`` (a_new / a_old).
+
+    For a classical potential with one length scale (Stillinger-Weber) this maps a configuration
+    sampled at its lattice constant onto the same state at another lattice constant (corresponding
+    states): how SW-sampled cells are brought to PBE density. The input's ``REF_*`` labels no
+    longer belong to the structure and are dropped; ``info["length_scale"]`` records ``factor``.
+    """
+    factor = float(factor)
+    if not np.isfinite(factor) or factor <= 0:
+        raise ValueError(f"length scale must be a positive number, got {factor}")
+    scaled = atoms.copy()
+    scaled.set_cell(np.asarray(atoms.cell) * factor, scale_atoms=True)
+    for key in [k for k in scaled.info if k.startswith("REF_")]:
+        del scaled.info[key]
+    for key in [k for k in scaled.arrays if k.startswith("REF_")]:
+        del scaled.arrays[key]
+    scaled.info["length_scale"] = factor * float(atoms.info.get("length_scale", 1.0))
+    return scaled
+
+
+def labelled_source_indices(path: os.PathLike) -> set:
+    """``source_index`` of every labelled frame in ``path`` (empty if the file does not exist)."""
+    from ase.io import iread
+
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    return {int(f.info["source_index"]) for f in iread(str(path), index=":", format="extxyz")
+            if "source_index" in f.info}
+
+
 def failed_sidecar(out_path: os.PathLike) -> Path:
     """``labelled.xyz`` -> ``labelled.failed.jsonl``."""
     out_path = Path(out_path)
@@ -602,6 +634,7 @@ def label_structures(
     failed_path: Optional[os.PathLike] = None,
     max_new: Optional[int] = None,
     retry_failed: bool = False,
+    skip_indices: Optional[Iterable[int]] = None,
     compute_stress: bool = True,
     max_consecutive_failures: int = 3,
     log: Callable[[str], None] = print,
@@ -611,6 +644,8 @@ def label_structures(
     - Resumable: a structure whose ``label_id`` (index + hash) is in ``out_path`` is skipped; so is
       one recorded in the failed sidecar (unless ``retry_failed``). Frames of another
       ``settings_tag`` in ``out_path`` are an error (never mix settings in one file).
+    - ``skip_indices``: input indices not to label here (e.g. those already labelled in another
+      file at another density, :func:`labelled_source_indices`), counted as ``skipped_elsewhere``.
     - A calculation that raises ASE's ``CalculationFailed`` (incl. ``SCFError``, e.g. CP2K's
       unconverged SCF) is written to ``failed_path`` (default ``<out>.failed.jsonl``) and skipped;
       after ``max_consecutive_failures`` in a row :class:`LabellingAborted` is raised.
@@ -618,7 +653,8 @@ def label_structures(
       xx,yy,zz,yz,xz,xy; periodic cells only), input ``config_type`` kept (``Default`` if none),
       plus ``label_id``, ``source_index``, ``dft_settings``, ``dft_wall_s``.
 
-    Returns counts: ``total``, ``done_before``, ``labelled``, ``failed``, ``skipped_failed``, ``remaining``.
+    Returns counts: ``total``, ``done_before``, ``labelled``, ``failed``, ``skipped_failed``,
+    ``skipped_elsewhere``, ``remaining``.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -631,8 +667,13 @@ def label_structures(
     failed = {} if retry_failed else read_failed(failed_path)
     todo = []
     skipped_failed = 0
+    elsewhere = {int(i) for i in (skip_indices or ())}
+    skipped_elsewhere = 0
     for index, atoms in enumerate(structures):
         lid = label_id(index, atoms)
+        if index in elsewhere and lid not in done:
+            skipped_elsewhere += 1
+            continue
         if lid in done:
             continue
         if lid in failed:
@@ -640,11 +681,13 @@ def label_structures(
             continue
         todo.append((index, lid, atoms))
     counts = {"total": len(structures), "done_before": len(done), "labelled": 0, "failed": 0,
-              "skipped_failed": skipped_failed, "remaining": len(todo)}
+              "skipped_failed": skipped_failed, "skipped_elsewhere": skipped_elsewhere,
+              "remaining": len(todo)}
     if max_new is not None:
         todo = todo[: max(0, int(max_new))]
     log(f"label: {out_path}: {len(structures)} structures, {len(done)} done before, "
-        f"{skipped_failed} failed before, {counts['remaining']} to do, {len(todo)} this run")
+        f"{skipped_failed} failed before, " + (f"{skipped_elsewhere} labelled elsewhere, " if skipped_elsewhere else "")
+        + f"{counts['remaining']} to do, {len(todo)} this run")
     consecutive = 0
     for n, (index, lid, atoms) in enumerate(todo, 1):
         work = atoms.copy()

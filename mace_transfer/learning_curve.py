@@ -352,6 +352,12 @@ def _sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _sha256_text(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _frames_sha256(frames) -> str:
     """SHA-256 of the labels and geometry of ``frames`` (for a prefix of a growing file)."""
     import hashlib
@@ -391,15 +397,38 @@ class Sweep:
         """The target element of ``element_map`` ("Si:Ge" -> "Ge")."""
         return self.config["element_map"].split(":")[-1].strip()
 
+    def data_paths(self, key: str) -> List[Path]:
+        """``data[key]`` as a list of files (one path or a list of paths, read in order)."""
+        value = self.config["data"][key]
+        paths = [value] if isinstance(value, (str, os.PathLike)) else list(value or [])
+        if not paths:
+            raise UserInputError(f"data.{key} names no file")
+        return [Path(p) for p in paths]
+
     def frames(self, key: str) -> list:
-        """The configurations of ``data[key]``; only the first ``data.limits[key]`` if set (a file
-        still being labelled can then serve a study: its first K frames never change)."""
+        """The configurations of ``data[key]`` (one file or several, concatenated in order).
+
+        ``data.limits[key]``: an int keeps the first K configurations of the concatenation, a list
+        the first K_i of file i (``null``: all of it). A file still being labelled can then serve a
+        study: its first K frames never change. Isolated-atom frames are never counted."""
         if key not in self._frames:
-            frames = read_frames(self.config["data"][key])
+            paths = self.data_paths(key)
             limit = (self.config["data"].get("limits") or {}).get(key)
-            if limit is not None:
+            per_file = limit if isinstance(limit, (list, tuple)) else [None] * len(paths)
+            if len(per_file) != len(paths):
+                raise UserInputError(f"data.limits.{key} has {len(per_file)} entries for {len(paths)} files")
+            frames = []
+            for path, k in zip(paths, per_file):
+                part = read_frames(path)
+                if k is not None:
+                    if len(part) < int(k):
+                        raise UserInputError(f"{path} has {len(part)} configurations (isolated-atom frames "
+                                             f"not counted), data.limits.{key} asks for {k}")
+                    part = part[: int(k)]
+                frames.extend(part)
+            if limit is not None and not isinstance(limit, (list, tuple)):
                 if len(frames) < int(limit):
-                    raise UserInputError(f"{self.config['data'][key]} has {len(frames)} configurations "
+                    raise UserInputError(f"{', '.join(map(str, paths))} has {len(frames)} configurations "
                                          f"(isolated-atom frames not counted), data.limits.{key} asks "
                                          f"for {limit}")
                 frames = frames[: int(limit)]
@@ -415,12 +444,19 @@ class Sweep:
         sweep whose files changed since is refused (its runs would mix two data sets)."""
         current = {}
         for key in ("target", "test"):
-            path = Path(self.config["data"][key])
-            if not path.is_file():
-                raise UserInputError(f"data file not found: {path}")
+            paths = self.data_paths(key)
+            for path in paths:
+                if not path.is_file():
+                    raise UserInputError(f"data file not found: {path}")
             limited = (self.config["data"].get("limits") or {}).get(key) is not None
-            current[key] = {"path": str(path), "configurations": len(self.frames(key)),
-                            "sha256": _frames_sha256(self.frames(key)) if limited else _sha256(path)}
+            if limited:
+                digest = _frames_sha256(self.frames(key))
+            elif len(paths) == 1:
+                digest = _sha256(paths[0])
+            else:
+                digest = _sha256_text(" ".join(_sha256(p) for p in paths))
+            current[key] = {"path": ", ".join(map(str, paths)), "configurations": len(self.frames(key)),
+                            "sha256": digest}
         record = self.out / "data.json"
         if record.is_file():
             before = json.loads(record.read_text())
@@ -514,7 +550,8 @@ class Sweep:
         name = Path(default_cache).stem
         options.update(train_file=str(folder / "train.xyz"), valid_file=str(folder / "valid.xyz"),
                        seed=int(spec.get("seed", 1)), **run_dirs(folder, name))
-        self.say(f"{key}: training a model on {len(frames) - n_valid} configurations of {self.config['data'][key]} "
+        self.say(f"{key}: training a model on {len(frames) - n_valid} configurations of "
+                 f"{', '.join(map(str, self.data_paths(key)))} "
                  f"({n_valid} validation)")
         wall = self._train(options, folder)
         curve = read_results(folder / "results")

@@ -6,6 +6,10 @@
 # (Si train up to SI_FIRST structures interleaved with Ge test up to TEST_FIRST, so a PBE Si source
 # model and a PBE Ge test set exist early), then Ge train interleaved with Ge test (5:1, so both grow
 # together), then the rest of Si. Isolated-atom E0 frames go into the train files (--e0).
+# Density: phases 2 and 3 label the SW cells scaled isotropically to PBE's lattice constant
+# (--length-scale a_PBE/a_SW; for SW an exact corresponding state) into data/*_pbe16_scaled.xyz,
+# skipping every structure already labelled unscaled in data/*_pbe16.xyz (the frames labelled
+# before 2026-11-25, at SW density, ~5 GPa for Ge under PBE): each sampled structure is labelled once.
 # NPROCS=1 leaves one core to other work (training) on a 2-core machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +18,9 @@ NPROCS=${NPROCS:-2}
 CHUNK=${CHUNK:-5}
 SI_FIRST=${SI_FIRST:-50}
 TEST_FIRST=${TEST_FIRST:-20}
+# a_PBE (CP2K E-V scans, docs/DFT.md) / a_SW (the sampled cells): Ge 5.783/5.654, Si 5.470/5.431
+GE_SCALE=${GE_SCALE:-1.022816}
+SI_SCALE=${SI_SCALE:-1.007181}
 mkdir -p runs && exec 8>runs/.label.lock
 flock -n 8 || { echo "label_background: another instance is running"; exit 1; }
 
@@ -66,15 +73,18 @@ done
 ge_left=1; test_left=1
 while [ "$ge_left" != 0 ] || [ "$test_left" != 0 ] || sampling; do
     until [ -s data/ge_structures16.xyz ] && [ -s data/ge_test_structures16.xyz ]; do sleep 30; done
-    if [ "$ge_left" != 0 ]; then ge_left=$(label data/ge_structures16.xyz data/ge_pbe16.xyz "$CHUNK" --e0) || exit 1; fi
-    if [ "$test_left" != 0 ]; then test_left=$(label data/ge_test_structures16.xyz data/ge_test_pbe16.xyz 1) || exit 1; fi
+    if [ "$ge_left" != 0 ]; then ge_left=$(label data/ge_structures16.xyz data/ge_pbe16_scaled.xyz "$CHUNK" --e0 \
+        --length-scale "$GE_SCALE" --skip-labelled-in data/ge_pbe16.xyz) || exit 1; fi
+    if [ "$test_left" != 0 ]; then test_left=$(label data/ge_test_structures16.xyz data/ge_test_pbe16_scaled.xyz 1 \
+        --length-scale "$GE_SCALE" --skip-labelled-in data/ge_test_pbe16.xyz) || exit 1; fi
     date -u +"label_background: %FT%TZ Ge train left $ge_left, Ge test left $test_left"
     if [ "$ge_left" = 0 ] && [ "$test_left" = 0 ] && sampling; then sleep 60; ge_left=1; test_left=1; fi
 done
 si_left=1
 while [ "$si_left" != 0 ] || sampling; do
     until [ -s data/si_structures16.xyz ]; do sleep 30; done
-    si_left=$(label data/si_structures16.xyz data/si_pbe16.xyz "$CHUNK" --e0) || exit 1
+    si_left=$(label data/si_structures16.xyz data/si_pbe16_scaled.xyz "$CHUNK" --e0 \
+        --length-scale "$SI_SCALE" --skip-labelled-in data/si_pbe16.xyz) || exit 1
     date -u +"label_background: %FT%TZ Si left $si_left"
     if [ "$si_left" = 0 ] && sampling; then sleep 60; si_left=1; fi
 done

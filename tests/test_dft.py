@@ -235,6 +235,75 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "unknown --engine" in capsys.readouterr().err
 
 
+def test_scale_lengths_is_an_exact_sw_corresponding_state():
+    """SW has one length scale sigma: a configuration scaled by s under SW(sigma * s) has the same
+    energy, forces / s and stress / s^3. This is why SW-sampled cells may be brought to PBE density."""
+    from matscipy.calculators.manybody import Manybody
+    from matscipy.calculators.manybody.explicit_forms import StillingerWeber
+
+    from mace_transfer import classical
+
+    rng = np.random.default_rng(3)
+    atoms = bulk("Ge", "diamond", a=5.654, cubic=True).repeat((2, 1, 1))
+    atoms.positions += rng.normal(0, 0.1, atoms.positions.shape)
+    atoms.info.update(REF_energy=1.0, config_type="md_900K")
+    atoms.arrays["REF_forces"] = np.ones((len(atoms), 3))
+    s = 5.783 / 5.654
+    scaled = dft.scale_lengths(atoms, s)
+    assert "REF_energy" not in scaled.info and "REF_forces" not in scaled.arrays
+    assert scaled.info["length_scale"] == pytest.approx(s) and scaled.info["config_type"] == "md_900K"
+    np.testing.assert_allclose(scaled.get_all_distances(mic=True), s * atoms.get_all_distances(mic=True),
+                               rtol=1e-12)
+    assert atoms.cell[0, 0] == pytest.approx(11.308)  # the input is not touched
+
+    def sw(sigma_factor):
+        params = classical.parameters("Ge", "sw")
+        params["sigma"] *= sigma_factor
+        return Manybody(**StillingerWeber(params))
+
+    ref, new = atoms.copy(), scaled.copy()
+    ref.calc, new.calc = sw(1.0), sw(s)
+    assert new.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(new.get_forces(), ref.get_forces() / s, atol=1e-9)
+    np.testing.assert_allclose(new.get_stress(), ref.get_stress() / s**3, atol=1e-10)
+    assert np.abs(ref.get_forces()).max() > 0.1  # not a trivial (force-free) check
+    with pytest.raises(ValueError):
+        dft.scale_lengths(atoms, 0.0)
+
+
+def test_label_scaled_copies_skip_indices_labelled_elsewhere(tmp_path):
+    structures = _structures(5)
+    plain = tmp_path / "plain.xyz"
+    dft.label_structures(structures, EMT(), plain, settings_tag="t", max_new=2, log=lambda m: None)
+    assert dft.labelled_source_indices(plain) == {0, 1}
+    assert dft.labelled_source_indices(tmp_path / "absent.xyz") == set()
+
+    scaled_out = tmp_path / "scaled.xyz"
+    out = tmp_path / "o.xyz"
+    src = tmp_path / "in.xyz"
+    write(src, structures)
+    with pytest.raises(SystemExit) as exc:
+        label_main(["--in", str(src), "--out", str(out), "--length-scale", "0"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        label_main(["--in", str(src), "--out", str(out), "--skip-labelled-in", str(tmp_path / "nope.xyz")])
+    assert exc.value.code == 2
+
+    scaled = [dft.scale_lengths(a, 1.02) for a in structures]
+    counts = dft.label_structures(scaled, EMT(), scaled_out, settings_tag="t",
+                                  skip_indices=dft.labelled_source_indices(plain), log=lambda m: None)
+    assert (counts["labelled"], counts["skipped_elsewhere"], counts["remaining"]) == (3, 2, 0)
+    frames = read(scaled_out, ":")
+    assert [f.info["source_index"] for f in frames] == [2, 3, 4]
+    for frame in frames:
+        assert frame.info["length_scale"] == pytest.approx(1.02)
+        ref = scaled[frame.info["source_index"]].copy()
+        ref.calc = EMT()
+        assert frame.info["REF_energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-10)
+        # the scaled cell, not the sampled one, was labelled
+        np.testing.assert_allclose(frame.cell.array, 1.02 * structures[frame.info["source_index"]].cell.array)
+
+
 # ----------------------------------------------------------------------------- real CP2K
 needs_cp2k = pytest.mark.skipif(shutil.which("cp2k.psmp") is None or shutil.which("mpirun") is None,
                                 reason="CP2K not installed (make dft-setup)")

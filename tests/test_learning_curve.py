@@ -252,6 +252,36 @@ def test_data_limits_take_a_fixed_prefix_of_a_growing_file(lc, tmp_path):
         lc.Sweep(config).frames("target")
 
 
+def test_data_from_several_files_with_per_file_limits(lc, tmp_path):
+    """data.target may list files (e.g. labels at SW density + the PBE-density ones): read in order,
+    a list of limits takes a prefix of each file, an int a prefix of the concatenation."""
+    from ase.io import read
+
+    _write_sw_ge(tmp_path / "a.xyz", 3, seed=5)
+    _write_sw_ge(tmp_path / "b.xyz", 4, seed=6)
+    a, b = read(tmp_path / "a.xyz", ":"), read(tmp_path / "b.xyz", ":")
+    files = [str(tmp_path / "a.xyz"), str(tmp_path / "b.xyz")]
+    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
+              "data": {"source": "si.xyz", "target": files, "test": str(tmp_path / "b.xyz"),
+                       "limits": {"target": [2, None]}}}
+    frames = lc.Sweep(config).frames("target")
+    assert len(frames) == 2 + 4
+    np.testing.assert_array_equal(frames[1].positions, a[1].positions)
+    np.testing.assert_array_equal(frames[2].positions, b[0].positions)
+    config["data"]["limits"] = {"target": 5}
+    frames = lc.Sweep(config).frames("target")
+    assert len(frames) == 5 and np.array_equal(frames[4].positions, b[1].positions)
+    config["data"]["limits"] = {}
+    record = lc.Sweep(config).check_data()
+    assert record["target"]["configurations"] == 7 and str(tmp_path / "b.xyz") in record["target"]["path"]
+    config["data"]["limits"] = {"target": [2]}
+    with pytest.raises(UserInputError, match="2 files"):
+        lc.Sweep(config).frames("target")
+    config["data"]["limits"] = {"target": [2, 9]}
+    with pytest.raises(UserInputError, match="b.xyz has 4 configurations"):
+        lc.Sweep(config).frames("target")
+
+
 def test_config_base_merges_and_null_removes(lc, tmp_path):
     base = yaml.safe_load((ROOT / "configs" / "learning_curve_sw.yaml").read_text())
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
