@@ -336,7 +336,8 @@ def _eval(argv):
                           structure_temperatures_K=tuple(args.structure_temperatures or ()))
     evaluate.evaluate(args.models, args.test, args.reference, labels=args.labels,
                       element=args.element, out=args.out, md_settings=settings,
-                      device=args.device, skip=args.skip, progress=not args.no_progress)
+                      device=args.device, skip=args.skip, progress=not args.no_progress,
+                      log=lambda message: print(message, file=sys.stderr, flush=True))  # stages even without bars
     print(f"report: {args.out}/summary.md, {args.out}/metrics.json")
     return 0
 

@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
@@ -358,13 +358,15 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
              element: Optional[str] = None, out: Optional[Union[str, os.PathLike]] = None,
              temperatures: Optional[Sequence[float]] = None, seeds: Optional[Sequence[int]] = None,
              md_steps: Optional[int] = None, md_settings: Optional[MDSettings] = None,
-             device: str = "cpu", skip: Sequence[str] = (), progress: bool = True) -> dict:
+             device: str = "cpu", skip: Sequence[str] = (), progress: bool = True,
+             log: Optional[Callable[[str], None]] = None) -> dict:
     """Evaluate one or several models; write ``metrics.json``, ``summary.md`` and PNGs to ``out``.
 
     ``models``: a ``.model`` path, an ASE calculator, or a list of them; ``labels`` names them
     (default: file stems). ``test``: extxyz path or list of Atoms (MACE keys). ``reference``:
     see :func:`resolve_reference`. ``temperatures`` (K), ``seeds`` and ``md_steps`` override
-    ``md_settings`` (:class:`MDSettings`). ``skip``: any of :data:`SKIPPABLE`.
+    ``md_settings`` (:class:`MDSettings`). ``skip``: any of :data:`SKIPPABLE`. ``log``: where the
+    one-line stage messages go (default: stderr when ``progress``, else nowhere).
     Returns the metrics dict (the content of ``metrics.json``).
     """
     unknown = sorted(set(skip) - set(SKIPPABLE))
@@ -385,8 +387,11 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
     if "structure" in skip:
         settings = replace(settings, structure_temperatures_K=())
 
-    say = (lambda message: print(message, file=sys.stderr, flush=True)) if progress else (
-        lambda message: None)
+    if log is not None:
+        say = log
+    else:
+        say = (lambda message: print(message, file=sys.stderr, flush=True)) if progress else (
+            lambda message: None)
     frames = None
     if test is not None and "errors" not in skip:
         frames = read_test_file(test) if isinstance(test, (str, os.PathLike)) else list(test)

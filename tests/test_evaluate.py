@@ -257,7 +257,8 @@ def test_cli_writes_report_and_rejects_bad_input(tmp_path, mace_model_path, caps
         assert row["relative_error"] == pytest.approx((row["value"] - 5.76) / 5.76)
     assert metrics["models"]["random"]["errors"]["overall"]["force_mae_meV_per_A"] > 0
     assert (out / "force_parity.png").exists() and (out / "summary.md").exists()
-    capsys.readouterr()
+    err = capsys.readouterr().err  # --no-progress drops the bars, not the stage lines
+    assert "random: errors on 2 test configurations" in err and "wrote " in err
     code = _guarded(_eval, [str(tmp_path / "nope.model"), "--test", str(test_file)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "does not exist" in err
