@@ -336,14 +336,32 @@ def run_dirs(folder: Path, name: str) -> Dict[str, str]:
             "results_dir": str(folder / "results"), "log_dir": str(folder / "logs")}
 
 
-def model_errors(model_path, frames) -> Dict[str, Any]:
-    """Overall test errors (meV/Å, meV/atom) of a .model file on ``frames``."""
+def model_errors(model_path, frames, groups: bool = False) -> Dict[str, Any]:
+    """Overall test errors (meV/Å, meV/atom) of a .model file on ``frames``.
+
+    ``groups``: instead ``{"overall", "per_config_type", "per_length_scale"}``, the last keyed by the
+    frames' ``length_scale`` (1 = the cell as sampled; see ``dft.scale_lengths``), only when they differ.
+    """
     from mace_transfer import evaluate
+
+    def trimmed(stats):
+        return {k: stats[k] for k in METRICS}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = evaluate.load_model(model_path)
-        return evaluate.test_errors(model.calc, frames, progress=False)["overall"]
+        errors = evaluate.test_errors(model.calc, frames, progress=False)
+        if not groups:
+            return errors["overall"]
+        scales = [f"{float(a.info.get('length_scale', 1.0)):.6g}" for a in frames]
+        per_scale = {}
+        if len(set(scales)) > 1:
+            for scale in sorted(set(scales)):
+                chosen = [a for a, s in zip(frames, scales) if s == scale]
+                per_scale[scale] = trimmed(evaluate.test_errors(model.calc, chosen, progress=False)["overall"])
+    return {"overall": trimmed(errors["overall"]),
+            "per_config_type": {k: trimmed(v) for k, v in errors["per_config_type"].items()},
+            "per_length_scale": per_scale}
 
 
 def _sha256(path) -> str:
@@ -668,7 +686,8 @@ class Sweep:
         model_path = folder / f"{name}.model"
         curve = read_results(folder / "results")
         epoch = best_epoch(curve)
-        errors = model_errors(model_path, self.frames("test"))
+        grouped = model_errors(model_path, self.frames("test"), groups=True)
+        errors = grouped["overall"]
         record = {
             "strategy": strategy, "n_train": n_train, "seed": seed, "name": name,
             "lr": options["lr"], "max_num_epochs": options["max_num_epochs"],
@@ -676,6 +695,8 @@ class Sweep:
             "mace_freeze": options.get("freeze"), "init": self.config["strategies"][strategy].get("init", "scratch"),
             "extra_flags": self.config["strategies"][strategy].get("mace", {}),
             "test": {k: errors[k] for k in METRICS},
+            "test_per_config_type": grouped["per_config_type"],
+            "test_per_length_scale": grouped["per_length_scale"],
             "wall_s": wall, "epochs_run": len(curve["epoch"]), "best_epoch": epoch,
             "best_valid_rmse_f_meV_A": valid_rmse_at(curve, epoch),
             "initial_valid_rmse_f_meV_A": curve["initial_valid_rmse_f_meV_A"],

@@ -282,6 +282,35 @@ def test_data_from_several_files_with_per_file_limits(lc, tmp_path):
         lc.Sweep(config).frames("target")
 
 
+def test_grouped_test_errors_partition_the_overall_error(lc, tmp_path):
+    """Per-config-type and per-density force MAEs, weighted by force components, give the overall."""
+    import torch
+    from ase.io import read
+    from conftest import make_mace_model
+
+    from mace_transfer import dft
+
+    path = tmp_path / "ge.model"
+    torch.save(make_mace_model([32]), path)
+    _write_sw_ge(tmp_path / "ge.xyz", 5, seed=7)
+    frames = read(tmp_path / "ge.xyz", ":")
+    for i in (1, 3):  # two cells at another density (labels stay: only the grouping is tested)
+        frames[i] = dft.scale_lengths(frames[i], 1.02)
+        frames[i].info["REF_energy"] = -1.0
+        frames[i].arrays["REF_forces"] = np.zeros((len(frames[i]), 3))
+        frames[i].info["config_type"] = "liquid"
+    grouped = lc.model_errors(path, frames, groups=True)
+    assert grouped["overall"] == {k: v for k, v in lc.model_errors(path, frames).items() if k in lc.METRICS}
+    assert set(grouped["per_config_type"]) == {"rattled", "liquid"}
+    assert set(grouped["per_length_scale"]) == {"1", "1.02"}
+    for parts, weights in ((grouped["per_config_type"], {"rattled": 3, "liquid": 2}),
+                           (grouped["per_length_scale"], {"1": 3, "1.02": 2})):
+        mae = sum(weights[k] * parts[k]["force_mae_meV_per_A"] for k in weights) / 5
+        assert mae == pytest.approx(grouped["overall"]["force_mae_meV_per_A"], rel=1e-12)
+    same_density = lc.model_errors(path, read(tmp_path / "ge.xyz", ":"), groups=True)
+    assert same_density["per_length_scale"] == {}
+
+
 def test_config_base_merges_and_null_removes(lc, tmp_path):
     base = yaml.safe_load((ROOT / "configs" / "learning_curve_sw.yaml").read_text())
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
