@@ -263,6 +263,11 @@ def aggregate(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str
                 "reached": sum(x is not None for x in reached), "of": len(reached),
                 "epochs": _stats([x["epochs"] for x in reached if x is not None]),
                 "train_step_s": _stats([x["train_step_s"] for x in reached if x is not None])}
+        for group in ("per_config_type", "per_length_scale"):  # test force MAE by part of the test set
+            parts = sorted({k for r in recs for k in (r.get(f"test_{group}") or {})})
+            if parts:
+                entry[f"force_mae_{group}"] = {k: _stats([(r.get(f"test_{group}") or {}).get(k, {}).get(
+                    "force_mae_meV_per_A") for r in recs]) for k in parts}
         table.setdefault(strategy, {})[str(n_train)] = entry
     return table
 
@@ -1039,6 +1044,18 @@ def summary_markdown(summary) -> str:
                 cells.append(f"{reach['epochs']['mean']:.1f} ep, {reach['train_step_s']['mean']:.0f} s "
                              f"({reach['reached']}/{reach['of']})")
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    for group, what in (("per_config_type", "config_type"), ("per_length_scale", "cell scale (1 = as sampled)")):
+        key = f"force_mae_{group}"
+        with_parts = [n for n in sizes if any(key in table[s].get(str(n), {}) for s in table)]
+        if not with_parts:
+            continue
+        n = with_parts[-1]
+        parts = sorted({k for s in table for k in table[s].get(str(n), {}).get(key, {})})
+        lines += ["", f"Test force MAE (meV/Å) by {what}, N={n}:", "",
+                  "| strategy | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
+        for strategy in _order(table):
+            by_part = table[strategy].get(str(n), {}).get(key, {})
+            lines.append(f"| {strategy} | " + " | ".join(_pm(by_part.get(k)) for k in parts) + " |")
     if "zero_shot" in summary:
         z = summary["zero_shot"]
         sc = z.get("scales_from_validation_set", {})

@@ -74,6 +74,16 @@ def test_aggregate_mean_sample_std_and_reach_scratch(lc):
     assert "reach_scratch" not in table["transfer"]["10"]  # no scratch run at N=10
     md = lc.summary_markdown({"table": table, "n_runs": 5})
     assert "| scratch | 110.0 ± 14.1 (n=2) |" in md
+    assert "by config_type" not in md  # older records have no per-part errors: no table
+
+    for rec, liquid in zip(records, (150.0, 170.0, 60.0, 80.0, 45.0)):
+        rec["test_per_config_type"] = {"liquid": {"force_mae_meV_per_A": liquid},
+                                       "md_450K": {"force_mae_meV_per_A": liquid / 3}}
+    table = lc.aggregate(records)
+    assert table["scratch"]["5"]["force_mae_per_config_type"]["liquid"]["mean"] == pytest.approx(160.0)
+    md = lc.summary_markdown({"table": table, "n_runs": 5})
+    assert "Test force MAE (meV/Å) by config_type, N=10:" in md  # the largest N
+    assert "| transfer | 45.0 (n=1) | 15.0 (n=1) |" in md and "| scratch | – | – |" in md
 
 
 def test_read_results_curve_and_best_epoch(lc, tmp_path):
