@@ -433,7 +433,8 @@ class Sweep:
 
         ``data.limits[key]``: an int keeps the first K configurations of the concatenation, a list
         the first K_i of file i (``null``: all of it). A file still being labelled can then serve a
-        study: its first K frames never change. Isolated-atom frames are never counted."""
+        study: its first K frames never change. Isolated-atom frames are never counted.
+        ``data.config_types[key]``: then only frames of these ``config_type`` (after the limits)."""
         if key not in self._frames:
             paths = self.data_paths(key)
             limit = (self.config["data"].get("limits") or {}).get(key)
@@ -455,6 +456,14 @@ class Sweep:
                                          f"(isolated-atom frames not counted), data.limits.{key} asks "
                                          f"for {limit}")
                 frames = frames[: int(limit)]
+            kinds = (self.config["data"].get("config_types") or {}).get(key)
+            if kinds is not None:  # e.g. train on low-temperature cells only, test on all
+                present = {str(a.info.get("config_type", "Default")) for a in frames}
+                unknown = sorted(set(kinds) - present)
+                if unknown:
+                    raise UserInputError(f"data.config_types.{key}: {', '.join(unknown)} not in "
+                                         f"{', '.join(map(str, paths))} (it has {', '.join(sorted(present))})")
+                frames = [a for a in frames if str(a.info.get("config_type", "Default")) in set(kinds)]
             self._frames[key] = frames
         return self._frames[key]
 

@@ -270,6 +270,9 @@ def test_data_from_several_files_with_per_file_limits(lc, tmp_path):
     _write_sw_ge(tmp_path / "a.xyz", 3, seed=5)
     _write_sw_ge(tmp_path / "b.xyz", 4, seed=6)
     a, b = read(tmp_path / "a.xyz", ":"), read(tmp_path / "b.xyz", ":")
+    for atoms in b:
+        atoms.info["config_type"] = "hot"
+    write(tmp_path / "b.xyz", b, format="extxyz")
     files = [str(tmp_path / "a.xyz"), str(tmp_path / "b.xyz")]
     config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
               "data": {"source": "si.xyz", "target": files, "test": str(tmp_path / "b.xyz"),
@@ -284,6 +287,14 @@ def test_data_from_several_files_with_per_file_limits(lc, tmp_path):
     config["data"]["limits"] = {}
     record = lc.Sweep(config).check_data()
     assert record["target"]["configurations"] == 7 and str(tmp_path / "b.xyz") in record["target"]["path"]
+    config["data"]["config_types"] = {"target": ["rattled"]}
+    assert len(lc.Sweep(config).frames("target")) == 3  # the 3 of a.xyz, none of the 4 "hot"
+    config["data"]["limits"] = {"target": [2, None]}
+    assert len(lc.Sweep(config).frames("target")) == 2  # limits first, then the filter
+    config["data"]["config_types"] = {"target": ["liquid"]}
+    with pytest.raises(UserInputError, match="liquid not in"):
+        lc.Sweep(config).frames("target")
+    del config["data"]["config_types"]
     config["data"]["limits"] = {"target": [2]}
     with pytest.raises(UserInputError, match="2 files"):
         lc.Sweep(config).frames("target")
