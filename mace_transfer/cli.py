@@ -251,7 +251,7 @@ def _label(argv):
             structures, calculator, args.out, settings_tag=settings.physics_hash(),
             max_new=args.max, retry_failed=args.retry_failed, skip_indices=skip,
         )
-    except dft.SettingsMismatch as exc:
+    except (dft.SettingsMismatch, dft.OutputBusy) as exc:
         raise UserInputError(str(exc)) from None
     print(f"label: remaining={counts['remaining']} labelled={counts['labelled']} failed={counts['failed']}")
     return 0

@@ -64,6 +64,10 @@ class LabellingAborted(RuntimeError):
     """Too many consecutive failures: something systematic is wrong (engine, settings)."""
 
 
+class OutputBusy(RuntimeError):
+    """Another process is labelling into the same output file."""
+
+
 @dataclass
 class PBESettings:
     """CP2K/PBE settings. Cutoffs in Ry, k-spacing in Å^-1 (2π included), temperature in K."""
@@ -625,6 +629,45 @@ def _labelled_frame(atoms: Atoms, results: Dict, index: int, lid: str, settings_
     return frame
 
 
+def _writer_lock(out_path: Path):
+    """An exclusive advisory lock (flock) on ``out_path``: one labeller per output file, so two
+    processes never append interleaved frames. Returns the open handle; closing it releases the lock."""
+    import fcntl
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(out_path, "a")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise OutputBusy(f"{out_path} is being written by another labelling process; "
+                         "wait for it or choose another output file") from None
+    return handle
+
+
+def _locks_output(func):
+    """Run ``func`` holding :func:`_writer_lock` on its ``out_path`` argument."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def locked(*args, **kwargs):
+        out_path = Path(signature.bind(*args, **kwargs).arguments["out_path"])
+        existed = out_path.exists()
+        lock = _writer_lock(out_path)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if not existed and out_path.stat().st_size == 0:
+                out_path.unlink()  # the lock created it and nothing was labelled: leave no empty file
+            lock.close()
+
+    return locked
+
+
+@_locks_output
 def label_structures(
     structures: Sequence[Atoms],
     calculator: Calculator,
@@ -733,6 +776,7 @@ def label_structures(
     return counts
 
 
+@_locks_output
 def add_isolated_atoms(
     symbols: Iterable[str],
     out_path: os.PathLike,

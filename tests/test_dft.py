@@ -235,6 +235,28 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "unknown --engine" in capsys.readouterr().err
 
 
+def test_one_writer_per_output_file(tmp_path, capsys):
+    """A second labeller on the same output is refused (no interleaved frames); the first goes on."""
+    structures = _structures(2)
+    out = tmp_path / "labelled.xyz"
+    held = dft._writer_lock(out)  # another process labelling into out
+    try:
+        with pytest.raises(dft.OutputBusy, match="another labelling process"):
+            dft.label_structures(structures, EMT(), out, settings_tag="t", log=lambda m: None)
+        with pytest.raises(dft.OutputBusy):
+            dft.add_isolated_atoms(["Cu"], out, dft.PBESettings(), log=lambda m: None)
+        src = tmp_path / "in.xyz"
+        write(src, structures)
+        with pytest.raises(SystemExit) as exc:
+            label_main(["--in", str(src), "--out", str(out)])
+        assert exc.value.code == 2 and "another labelling process" in capsys.readouterr().err
+        assert out.read_text() == ""  # nothing written by the refused ones
+    finally:
+        held.close()
+    counts = dft.label_structures(structures, EMT(), out, settings_tag="t", log=lambda m: None)
+    assert counts["labelled"] == 2 and len(read(out, ":")) == 2
+
+
 def test_scale_lengths_is_an_exact_sw_corresponding_state():
     """SW has one length scale sigma: a configuration scaled by s under SW(sigma * s) has the same
     energy, forces / s and stress / s^3. This is why SW-sampled cells may be brought to PBE density."""
