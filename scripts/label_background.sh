@@ -11,6 +11,9 @@
 # skipping every structure already labelled unscaled in data/*_pbe16.xyz (the frames labelled
 # before 2026-11-25, at SW density, ~5 GPa for Ge under PBE): each sampled structure is labelled once.
 # NPROCS=1 leaves one core to other work (training) on a 2-core machine.
+# PHASES picks phases (default "1 2 3"); two instances with disjoint phases (e.g. PHASES="1 2" and
+# PHASES=3, NPROCS=1 each) label Ge and Si side by side: one rank per CP2K is the most efficient
+# use of the cores here (docs/DFT.md). Each output file also has its own writer lock.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -21,8 +24,10 @@ TEST_FIRST=${TEST_FIRST:-20}
 # a_PBE (CP2K E-V scans, docs/DFT.md) / a_SW (the sampled cells): Ge 5.783/5.654, Si 5.470/5.431
 GE_SCALE=${GE_SCALE:-1.022816}
 SI_SCALE=${SI_SCALE:-1.007181}
-mkdir -p runs && exec 8>runs/.label.lock
-flock -n 8 || { echo "label_background: another instance is running"; exit 1; }
+PHASES=${PHASES:-1 2 3}
+has_phase() { [[ " $PHASES " == *" $1 "* ]]; }
+mkdir -p runs && exec 8>"runs/.label${PHASES// /}.lock"
+flock -n 8 || { echo "label_background: another instance with PHASES=\"$PHASES\" is running"; exit 1; }
 
 # Structures are sampled (resumably, one writer at a time) while labelling runs; a file still
 # growing is only "done" once its sampler has finished.
@@ -30,7 +35,7 @@ scripts/make_dft_structures.sh 8>&- > runs/make_dft_structures.log 2>&1 &  # 8>&
 MAKE_PID=$!
 sampling() { kill -0 "$MAKE_PID" 2>/dev/null; }
 
-CHUNK_LOG=runs/label_chunk.log
+CHUNK_LOG=runs/label_chunk${PHASES// /}.log
 label() {  # label IN OUT MAX [extra...]: progress to our stderr (the log), remaining count on stdout
     local in=$1 out=$2 max=$3; shift 3
     local tries=0 line
@@ -57,7 +62,7 @@ n_labelled() {  # structures in a labelled file, isolated-atom frames excluded
 
 date -u +"label_background: start %FT%TZ"
 until [ -s data/si_structures16.xyz ] && [ -s data/ge_test_structures16.xyz ]; do sleep 30; done
-while [ "$(n_labelled data/si_pbe16.xyz)" -lt "$SI_FIRST" ] || [ "$(n_labelled data/ge_test_pbe16.xyz)" -lt "$TEST_FIRST" ]; do
+while has_phase 1 && { [ "$(n_labelled data/si_pbe16.xyz)" -lt "$SI_FIRST" ] || [ "$(n_labelled data/ge_test_pbe16.xyz)" -lt "$TEST_FIRST" ]; }; do
     si_now=$(n_labelled data/si_pbe16.xyz); test_now=$(n_labelled data/ge_test_pbe16.xyz)
     if [ "$si_now" -lt "$SI_FIRST" ]; then
         n=$((SI_FIRST - si_now)); [ $n -gt 3 ] && n=3
@@ -71,7 +76,7 @@ while [ "$(n_labelled data/si_pbe16.xyz)" -lt "$SI_FIRST" ] || [ "$(n_labelled d
     date -u +"label_background: %FT%TZ first phase: Si $(n_labelled data/si_pbe16.xyz)/$SI_FIRST, Ge test $(n_labelled data/ge_test_pbe16.xyz)/$TEST_FIRST"
 done
 ge_left=1; test_left=1
-while [ "$ge_left" != 0 ] || [ "$test_left" != 0 ] || sampling; do
+while has_phase 2 && { [ "$ge_left" != 0 ] || [ "$test_left" != 0 ] || sampling; }; do
     until [ -s data/ge_structures16.xyz ] && [ -s data/ge_test_structures16.xyz ]; do sleep 30; done
     if [ "$ge_left" != 0 ]; then ge_left=$(label data/ge_structures16.xyz data/ge_pbe16_scaled.xyz "$CHUNK" --e0 \
         --length-scale "$GE_SCALE" --skip-labelled-in data/ge_pbe16.xyz) || exit 1; fi
@@ -81,11 +86,11 @@ while [ "$ge_left" != 0 ] || [ "$test_left" != 0 ] || sampling; do
     if [ "$ge_left" = 0 ] && [ "$test_left" = 0 ] && sampling; then sleep 60; ge_left=1; test_left=1; fi
 done
 si_left=1
-while [ "$si_left" != 0 ] || sampling; do
+while has_phase 3 && { [ "$si_left" != 0 ] || sampling; }; do
     until [ -s data/si_structures16.xyz ]; do sleep 30; done
     si_left=$(label data/si_structures16.xyz data/si_pbe16_scaled.xyz "$CHUNK" --e0 \
         --length-scale "$SI_SCALE" --skip-labelled-in data/si_pbe16.xyz) || exit 1
     date -u +"label_background: %FT%TZ Si left $si_left"
     if [ "$si_left" = 0 ] && sampling; then sleep 60; si_left=1; fi
 done
-date -u +"label_background: all done %FT%TZ"
+date -u +"label_background: phases $PHASES done %FT%TZ"
