@@ -148,11 +148,13 @@ def _error_stats(energy_errors: np.ndarray, force_errors: np.ndarray) -> Dict[st
 
 
 def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
-                label: str = "") -> Dict[str, object]:
+                label: str = "", group_by: Optional[Callable[[Atoms], str]] = None) -> Dict[str, object]:
     """Energy/force errors of ``calc`` against ``frames`` (``REF_energy``, ``REF_forces``).
 
     Overall and per ``config_type`` ("Default" when absent); frames without ``REF_energy``
-    count for forces only. ``_parity`` holds reference and predicted force components (eV/Å).
+    count for forces only. ``group_by`` (a frame -> key function) adds ``per_group``, the same
+    statistics per key, from the same single evaluation. ``_parity`` holds reference and
+    predicted force components (eV/Å).
     """
     from tqdm.auto import tqdm
 
@@ -171,16 +173,22 @@ def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
         reference_forces.append(reference.ravel())
         predicted_forces.append(predicted.ravel())
     energy_errors = np.asarray(energy_errors)
-    per_type = {}
-    for kind in sorted(set(kinds)):
-        chosen = [i for i, k in enumerate(kinds) if k == kind]
-        per_type[kind] = _error_stats(energy_errors[chosen],
+
+    def per_key(keys):
+        stats = {}
+        for key in sorted(set(keys)):
+            chosen = [i for i, k in enumerate(keys) if k == key]
+            stats[key] = _error_stats(energy_errors[chosen],
                                       np.concatenate([force_errors[i].ravel() for i in chosen]))
-    return {"overall": _error_stats(energy_errors, np.concatenate([f.ravel() for f in
-                                                                    force_errors])),
-            "per_config_type": per_type,
-            "_parity": {"reference": np.concatenate(reference_forces),
-                        "predicted": np.concatenate(predicted_forces)}}
+        return stats
+
+    result = {"overall": _error_stats(energy_errors, np.concatenate([f.ravel() for f in force_errors])),
+              "per_config_type": per_key(kinds)}
+    if group_by is not None:
+        result["per_group"] = per_key([str(group_by(atoms)) for atoms in frames])
+    result["_parity"] = {"reference": np.concatenate(reference_forces),
+                         "predicted": np.concatenate(predicted_forces)}
+    return result
 
 
 # --------------------------------------------------------------------------- reference

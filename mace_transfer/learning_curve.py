@@ -355,18 +355,14 @@ def model_errors(model_path, frames, groups: bool = False) -> Dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = evaluate.load_model(model_path)
-        errors = evaluate.test_errors(model.calc, frames, progress=False)
-        if not groups:
-            return errors["overall"]
-        scales = [f"{float(a.info.get('length_scale', 1.0)):.6g}" for a in frames]
-        per_scale = {}
-        if len(set(scales)) > 1:
-            for scale in sorted(set(scales)):
-                chosen = [a for a, s in zip(frames, scales) if s == scale]
-                per_scale[scale] = trimmed(evaluate.test_errors(model.calc, chosen, progress=False)["overall"])
+        errors = evaluate.test_errors(model.calc, frames, progress=False, group_by=lambda a: (
+            f"{float(a.info.get('length_scale', 1.0)):.6g}"))
+    if not groups:
+        return errors["overall"]
+    per_scale = errors["per_group"] if len(errors["per_group"]) > 1 else {}
     return {"overall": trimmed(errors["overall"]),
             "per_config_type": {k: trimmed(v) for k, v in errors["per_config_type"].items()},
-            "per_length_scale": per_scale}
+            "per_length_scale": {k: trimmed(v) for k, v in per_scale.items()}}
 
 
 def _sha256(path) -> str:
@@ -481,7 +477,8 @@ class Sweep:
                 if not path.is_file():
                     raise UserInputError(f"data file not found: {path}")
             limited = (self.config["data"].get("limits") or {}).get(key) is not None
-            if limited:
+            filtered = (self.config["data"].get("config_types") or {}).get(key) is not None
+            if limited or filtered:  # the frames used, not the files
                 digest = _frames_sha256(self.frames(key))
             elif len(paths) == 1:
                 digest = _sha256(paths[0])
