@@ -829,9 +829,12 @@ class Sweep:
         torch.set_num_threads(self.threads)  # as for training: no oversubscription beside other jobs
         spec = self.config.get("md", {})
         strategies = spec.get("strategies")  # default: every strategy
+        sizes = spec.get("sizes")  # default: every N
         (self.out / "md").mkdir(parents=True, exist_ok=True)
         for rec in load_runs(self.out):
             if int(rec["seed"]) not in seeds or (strategies and rec["strategy"] not in strategies):
+                continue
+            if sizes and int(rec["n_train"]) not in {int(n) for n in sizes}:
                 continue
             path = self.out / "md" / f"{rec['name']}.json"
             if path.is_file():

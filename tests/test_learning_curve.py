@@ -206,7 +206,8 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
                       "mace": {"E0s": "{32: 0.0}", "lr": 0.01, "max_num_epochs": 2}},
         "budget": {"epochs": 2, "patience": 5},
         "strategies": {"scratch": {"lr": 0.01}, "classical_pretrain": {"lr": 0.002, "init": "classical"}},
-        "md": {"seeds": [0], "strategies": ["scratch"], "temperatures": [300], "md_seeds": [0], "md_steps": 3},
+        "md": {"seeds": [0], "strategies": ["scratch"], "sizes": [3], "temperatures": [300], "md_seeds": [0],
+               "md_steps": 3},
     }
     (tmp_path / "lc.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "pipe.yaml").write_text(yaml.safe_dump({"workdir": "runs", "stages": [
@@ -228,6 +229,11 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     assert md == ["scratch_N0003_s0.json"]  # md.strategies: only scratch
     md_record = json.loads((tmp_path / "res" / "md" / md[0]).read_text())
     assert md_record["md_settings"]["temperatures_K"] == [300] and "max_stable_temperature_K" in md_record
+    (tmp_path / "res" / "md" / md[0]).unlink()
+    other_sizes = dict(config, md=dict(config["md"], sizes=[4]), work=str(tmp_path / "work_md"))
+    lc.Sweep(other_sizes).md_and_properties([0])  # md.sizes: no run at N=3 qualifies
+    assert not list((tmp_path / "res" / "md").glob("*.json"))
+    (tmp_path / "res" / "md").rmdir()
     capsys.readouterr()
     pipeline.run_pipeline_file(str(tmp_path / "pipe.yaml"))  # the stage is done: skipped
     assert "done already" in capsys.readouterr().out
