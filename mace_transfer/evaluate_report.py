@@ -7,8 +7,9 @@ PNGs (matplotlib, Agg backend): ``force_parity.png``, ``md_survival.png``, ``rdf
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 
@@ -181,21 +182,41 @@ def plot_parity(result: dict, out: Path) -> List[Path]:
     return [save_figure(figure, out / "force_parity.png")]
 
 
+def survival_groups(result: dict) -> Dict[str, List[str]]:
+    """Model labels grouped by name without a trailing ``_s<seed>`` (``transfer_s0``, ``transfer_s1``
+    -> ``transfer``), so models trained with several seeds are pooled; other labels stay alone."""
+    groups: Dict[str, List[str]] = {}
+    for label, entry in result["models"].items():
+        if "md_stability" in entry:
+            groups.setdefault(re.sub(r"_s\d+$", "", label), []).append(label)
+    if all(len(members) == 1 for members in groups.values()):  # nothing to pool: one curve per model
+        return {label: [label] for members in groups.values() for label in members}
+    return groups
+
+
 def plot_survival(result: dict, out: Path) -> List[Path]:
-    """Surviving fraction and mean time held (ps) vs temperature (K), all models."""
-    with_md = [(k, v["md_stability"]) for k, v in result["models"].items() if "md_stability" in v]
-    if not with_md:
+    """Surviving fraction of MD runs and mean time held (ps) vs temperature (K).
+
+    Models named ``<name>_s<seed>`` are pooled per name (all their runs: training seeds x MD seeds);
+    otherwise one curve per model."""
+    groups = survival_groups(result)
+    if not groups:
         return []
     plt = pyplot()
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
-    for label, stability in with_md:
-        temperatures = [float(t) for t in stability["per_temperature"]]
-        rows = list(stability["per_temperature"].values())
-        top.plot(temperatures, [r["survival_fraction"] for r in rows], "o-", label=label)
-        bottom.plot(temperatures, [r["mean_time_held_ps"] for r in rows], "o-", label=label)
-    top.set_ylabel("fraction of seeds surviving")
+    colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    for i, (name, members) in enumerate(groups.items()):
+        runs = [run for label in members for run in result["models"][label]["md_stability"]["runs"]]
+        temperatures = sorted({float(r["temperature_K"]) for r in runs})
+        at = [[r for r in runs if float(r["temperature_K"]) == t] for t in temperatures]
+        survival = [np.mean([r["failure"] is None for r in rows]) for rows in at]
+        held = [np.mean([r["time_to_failure_ps"] if r["failure"] else r["time_ps"] for r in rows]) for rows in at]
+        label = name if len(members) == 1 else f"{name} ({len(members)} models, {len(at[0])} runs/T)"
+        top.plot(temperatures, survival, "o-", color=colours(i % colours.N), label=label)
+        bottom.plot(temperatures, held, "o-", color=colours(i % colours.N), label=label)
+    top.set_ylabel("fraction of MD runs surviving")
     top.set_ylim(-0.05, 1.05)
-    top.legend()
+    top.legend(fontsize=8)
     bottom.set_ylabel("mean time held (ps)")
     bottom.set_xlabel("temperature (K)")
     figure.tight_layout()

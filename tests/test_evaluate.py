@@ -287,3 +287,20 @@ def test_random_mace_model_unstable_at_modest_temperature(mace_model_path):
                           progress=False)
     assert result["max_stable_temperature_K"] is None
     assert "closer than" in result["runs"][0]["failure"]
+
+
+def test_survival_pools_models_trained_with_several_seeds(tmp_path):
+    from mace_transfer import evaluate_report
+
+    def entry(failures):
+        return {"md_stability": {"runs": [
+            {"temperature_K": 300.0, "seed": 0, "time_ps": 1.0, "failure": None, "time_to_failure_ps": None},
+            {"temperature_K": 900.0, "seed": 0, "time_ps": 1.0, "failure": "pair" if failures else None,
+             "time_to_failure_ps": 0.5 if failures else None}]}}
+
+    result = {"models": {"transfer_s0": entry(False), "transfer_s1": entry(True), "sw": entry(True),
+                         "no_md": {}}}
+    assert evaluate_report.survival_groups(result) == {"transfer": ["transfer_s0", "transfer_s1"], "sw": ["sw"]}
+    single = {"models": {"a_s0": entry(False), "b_s0": entry(True)}}
+    assert evaluate_report.survival_groups(single) == {"a_s0": ["a_s0"], "b_s0": ["b_s0"]}
+    assert evaluate_report.plot_survival(result, tmp_path)[0].stat().st_size > 1000
