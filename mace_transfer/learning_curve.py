@@ -973,7 +973,7 @@ def plot_learning_curve(table, png, zero_shot=None, title: str = "SW-Ge: Si-init
     from matplotlib.ticker import LogLocator, NullFormatter, NullLocator, ScalarFormatter
 
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 4.0, 5.0, 7.0), numticks=30))
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
     counts = [e["force_mae_meV_per_A"]["n"] for s in table.values() for e in s.values()]
