@@ -288,8 +288,9 @@ def _eval(argv):
         description="Errors vs a test set, MD stability and crystal properties vs a reference, "
         "for one or several MACE models; writes metrics.json, summary.md and PNGs to --out.")
     parser.add_argument("models", nargs="+", metavar="MODEL.model", help="MACE model file(s)")
-    parser.add_argument("--test", required=True, metavar="TEST.xyz",
-                        help="extxyz with REF_energy, REF_forces (eV, eV/Å) and config_type")
+    parser.add_argument("--test", default=None, metavar="TEST.xyz",
+                        help="extxyz with REF_energy, REF_forces (eV, eV/Å) and config_type "
+                        "(required unless --skip errors)")
     parser.add_argument("--reference", default=None,
                         help=f"{'|'.join(evaluate.REFERENCE_NAMES)} or a JSON file of values "
                         "(keys: lattice_constant_A, bulk_modulus_GPa, C11_GPa, ...)")
@@ -323,6 +324,8 @@ def _eval(argv):
                         help=f"comma-separated parts to skip: {','.join(evaluate.SKIPPABLE)}")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.test is None and "errors" not in args.skip:
+        raise UserInputError("--test TEST.xyz is required unless --skip errors")
     for value, flag in ((args.md_steps, "--md-steps"), (args.timestep, "--timestep"),
                         (args.supercell, "--supercell"), (args.min_distance, "--min-distance"),
                         (args.max_energy_jump, "--max-energy-jump")):

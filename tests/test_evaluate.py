@@ -262,6 +262,13 @@ def test_cli_writes_report_and_rejects_bad_input(tmp_path, mace_model_path, caps
     code = _guarded(_eval, [str(tmp_path / "nope.model"), "--test", str(test_file)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "does not exist" in err
+    code = _guarded(_eval, [str(mace_model_path), "--reference", str(reference)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--test TEST.xyz is required unless --skip errors" in err
+    code = _guarded(_eval, [str(mace_model_path), "--reference", str(reference), "--out", str(tmp_path / "no_test"),
+                            "--skip", "errors,md,structure,elastic,vacancy,phonons", "--no-progress"])
+    (entry,) = json.loads((tmp_path / "no_test" / "metrics.json").read_text())["models"].values()
+    assert code == 0 and "errors" not in entry and "lattice_constant_A" in entry["properties"]
 
 
 # --------------------------------------------------------------------------- slow
