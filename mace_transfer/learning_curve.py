@@ -355,8 +355,8 @@ def model_errors(model_path, frames, groups: bool = False) -> Dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = evaluate.load_model(model_path)
-        errors = evaluate.test_errors(model.calc, frames, progress=False, group_by=lambda a: (
-            f"{float(a.info.get('length_scale', 1.0)):.6g}"))
+        by_scale = (lambda a: f"{float(a.info.get('length_scale', 1.0)):.6g}") if groups else None
+        errors = evaluate.test_errors(model.calc, frames, progress=False, group_by=by_scale)
     if not groups:
         return errors["overall"]
     per_scale = errors["per_group"] if len(errors["per_group"]) > 1 else {}
