@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo venv dft-setup clean
+.PHONY: test test-slow demo venv dft-setup pbe-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(STAMP)
 
 dft-setup:
 	bash scripts/dft_setup.sh
+
+# the shipped PBE datasets, merged from the labellers' files (SW density + PBE density)
+pbe-data: $(STAMP)
+	$(BIN)/mace_transfer_assemble --force --out data/si_pbe.xyz data/si_pbe16.xyz data/si_pbe16_scaled.xyz
+	$(BIN)/mace_transfer_assemble --force --out data/ge_pbe.xyz data/ge_pbe16.xyz data/ge_pbe16_scaled.xyz
+	$(BIN)/mace_transfer_assemble --force --out data/ge_test_pbe.xyz data/ge_test_pbe16.xyz data/ge_test_pbe16_scaled.xyz
 
 clean:
 	rm -rf runs/demo

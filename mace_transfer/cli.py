@@ -7,6 +7,7 @@ exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -260,6 +261,37 @@ def _label(argv):
 def label_main(argv: Optional[Sequence[str]] = None) -> None:
     """``mace_transfer_label --in structures.xyz --out labelled.xyz --engine cp2k``."""
     sys.exit(_guarded(_label, argv))
+
+
+# --------------------------------------------------------------------------- assemble
+def _assemble(argv):
+    """Parse ``mace_transfer_assemble`` flags, then merge with :func:`mace_transfer.dft.assemble_labelled`."""
+    parser = argparse.ArgumentParser(
+        prog="mace_transfer_assemble",
+        description="Merge mace_transfer_label outputs of one element into one MACE training file: "
+        "one IsolatedAtom (E0) frame per element, each sampled structure once (by source_index), "
+        "one DFT setting. Frames a running labeller is still writing are left out.")
+    parser.add_argument("inputs", nargs="+", metavar="LABELLED.xyz", help="labelled extxyz files")
+    parser.add_argument("--out", required=True, help="output extxyz")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+
+    from mace_transfer import dft
+
+    try:
+        summary = dft.assemble_labelled(args.inputs, args.out, overwrite=args.force)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise UserInputError(str(exc)) from None
+    parts = ", ".join(f"{os.path.basename(k)} {v}" for k, v in summary["per_input"].items())
+    types = ", ".join(f"{k} {v}" for k, v in summary["config_types"].items())
+    print(f"assemble: {summary['out']}: E0 {'+'.join(summary['isolated']) or 'none'} + "
+          f"{summary['n_structures']} structures ({parts}); {types}")
+    return 0
+
+
+def assemble_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``mace_transfer_assemble --out data/ge_pbe.xyz data/ge_pbe16.xyz data/ge_pbe16_scaled.xyz``."""
+    sys.exit(_guarded(_assemble, argv))
 
 
 # --------------------------------------------------------------------------- eval

@@ -381,3 +381,64 @@ def test_isolated_atom_failure_recorded_not_raised(tmp_path):
     calls = flaky.n_calls
     dft.add_isolated_atoms(["Cu"], out, settings, calculator_factory=factory, log=lambda m: None)
     assert flaky.n_calls == calls  # not retried
+
+
+# ----------------------------------------------------------------------------- assemble
+def test_assemble_merges_densities_once_each_and_refuses_mixtures(tmp_path, capsys):
+    from mace_transfer.cli import assemble_main
+
+    structures = _structures(5)
+    settings = dft.PBESettings()
+    tag = settings.physics_hash()
+    plain, scaled_out = tmp_path / "plain.xyz", tmp_path / "scaled.xyz"
+    dft.add_isolated_atoms(["Cu"], plain, settings, calculator_factory=lambda s: EMT(), log=lambda m: None)
+    dft.label_structures(structures, EMT(), plain, settings_tag=tag, max_new=2, log=lambda m: None)
+    dft.add_isolated_atoms(["Cu"], scaled_out, settings, calculator_factory=lambda s: EMT(), log=lambda m: None)
+    scaled = [dft.scale_lengths(a, 1.02) for a in structures]
+    dft.label_structures(scaled, EMT(), scaled_out, settings_tag=tag,
+                         skip_indices=dft.labelled_source_indices(plain), log=lambda m: None)
+    # a labeller is mid-write on the scaled file: its cut last frame must be left out, file untouched
+    half = scaled_out.read_text().splitlines(keepends=True)[:5]
+    busy = tmp_path / "busy.xyz"
+    busy.write_text(scaled_out.read_text() + "".join(half))
+    before = busy.read_bytes()
+
+    out = tmp_path / "cu_pbe.xyz"
+    summary = dft.assemble_labelled([plain, busy], out)
+    assert busy.read_bytes() == before
+    assert summary["n_structures"] == 5 and summary["isolated"] == ["Cu"]
+    assert summary["per_input"] == {str(plain): 2, str(busy): 3}
+    frames = read(out, ":")
+    assert frames[0].info["config_type"] == "IsolatedAtom"
+    assert sum(f.info["config_type"] == "IsolatedAtom" for f in frames) == 1
+    assert [f.info["source_index"] for f in frames[1:]] == [0, 1, 2, 3, 4]
+    for frame in frames[1:]:
+        i = frame.info["source_index"]
+        s = 1.0 if i < 2 else 1.02
+        assert frame.info["length_scale"] == pytest.approx(s)
+        assert frame.info["labelled_file"] == ("plain.xyz" if i < 2 else "busy.xyz")
+        ref = (structures[i] if i < 2 else scaled[i]).copy()
+        ref.calc = EMT()
+        assert frame.info["REF_energy"] == pytest.approx(ref.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(frame.arrays["REF_forces"], ref.get_forces(), atol=1e-7)  # extxyz: 8 decimals
+
+    with pytest.raises(FileExistsError):
+        dft.assemble_labelled([plain, scaled_out], out)
+    assert read(out, ":")[1].info["source_index"] == 0  # untouched
+    with pytest.raises(ValueError, match="labelled in both"):
+        dft.assemble_labelled([plain, plain], tmp_path / "dup.xyz")
+    other = tmp_path / "other.xyz"
+    dft.label_structures(scaled, EMT(), other, settings_tag="different", log=lambda m: None)
+    with pytest.raises(ValueError, match="different DFT settings"):
+        dft.assemble_labelled([plain, other], tmp_path / "mix.xyz")
+    assert not (tmp_path / "dup.xyz").exists() and not (tmp_path / "mix.xyz").exists()
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        assemble_main(["--out", str(out), str(plain), str(scaled_out)])
+    assert exc.value.code == 2
+    assert "exists" in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(SystemExit) as exc:
+        assemble_main(["--out", str(out), "--force", str(plain), str(scaled_out)])
+    assert exc.value.code == 0
+    assert "E0 Cu + 5 structures" in capsys.readouterr().out
