@@ -352,6 +352,9 @@ def _eval(argv):
     parser.add_argument("--structure-temperatures", type=floats, default=None,
                         help="temperatures (K) for RDF/ADF (default: lowest and highest of ladder)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    parser.add_argument("--close-contact", default=None, metavar="SCAN.xyz",
+                        help="close-contact scan (scripts/make_close_contact.py; labelled: with the "
+                        "DFT curve): energy as one bond is compressed, the short-range wall")
     parser.add_argument("--skip", type=names, default=[],
                         help=f"comma-separated parts to skip: {','.join(evaluate.SKIPPABLE)}")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -372,7 +375,8 @@ def _eval(argv):
     evaluate.evaluate(args.models, args.test, args.reference, labels=args.labels,
                       element=args.element, out=args.out, md_settings=settings,
                       device=args.device, skip=args.skip, progress=not args.no_progress,
-                      log=lambda message: print(message, file=sys.stderr, flush=True))  # stages even without bars
+                      log=lambda message: print(message, file=sys.stderr, flush=True),  # stages even without bars
+                      close_contact=args.close_contact)
     print(f"report: {args.out}/summary.md, {args.out}/metrics.json")
     return 0
 

@@ -10,6 +10,8 @@ Three measurements, each available alone, then a report (``metrics.json``, ``sum
    formation energy, phonons at Γ and X; plus RDF/ADF from MD; each compared with a reference
    (``sw-ge``, ``tersoff-si``, ... from :mod:`mace_transfer.classical`, a calculator, or a JSON
    file of values such as DFT's; see :func:`resolve_reference`).
+4. :func:`close_contact_curve`: energy (eV) as one bond of the crystal is compressed, vs a
+   labelled scan (``scripts/make_close_contact.py``): whether the model has a short-range wall.
 
 :func:`evaluate` runs everything for several models (e.g. transfer vs scratch) and writes the report.
 """
@@ -100,6 +102,58 @@ def as_model(model, device: str = "cpu", label: Optional[str] = None) -> Model:
         name = label or getattr(model, "name", None) or type(model).__name__
         return Model(str(name), model, type(model).__name__, numbers)
     raise UserInputError(f"cannot evaluate {model!r}: give a .model path or an ASE calculator")
+
+
+# --------------------------------------------------------------------------- close contact
+def read_close_contact_file(path: Union[str, os.PathLike]) -> List[Atoms]:
+    """Frames of a close-contact scan (extxyz, ``info["pair_distance_A"]`` on each), longest pair first."""
+    import ase.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"close-contact file {path} does not exist")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:
+        raise UserInputError(f"cannot read close-contact file {path}: {type(exc).__name__}: {exc}") from None
+    frames = [a for a in frames if a.info.get("config_type") != "IsolatedAtom"]
+    if len(frames) < 2:
+        raise UserInputError(f"close-contact file {path} needs at least two frames")
+    for index, atoms in enumerate(frames):
+        if "pair_distance_A" not in atoms.info:
+            raise UserInputError(f"close-contact file {path}: frame {index} has no pair_distance_A "
+                                 "(make it with scripts/make_close_contact.py)")
+    return sorted(frames, key=lambda a: -float(a.info["pair_distance_A"]))
+
+
+def _softening_distance(distances: np.ndarray, energies: np.ndarray) -> Optional[float]:
+    """The longest pair distance (Å) at which the energy falls as the pair closes further, or None."""
+    for k in range(1, len(distances)):
+        if energies[k] < energies[k - 1]:
+            return float(distances[k - 1])
+    return None
+
+
+def close_contact_curve(calc, frames: Sequence[Atoms]) -> Dict[str, object]:
+    """Energies (eV) of the scan relative to its longest-pair frame, for ``calc`` and, where the
+    frames carry ``REF_energy``, for the reference; ``softening_A``: where the energy first falls as
+    the pair closes (None: a wall over the whole scan); ``max_abs_error_eV`` vs the reference."""
+    distances = np.array([float(a.info["pair_distance_A"]) for a in frames])
+    energies = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        energies.append(float(atoms.get_potential_energy()))
+    energies = np.array(energies) - energies[0]
+    out: Dict[str, object] = {"distance_A": distances.tolist(), "energy_eV": energies.tolist(),
+                              "softening_A": _softening_distance(distances, energies)}
+    if all("REF_energy" in a.info for a in frames):
+        reference = np.array([float(a.info["REF_energy"]) for a in frames])
+        reference -= reference[0]
+        out["reference_eV"] = reference.tolist()
+        out["reference_softening_A"] = _softening_distance(distances, reference)
+        out["max_abs_error_eV"] = float(np.max(np.abs(energies - reference)))
+    return out
 
 
 # --------------------------------------------------------------------------- test errors
@@ -367,7 +421,8 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
              temperatures: Optional[Sequence[float]] = None, seeds: Optional[Sequence[int]] = None,
              md_steps: Optional[int] = None, md_settings: Optional[MDSettings] = None,
              device: str = "cpu", skip: Sequence[str] = (), progress: bool = True,
-             log: Optional[Callable[[str], None]] = None) -> dict:
+             log: Optional[Callable[[str], None]] = None,
+             close_contact: Optional[Union[str, os.PathLike, Sequence[Atoms]]] = None) -> dict:
     """Evaluate one or several models; write ``metrics.json``, ``summary.md`` and PNGs to ``out``.
 
     ``models``: a ``.model`` path, an ASE calculator, or a list of them; ``labels`` names them
@@ -375,6 +430,7 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
     see :func:`resolve_reference`. ``temperatures`` (K), ``seeds`` and ``md_steps`` override
     ``md_settings`` (:class:`MDSettings`). ``skip``: any of :data:`SKIPPABLE`. ``log``: where the
     one-line stage messages go (default: stderr when ``progress``, else nowhere).
+    ``close_contact``: a close-contact scan (path or frames, :func:`close_contact_curve`).
     Returns the metrics dict (the content of ``metrics.json``).
     """
     unknown = sorted(set(skip) - set(SKIPPABLE))
@@ -403,6 +459,10 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
     frames = None
     if test is not None and "errors" not in skip:
         frames = read_test_file(test) if isinstance(test, (str, os.PathLike)) else list(test)
+    scan = None
+    if close_contact is not None:
+        scan = (read_close_contact_file(close_contact) if isinstance(close_contact, (str, os.PathLike))
+                else sorted(close_contact, key=lambda a: -float(a.info["pair_distance_A"])))
     loaded = [as_model(m, device, labels[i] if labels else None) for i, m in enumerate(model_list)]
     names = [m.label for m in loaded]
     if len(set(names)) != len(names):
@@ -417,7 +477,9 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
 
     result = {"element": crystal, "reference": None, "settings": {
         "md": settings.to_dict(), "skip": list(skip), "device": device,
-        "test": str(test) if isinstance(test, (str, os.PathLike)) else None}, "models": {}}
+        "test": str(test) if isinstance(test, (str, os.PathLike)) else None,
+        "close_contact": str(close_contact) if isinstance(close_contact, (str, os.PathLike)) else None},
+        "models": {}}
     reference_structure: Dict[str, dict] = {}
     ref_a0 = None
     if ref is not None:
@@ -441,6 +503,11 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
         if frames is not None:
             say(f"{model.label}: errors on {len(frames)} test configurations")
             entry["errors"] = test_errors(model.calc, frames, progress, model.label)
+        if scan is not None:
+            check_elements(model, sorted({s for a in scan for s in a.get_chemical_symbols()}),
+                           "the close-contact scan")
+            say(f"{model.label}: close-contact scan ({len(scan)} pair distances)")
+            entry["close_contact"] = close_contact_curve(model.calc, scan)
         if not {"lattice", "elastic", "vacancy", "phonons"} <= set(skip):
             say(f"{model.label}: crystal properties of diamond {crystal}")
             entry["properties"] = crystal_properties(model.calc, crystal, skip, ref_a0, say)

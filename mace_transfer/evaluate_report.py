@@ -1,7 +1,7 @@
 """Report of :func:`mace_transfer.evaluate.evaluate`: ``metrics.json``, ``summary.md``, PNGs.
 
 PNGs (matplotlib, Agg backend): ``force_parity.png``, ``md_survival.png``, ``rdf_<T>K.png``,
-``adf_<T>K.png``.
+``adf_<T>K.png``, ``close_contact.png``.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def write_report(result: dict, out) -> List[Path]:
     written += plot_parity(result, out)
     written += plot_survival(result, out)
     written += plot_structure(result, out)
+    written += plot_close_contact(result, out)
     return written
 
 
@@ -117,6 +118,25 @@ def summary_markdown(result: dict) -> str:
             lines += [f"- {label}: {run['temperature_K']:g} K seed {run['seed']}: "
                       f"{run['failure']} at {run['time_to_failure_ps']:.3g} ps"
                       for label, run in failures]
+        lines.append("")
+
+    with_scan = [k for k in labels if "close_contact" in models[k]]
+    if with_scan:
+        first = models[with_scan[0]]["close_contact"]
+        lines += ["## Short-range wall (close-contact scan)", "",
+                  "Energy (eV) relative to the perfect crystal as one bond is compressed to the "
+                  "pair distance in the header. Softening: the longest distance at which the energy "
+                  "falls as the pair closes further (– = a wall over the whole scan).", ""]
+        lines.append("| model | " + " | ".join(f"{d:.2f} Å" for d in first["distance_A"])
+                     + " | softening (Å) | max abs error (eV) |")
+        lines.append("|---" * (len(first["distance_A"]) + 3) + "|")
+        if "reference_eV" in first:
+            lines.append("| reference | " + " | ".join(f"{e:.2f}" for e in first["reference_eV"])
+                         + f" | {_fmt(first['reference_softening_A'], 3)} | – |")
+        for label in with_scan:
+            scan = models[label]["close_contact"]
+            lines.append(f"| {label} | " + " | ".join(f"{e:.2f}" for e in scan["energy_eV"])
+                         + f" | {_fmt(scan['softening_A'], 3)} | {_fmt(scan.get('max_abs_error_eV'), 3)} |")
         lines.append("")
 
     ref_props = reference.get("properties", {})
@@ -254,3 +274,23 @@ def plot_structure(result: dict, out: Path) -> List[Path]:
             figure.tight_layout()
             paths.append(save_figure(figure, out / f"{kind}_{temperature}K.png"))
     return paths
+
+
+def plot_close_contact(result: dict, out: Path) -> List[Path]:
+    """Energy (eV) vs compressed pair distance (Å): each model and, if labelled, the reference."""
+    with_scan = [(k, v["close_contact"]) for k, v in result["models"].items() if "close_contact" in v]
+    if not with_scan:
+        return []
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    first = with_scan[0][1]
+    if "reference_eV" in first:
+        axis.plot(first["distance_A"], first["reference_eV"], "ko--", lw=1.5, zorder=5, label="reference")
+    for label, scan in with_scan:
+        axis.plot(scan["distance_A"], scan["energy_eV"], "o-", ms=3, lw=1.2, label=label)
+    axis.set_xlabel("compressed pair distance (Å)")
+    axis.set_ylabel("energy relative to the crystal (eV)")
+    axis.set_title("short-range wall")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return [save_figure(figure, out / "close_contact.png")]

@@ -10,7 +10,7 @@ every unit draws its random numbers from its own seed ``(seed, unit_index)``. So
 the same whatever ``n`` is, and a cut or extended run appends exactly the missing frames.
 
 Public API: :func:`sample_configurations`, :func:`isolated_atom_frames`, :func:`settings_hash`,
-:data:`DEFAULT_TEMPERATURES`, :data:`MELTING_POINTS`.
+:func:`close_contact_scan`, :data:`DEFAULT_TEMPERATURES`, :data:`MELTING_POINTS`.
 """
 
 from __future__ import annotations
@@ -427,3 +427,35 @@ def sample_configurations(
             if bar is not None:
                 bar.close()
     return header + frames
+
+
+def close_contact_scan(element: str, lattice_constant: float, distances: Sequence[float],
+                       repeat: Tuple[int, int, int] = (2, 1, 1), include_crystal: bool = True) -> List[Atoms]:
+    """Diamond cells with one bond compressed: the short-range wall a potential must have.
+
+    Atom 0 of a ``repeat`` supercell of the cubic diamond cell (``lattice_constant`` in Å) moves
+    along [111] toward its nearest neighbour until the pair is ``distances[k]`` Å apart; every other
+    atom stays on its lattice site. Frame ``k`` has ``config_type="close_contact"``,
+    ``info["pair_distance_A"]`` and ``info["pair"] = "0-j"``; no labels. Distances must lie in
+    (0.5, nearest-neighbour distance]. ``include_crystal`` puts the perfect crystal first
+    (``pair_distance_A`` = the nearest-neighbour distance), the zero of the scan's energies.
+    """
+    crystal = bulk(element, "diamond", a=float(lattice_constant), cubic=True).repeat(tuple(repeat))
+    target = np.full(3, lattice_constant / 4.0)
+    j = int(np.argmin(np.linalg.norm(crystal.positions - target, axis=1)))
+    bond = crystal.positions[j] - crystal.positions[0]
+    d0 = float(np.linalg.norm(bond))
+    frames = []
+    if include_crystal:
+        atoms = crystal.copy()
+        atoms.info.update({"config_type": "close_contact", "pair_distance_A": d0, "pair": f"0-{j}"})
+        frames.append(atoms)
+    for d in distances:
+        d = float(d)
+        if not 0.5 < d <= d0 + 1e-9:
+            raise ValueError(f"pair distance {d} Å outside (0.5, {d0:.4f}] (the nearest-neighbour distance)")
+        atoms = crystal.copy()
+        atoms.positions[0] += bond / d0 * (d0 - d)
+        atoms.info.update({"config_type": "close_contact", "pair_distance_A": d, "pair": f"0-{j}"})
+        frames.append(atoms)
+    return frames

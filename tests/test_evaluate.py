@@ -311,3 +311,56 @@ def test_survival_pools_models_trained_with_several_seeds(tmp_path):
     single = {"models": {"a_s0": entry(False), "b_s0": entry(True)}}
     assert evaluate_report.survival_groups(single) == {"a_s0": ["a_s0"], "b_s0": ["b_s0"]}
     assert evaluate_report.plot_survival(result, tmp_path)[0].stat().st_size > 1000
+
+
+def test_close_contact_scan_geometry_and_sw_wall(tmp_path, mace_model_path, capsys):
+    """One bond compressed along [111], nothing else moved; SW-Ge has a wall over the whole scan,
+    and SW scored against its own labels has zero error; the CLI reports both curves."""
+    from ase.io import write
+
+    from mace_transfer.cli import _eval, _guarded
+    from mace_transfer.sampling import close_contact_scan
+
+    a = A_SW_GE
+    frames = close_contact_scan("Ge", a, [2.1, 1.7, 1.3])
+    crystal = frames[0]
+    assert len(crystal) == 16 and crystal.info["pair_distance_A"] == pytest.approx(np.sqrt(3) * a / 4)
+    j = int(crystal.info["pair"].split("-")[1])
+    for frame, d in zip(frames[1:], (2.1, 1.7, 1.3)):
+        assert frame.get_distance(0, j) == pytest.approx(d, abs=1e-12)
+        np.testing.assert_array_equal(frame.positions[1:], crystal.positions[1:])
+        assert frame.get_distances(0, range(1, 16), mic=True).min() == pytest.approx(d, abs=1e-12)
+    with pytest.raises(ValueError, match="outside"):
+        close_contact_scan("Ge", a, [2.6])
+
+    sw = calculator("Ge", "sw")
+    for frame in frames:
+        labelled = frame.copy()
+        labelled.calc = sw
+        frame.info["REF_energy"] = labelled.get_potential_energy()
+    curve = ev.close_contact_curve(sw, frames)
+    assert curve["energy_eV"][0] == 0.0
+    assert np.all(np.diff(curve["energy_eV"]) > 0)  # rises at every step as the pair closes
+    assert curve["softening_A"] is None and curve["reference_softening_A"] is None
+    assert curve["max_abs_error_eV"] == 0.0
+    assert curve["energy_eV"][-1] > 5.0  # SW at 1.3 Å: many eV above the crystal
+    assert ev._softening_distance(np.array([2.5, 2.0, 1.5, 1.0]), np.array([0, 2.0, 3.0, 1.0])) == 1.5
+
+    scan_file = tmp_path / "scan.xyz"
+    write(scan_file, frames[::-1], format="extxyz")  # any order: the reader sorts longest pair first
+    out = tmp_path / "report"
+    code = _guarded(_eval, [str(mace_model_path), "--close-contact", str(scan_file), "--out", str(out),
+                            "--labels", "random", "--no-progress",
+                            "--skip", "errors,md,structure,lattice,elastic,vacancy,phonons"])
+    assert code == 0
+    scan = json.loads((out / "metrics.json").read_text())["models"]["random"]["close_contact"]
+    assert scan["distance_A"] == pytest.approx([crystal.info["pair_distance_A"], 2.1, 1.7, 1.3])
+    assert scan["reference_eV"] == pytest.approx(curve["energy_eV"])
+    assert "Short-range wall" in (out / "summary.md").read_text() and (out / "close_contact.png").exists()
+    plain = tmp_path / "plain.xyz"
+    write(plain, [bulk("Ge", "diamond", a=a, cubic=True)] * 2, format="extxyz")
+    capsys.readouterr()
+    code = _guarded(_eval, [str(mace_model_path), "--close-contact", str(plain), "--out", str(out),
+                            "--skip", "errors,md,structure,lattice,elastic,vacancy,phonons"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "pair_distance_A" in err
