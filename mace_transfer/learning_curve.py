@@ -20,7 +20,9 @@ Reproduces the set-up of Röcken & Zavadlav (arXiv 2502.13522), on Stillinger-We
 Validation set: ``n_valid`` configurations of ``data.target`` drawn once (``valid_seed``), the same
 for every N, seed and strategy. Training subsets are nested: for seed s the rest of the pool is
 shuffled once with s and the first N are taken, so N=5 is inside N=10 for the same seed. The seed
-is also MACE's ``--seed``.
+is also MACE's ``--seed``. ``data.extra_train`` (optional): configurations added to every run's
+training set, not counted in N and never in validation (e.g. close-pair cells for the short-range
+wall, ``scripts/make_close_pairs.py``).
 
 Strategies: ``scratch``; ``transfer`` (remap the source, fine-tune); ``transfer_freeze`` (+ a
 frozen block set); ``transfer_rescale`` (+ corresponding-states s, k); ``mace_freeze`` (MACE's own
@@ -471,7 +473,7 @@ class Sweep:
         """Record the SHA-256 of the target and test files in ``<out>/data.json``; a resumed
         sweep whose files changed since is refused (its runs would mix two data sets)."""
         current = {}
-        for key in ("target", "test"):
+        for key in ("target", "test") + (("extra_train",) if self.config["data"].get("extra_train") else ()):
             paths = self.data_paths(key)
             for path in paths:
                 if not path.is_file():
@@ -497,6 +499,9 @@ class Sweep:
         write_json(record, current)
         return current
 
+    def n_extra_train(self) -> int:
+        return len(self.frames("extra_train")) if self.config["data"].get("extra_train") else 0
+
     def valid_frames(self) -> list:
         target = self.frames("target")
         return [target[i] for i in self.split()[0]]
@@ -516,10 +521,11 @@ class Sweep:
         valid_idx, pool = self.split()
         train_idx = training_indices(pool, n_train, seed)
         folder.mkdir(parents=True, exist_ok=True)
-        write(folder / "train.xyz", [target[i] for i in train_idx], format="extxyz")
+        extra = self.frames("extra_train") if self.config["data"].get("extra_train") else []
+        write(folder / "train.xyz", [target[i] for i in train_idx] + list(extra), format="extxyz")
         write(folder / "valid.xyz", [target[i] for i in valid_idx], format="extxyz")
         return {"train_file": str(folder / "train.xyz"), "valid_file": str(folder / "valid.xyz"),
-                "train_indices": train_idx}
+                "train_indices": train_idx, "n_extra_train": len(extra)}
 
     # -------------------------------------------------------------- MACE
     def _train(self, options: Dict[str, Any], folder: Path, use_mace_directly: bool = False) -> float:
@@ -667,7 +673,8 @@ class Sweep:
         options = dict(self.config["mace"])
         budget = self.config["budget"]
         options.update(lr=float(spec["lr"]), seed=int(seed), E0s=self.config["target_E0s"],
-                       max_num_epochs=epochs_for(n_train, int(options.get("batch_size", 5)), budget),
+                       max_num_epochs=epochs_for(n_train + self.n_extra_train(), int(options.get("batch_size", 5)),
+                                                 budget),  # steps budget: extra frames count
                        patience=int(budget.get("patience", 1000)), restart_latest=False)
         options.update(spec.get("mace", {}) or {})
         init = spec.get("init", "scratch")
@@ -712,7 +719,8 @@ class Sweep:
             "best_valid_rmse_f_meV_A": valid_rmse_at(curve, epoch),
             "initial_valid_rmse_f_meV_A": curve["initial_valid_rmse_f_meV_A"],
             "corresponding_states": self._scales_from_log(folder),
-            "train_indices": subset["train_indices"], "model": str(model_path), "curve": curve,
+            "train_indices": subset["train_indices"], "n_extra_train": subset["n_extra_train"],
+            "model": str(model_path), "curve": curve,
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

@@ -10,7 +10,7 @@ every unit draws its random numbers from its own seed ``(seed, unit_index)``. So
 the same whatever ``n`` is, and a cut or extended run appends exactly the missing frames.
 
 Public API: :func:`sample_configurations`, :func:`isolated_atom_frames`, :func:`settings_hash`,
-:func:`close_contact_scan`, :data:`DEFAULT_TEMPERATURES`, :data:`MELTING_POINTS`.
+:func:`close_contact_scan`, :func:`close_pair_variants`, :data:`DEFAULT_TEMPERATURES`, :data:`MELTING_POINTS`.
 """
 
 from __future__ import annotations
@@ -459,3 +459,41 @@ def close_contact_scan(element: str, lattice_constant: float, distances: Sequenc
         atoms.info.update({"config_type": "close_contact", "pair_distance_A": d, "pair": f"0-{j}"})
         frames.append(atoms)
     return frames
+
+
+def close_pair_variants(frames: Sequence[Atoms], n: int, distance_range_A: Tuple[float, float],
+                        seed: int = 0) -> List[Atoms]:
+    """``n`` copies of ``frames`` (cycled) with one nearest-neighbour pair pushed closer.
+
+    Training structures for the short-range wall: in copy ``i`` of frame ``i % len(frames)`` a
+    random atom and its nearest neighbour (minimum image) move symmetrically along their bond
+    to a distance drawn uniformly from ``distance_range_A`` (Å), or are left as they are if already
+    closer; nothing else moves. ``config_type="close_pair"``, ``info["pair_distance_A"]``,
+    ``info["derived_from"]`` (the frame's ``sample_index``, else its position). Reproducible for
+    a ``seed``. Labels of the input frames are dropped.
+    """
+    lo, hi = (float(x) for x in distance_range_A)
+    if not 0.5 < lo <= hi:
+        raise ValueError(f"distance range must satisfy 0.5 < low <= high (Å), got {distance_range_A}")
+    if not frames or n < 1:
+        raise ValueError("need at least one frame and n >= 1")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        base = frames[i % len(frames)]
+        atoms = Atoms(numbers=base.numbers, positions=base.positions, cell=base.cell, pbc=base.pbc)
+        a = int(rng.integers(len(atoms)))
+        others = [k for k in range(len(atoms)) if k != a]
+        vectors = atoms.get_distances(a, others, mic=True, vector=True)
+        lengths = np.linalg.norm(vectors, axis=1)
+        b = others[int(np.argmin(lengths))]
+        bond, d_now = vectors[int(np.argmin(lengths))], float(lengths.min())
+        d = min(float(rng.uniform(lo, hi)), d_now)
+        shift = bond / d_now * (d_now - d) / 2.0
+        atoms.positions[a] += shift
+        atoms.positions[b] -= shift
+        atoms.wrap()
+        atoms.info.update({"config_type": "close_pair", "pair_distance_A": d, "pair": f"{a}-{b}",
+                           "derived_from": int(base.info.get("sample_index", i % len(frames)))})
+        out.append(atoms)
+    return out

@@ -351,3 +351,31 @@ def test_config_base_merges_and_null_removes(lc, tmp_path):
     (tmp_path / "self.yaml").write_text(yaml.safe_dump({"base": str(tmp_path / "self.yaml")}))
     with pytest.raises(UserInputError, match="itself"):
         lc.load_config(tmp_path / "self.yaml")
+
+
+def test_extra_train_frames_join_every_training_set_outside_n_and_validation(lc, tmp_path):
+    """data.extra_train: added to every run's train.xyz, never to validation, not counted in N; the
+    step budget counts them; its file is fingerprinted with the rest of the data."""
+    from ase.io import read
+
+    _write_sw_ge(tmp_path / "t.xyz", 12, seed=5)
+    _write_sw_ge(tmp_path / "x.xyz", 3, seed=7)
+    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
+              "n_valid": 4, "valid_seed": 1, "mace": {"batch_size": 2}, "target_E0s": "{32: 0.0}",
+              "budget": {"steps": 40, "min_epochs": 1, "max_epochs": 1000},
+              "strategies": {"scratch": {"lr": 0.01}},
+              "data": {"source": "si.xyz", "target": str(tmp_path / "t.xyz"), "test": str(tmp_path / "t.xyz")}}
+    plain = lc.Sweep(dict(config))
+    config["data"] = dict(config["data"], extra_train=str(tmp_path / "x.xyz"))
+    sweep = lc.Sweep(config)
+    extra = read(tmp_path / "x.xyz", ":")
+    subset = sweep.write_subset(tmp_path / "run", 5, seed=0)
+    train = read(subset["train_file"], ":")
+    valid = read(subset["valid_file"], ":")
+    assert subset["n_extra_train"] == 3 and len(train) == 5 + 3 and len(valid) == 4
+    for atoms, ref in zip(train[5:], extra):
+        np.testing.assert_array_equal(atoms.positions, ref.positions)
+    assert subset["train_indices"] == plain.write_subset(tmp_path / "run0", 5, seed=0)["train_indices"]
+    assert sweep.strategy_options("scratch", 5, 0)["max_num_epochs"] == lc.epochs_for(8, 2, config["budget"])
+    assert plain.strategy_options("scratch", 5, 0)["max_num_epochs"] == lc.epochs_for(5, 2, config["budget"])
+    assert sweep.check_data()["extra_train"]["configurations"] == 3

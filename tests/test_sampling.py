@@ -150,3 +150,40 @@ def test_liquid_frames_carry_the_latent_heat():
     assert {f.info["config_type"] for f in crystal} == {"md_2000K"}
     gap = np.mean([f.info["REF_energy"] / 64 for f in liquid]) - np.mean([f.info["REF_energy"] / 64 for f in crystal])
     assert gap > 0.25
+
+
+def test_close_pair_variants_move_one_nearest_pair_symmetrically():
+    from ase.build import bulk
+
+    from mace_transfer.sampling import close_pair_variants
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(2):
+        atoms = bulk("Ge", "diamond", a=5.78, cubic=True).repeat((2, 1, 1))
+        atoms.positions += rng.normal(0, 0.1, atoms.positions.shape)
+        atoms.info["sample_index"] = 10 + k
+        frames.append(atoms)
+    variants = close_pair_variants(frames, 5, (1.6, 2.0), seed=4)
+    again = close_pair_variants(frames, 5, (1.6, 2.0), seed=4)
+    assert [v.info["pair"] for v in variants] == [v.info["pair"] for v in again]
+    for i, v in enumerate(variants):
+        base = frames[i % 2]
+        a, b = map(int, v.info["pair"].split("-"))
+        d = v.info["pair_distance_A"]
+        assert 1.6 <= d <= 2.0 and v.info["config_type"] == "close_pair"
+        assert v.info["derived_from"] == 10 + i % 2
+        assert v.get_distance(a, b, mic=True) == pytest.approx(d, abs=1e-10)
+        # b was a's nearest neighbour; the pair's midpoint stays put (minimum image)
+        others = [k for k in range(16) if k != a]
+        assert others[int(np.argmin(base.get_distances(a, others, mic=True)))] == b
+        shift = v.get_scaled_positions() - base.get_scaled_positions(wrap=False)
+        shift -= np.round(shift)  # v is wrapped into the cell, base may not be
+        moved = {k for k in range(16) if np.abs(shift[k]).max() > 1e-9}
+        assert moved <= {a, b}
+        mid_v = v.positions[a] + v.get_distance(a, b, mic=True, vector=True) / 2
+        mid_0 = base.positions[a] + base.get_distance(a, b, mic=True, vector=True) / 2
+        delta = np.linalg.solve(v.cell.array.T, mid_v - mid_0)
+        assert np.allclose(delta - np.round(delta), 0, atol=1e-9)
+    with pytest.raises(ValueError):
+        close_pair_variants(frames, 2, (2.0, 1.6))
