@@ -277,20 +277,32 @@ def plot_structure(result: dict, out: Path) -> List[Path]:
 
 
 def plot_close_contact(result: dict, out: Path) -> List[Path]:
-    """Energy (eV) vs compressed pair distance (Å): each model and, if labelled, the reference."""
-    with_scan = [(k, v["close_contact"]) for k, v in result["models"].items() if "close_contact" in v]
+    """Energy (eV) vs compressed pair distance (Å): each model and, if labelled, the reference.
+
+    Models named ``<name>_s<seed>`` are pooled per name: mean curve and min-max band."""
+    with_scan = {k: v["close_contact"] for k, v in result["models"].items() if "close_contact" in v}
     if not with_scan:
         return []
+    groups: Dict[str, List[str]] = {}
+    for label in with_scan:
+        groups.setdefault(re.sub(r"_s\d+$", "", label), []).append(label)
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(6, 4))
-    first = with_scan[0][1]
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    first = next(iter(with_scan.values()))
     if "reference_eV" in first:
         axis.plot(first["distance_A"], first["reference_eV"], "ko--", lw=1.5, zorder=5, label="reference")
-    for label, scan in with_scan:
-        axis.plot(scan["distance_A"], scan["energy_eV"], "o-", ms=3, lw=1.2, label=label)
+    colours = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    for i, (name, members) in enumerate(groups.items()):
+        colour = colours(i % colours.N)
+        x = np.asarray(with_scan[members[0]]["distance_A"])
+        curves = np.array([with_scan[m]["energy_eV"] for m in members])
+        label = name if len(members) == 1 else f"{name} ({len(members)} seeds)"
+        axis.plot(x, curves.mean(axis=0), "o-", ms=3, lw=1.2, color=colour, label=label)
+        if len(members) > 1:
+            axis.fill_between(x, curves.min(axis=0), curves.max(axis=0), color=colour, alpha=0.2, lw=0)
     axis.set_xlabel("compressed pair distance (Å)")
     axis.set_ylabel("energy relative to the crystal (eV)")
-    axis.set_title("short-range wall")
-    axis.legend(fontsize=8)
+    axis.set_title("short-range wall: one bond compressed")
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     return [save_figure(figure, out / "close_contact.png")]
