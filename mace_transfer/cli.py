@@ -352,6 +352,9 @@ def _eval(argv):
     parser.add_argument("--structure-temperatures", type=floats, default=None,
                         help="temperatures (K) for RDF/ADF (default: lowest and highest of ladder)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice). Use 1 beside other busy "
+                        "processes (e.g. DFT labelling): oversubscribed cores ran MD 4x slower here")
     parser.add_argument("--close-contact", default=None, metavar="SCAN.xyz",
                         help="close-contact scan (scripts/make_close_contact.py; labelled: with the "
                         "DFT curve): energy as one bond is compressed, the short-range wall")
@@ -366,6 +369,12 @@ def _eval(argv):
                         (args.max_energy_jump, "--max-energy-jump")):
         if value <= 0:
             raise UserInputError(f"{flag} must be positive, got {value}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserInputError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     settings = MDSettings(temperatures_K=tuple(args.temperatures), seeds=tuple(args.seeds),
                           steps=args.md_steps, timestep_fs=args.timestep, repeat=args.supercell,
                           min_distance_A=args.min_distance,

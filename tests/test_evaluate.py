@@ -350,7 +350,7 @@ def test_close_contact_scan_geometry_and_sw_wall(tmp_path, mace_model_path, caps
     write(scan_file, frames[::-1], format="extxyz")  # any order: the reader sorts longest pair first
     out = tmp_path / "report"
     code = _guarded(_eval, [str(mace_model_path), "--close-contact", str(scan_file), "--out", str(out),
-                            "--labels", "random", "--no-progress",
+                            "--labels", "random", "--no-progress", "--threads", "1",
                             "--skip", "errors,md,structure,lattice,elastic,vacancy,phonons"])
     assert code == 0
     scan = json.loads((out / "metrics.json").read_text())["models"]["random"]["close_contact"]
@@ -364,3 +364,6 @@ def test_close_contact_scan_geometry_and_sw_wall(tmp_path, mace_model_path, caps
                             "--skip", "errors,md,structure,lattice,elastic,vacancy,phonons"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "pair_distance_A" in err
+    code = _guarded(_eval, [str(mace_model_path), "--close-contact", str(scan_file), "--threads", "0",
+                            "--skip", "errors,md,structure,lattice,elastic,vacancy,phonons"])
+    assert code == 2 and "--threads must be >= 1" in capsys.readouterr().err
