@@ -190,8 +190,6 @@ def _label(argv):
                         "same structures labelled unscaled; repeatable")
     args = parser.parse_args(argv)
 
-    import os
-
     if args.engine.lower() != "cp2k":
         raise UserInputError(f"unknown --engine {args.engine!r}; supported: cp2k")
     if not os.path.isfile(args.inp):

@@ -104,19 +104,25 @@ def as_model(model, device: str = "cpu", label: Optional[str] = None) -> Model:
     raise UserInputError(f"cannot evaluate {model!r}: give a .model path or an ASE calculator")
 
 
-# --------------------------------------------------------------------------- close contact
-def read_close_contact_file(path: Union[str, os.PathLike]) -> List[Atoms]:
-    """Frames of a close-contact scan (extxyz, ``info["pair_distance_A"]`` on each), longest pair first."""
+def _read_extxyz(path: Union[str, os.PathLike], what: str) -> List[Atoms]:
+    """Frames of an extxyz file without its ``IsolatedAtom`` frames; a one-line UserInputError
+    naming ``what`` if the file is missing or unreadable."""
     import ase.io
 
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"close-contact file {path} does not exist")
+        raise UserInputError(f"{what} {path} does not exist")
     try:
         frames = ase.io.read(path, index=":")
-    except Exception as exc:
-        raise UserInputError(f"cannot read close-contact file {path}: {type(exc).__name__}: {exc}") from None
-    frames = [a for a in frames if a.info.get("config_type") != "IsolatedAtom"]
+    except Exception as exc:  # ASE raises many kinds for a malformed file
+        raise UserInputError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
+    return [a for a in frames if a.info.get("config_type") != "IsolatedAtom"]
+
+
+# --------------------------------------------------------------------------- close contact
+def read_close_contact_file(path: Union[str, os.PathLike]) -> List[Atoms]:
+    """Frames of a close-contact scan (extxyz, ``info["pair_distance_A"]`` on each), longest pair first."""
+    frames = _read_extxyz(path, "close-contact file")
     if len(frames) < 2:
         raise UserInputError(f"close-contact file {path} needs at least two frames")
     for index, atoms in enumerate(frames):
@@ -162,16 +168,7 @@ def read_test_file(path: Union[str, os.PathLike]) -> List[Atoms]:
 
     Frames with ``config_type=IsolatedAtom`` are dropped: MACE reads them as E0s, not as data.
     """
-    import ase.io
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"test file {path} does not exist")
-    try:
-        frames = ase.io.read(path, index=":")
-    except Exception as exc:
-        raise UserInputError(f"cannot read test file {path}: {type(exc).__name__}: {exc}") from None
-    frames = [a for a in frames if a.info.get("config_type") != "IsolatedAtom"]
+    frames = _read_extxyz(path, "test file")
     if not frames:
         raise UserInputError(f"test file {path} holds no configurations (besides IsolatedAtom)")
     for index, atoms in enumerate(frames):
