@@ -499,8 +499,9 @@ class Sweep:
         write_json(record, current)
         return current
 
-    def n_extra_train(self) -> int:
-        return len(self.frames("extra_train")) if self.config["data"].get("extra_train") else 0
+    def extra_train_frames(self) -> list:
+        """The ``data.extra_train`` configurations (none when the key is absent)."""
+        return self.frames("extra_train") if self.config["data"].get("extra_train") else []
 
     def valid_frames(self) -> list:
         target = self.frames("target")
@@ -521,7 +522,7 @@ class Sweep:
         valid_idx, pool = self.split()
         train_idx = training_indices(pool, n_train, seed)
         folder.mkdir(parents=True, exist_ok=True)
-        extra = self.frames("extra_train") if self.config["data"].get("extra_train") else []
+        extra = self.extra_train_frames()
         write(folder / "train.xyz", [target[i] for i in train_idx] + list(extra), format="extxyz")
         write(folder / "valid.xyz", [target[i] for i in valid_idx], format="extxyz")
         return {"train_file": str(folder / "train.xyz"), "valid_file": str(folder / "valid.xyz"),
@@ -673,7 +674,7 @@ class Sweep:
         options = dict(self.config["mace"])
         budget = self.config["budget"]
         options.update(lr=float(spec["lr"]), seed=int(seed), E0s=self.config["target_E0s"],
-                       max_num_epochs=epochs_for(n_train + self.n_extra_train(), int(options.get("batch_size", 5)),
+                       max_num_epochs=epochs_for(n_train + len(self.extra_train_frames()), int(options.get("batch_size", 5)),
                                                  budget),  # steps budget: extra frames count
                        patience=int(budget.get("patience", 1000)), restart_latest=False)
         options.update(spec.get("mace", {}) or {})

@@ -446,11 +446,7 @@ def close_contact_scan(element: str, lattice_constant: float, distances: Sequenc
     bond = crystal.positions[j] - crystal.positions[0]
     d0 = float(np.linalg.norm(bond))
     frames = []
-    if include_crystal:
-        atoms = crystal.copy()
-        atoms.info.update({"config_type": "close_contact", "pair_distance_A": d0, "pair": f"0-{j}"})
-        frames.append(atoms)
-    for d in distances:
+    for d in ([d0] if include_crystal else []) + list(distances):
         d = float(d)
         if not 0.5 < d <= d0 + 1e-9:
             raise ValueError(f"pair distance {d} Å outside (0.5, {d0:.4f}] (the nearest-neighbour distance)")
@@ -469,7 +465,8 @@ def close_pair_variants(frames: Sequence[Atoms], n: int, distance_range_A: Tuple
     random atom and its nearest neighbour (minimum image) move symmetrically along their bond
     to a distance drawn uniformly from ``distance_range_A`` (Å), or are left as they are if already
     closer; nothing else moves. ``config_type="close_pair"``, ``info["pair_distance_A"]``,
-    ``info["derived_from"]`` (the frame's ``sample_index``, else its position). Reproducible for
+    ``info["derived_from"]`` (the frame's ``sample_index``, else its position) and the frame's
+    ``length_scale`` if it has one. Reproducible for
     a ``seed``. Labels of the input frames are dropped.
     """
     lo, hi = (float(x) for x in distance_range_A)
@@ -495,5 +492,7 @@ def close_pair_variants(frames: Sequence[Atoms], n: int, distance_range_A: Tuple
         atoms.wrap()
         atoms.info.update({"config_type": "close_pair", "pair_distance_A": d, "pair": f"{a}-{b}",
                            "derived_from": int(base.info.get("sample_index", i % len(frames)))})
+        if "length_scale" in base.info:  # cells brought to another density first (dft.scale_lengths)
+            atoms.info["length_scale"] = float(base.info["length_scale"])
         out.append(atoms)
     return out

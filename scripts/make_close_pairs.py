@@ -37,8 +37,6 @@ if args.length_scale != 1.0:
     frames = [scale_lengths(a, args.length_scale) for a in frames]
 low, high = (float(x) for x in args.range.split(","))
 variants = close_pair_variants(frames, args.n, (low, high), seed=args.seed)
-for atoms, base in zip(variants, frames * (args.n // len(frames) + 1)):
-    atoms.info["length_scale"] = float(base.info.get("length_scale", 1.0))
 write(args.out, variants, format="extxyz")
 print(f"{args.out}: {len(variants)} structures, pair distances "
       f"{min(a.info['pair_distance_A'] for a in variants):.3f}-{max(a.info['pair_distance_A'] for a in variants):.3f} Å")
