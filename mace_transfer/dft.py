@@ -94,7 +94,8 @@ class PBESettings:
     isolated_atom_box: float = 12.0
     isolated_atom_spin_polarized: bool = True
     # run settings (not physics)
-    command: str = "mpirun --allow-run-as-root -np {nprocs} cp2k.psmp"
+    # --bind-to none: each mpirun would otherwise pin its rank 0 to core 0, so concurrent runs share it
+    command: str = "mpirun --allow-run-as-root --bind-to none -np {nprocs} cp2k.psmp"
     nprocs: int = 2
     timeout_s: float = 7200.0
     scratch_dir: Optional[str] = None
