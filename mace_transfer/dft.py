@@ -427,6 +427,17 @@ def _abort_message(text: str, workdir: Path) -> str:
     return " ".join(tail.split())
 
 
+LOW_CORE_USAGE = 0.6  # below this fraction of its cores the labeller warns (once per run)
+
+
+def _core_usage(cpu_s: Optional[float], wall_s: float, calculator) -> Optional[Tuple[float, int]]:
+    """(CPU s / (wall s * ranks), ranks) of the last engine run; None when the engine does not say."""
+    nprocs = getattr(getattr(calculator, "settings", None), "nprocs", None)
+    if cpu_s is None or not nprocs or wall_s <= 0:
+        return None
+    return float(cpu_s) / (wall_s * int(nprocs)), int(nprocs)
+
+
 def _children_cpu_s() -> float:
     """User + system CPU seconds of all waited-for child processes so far."""
     import resource
@@ -755,6 +766,7 @@ def label_structures(
         f"{skipped_failed} failed before, " + (f"{skipped_elsewhere} labelled elsewhere, " if skipped_elsewhere else "")
         + f"{counts['remaining']} to do, {len(todo)} this run")
     consecutive = 0
+    warned_usage = False
     for n, (index, lid, atoms) in enumerate(todo, 1):
         work = atoms.copy()
         work.calc = calculator
@@ -791,9 +803,16 @@ def label_structures(
         counts["labelled"] += 1
         counts["remaining"] -= 1
         fmax = float(np.abs(results["forces"]).max())
+        usage = _core_usage(cpu, wall, calculator)
         log(f"label: [{n}/{len(todo)}] index {index} ({frame.info['config_type']}, {len(atoms)} atoms) "
             f"E/atom={results['energy'] / len(atoms):.4f} eV |F|max={fmax:.3f} eV/Å "
-            f"wall {wall:.1f} s" + (f", cpu {cpu:.1f} s" if cpu is not None else ""))
+            f"wall {wall:.1f} s" + (f", cpu {cpu:.1f} s" if cpu is not None else "")
+            + (f" ({100 * usage[0]:.0f} % of {usage[1]} core{'s' * (usage[1] > 1)})" if usage else ""))
+        if usage and usage[0] < LOW_CORE_USAGE and not warned_usage:
+            warned_usage = True
+            log(f"label: warning: the engine used {100 * usage[0]:.0f} % of the {usage[1]} core(s) it was "
+                "given: other load on the machine, or its ranks bound to cores another run uses "
+                "(mpirun --bind-to none, docs/DFT.md)")
     log(f"label: {out_path}: labelled {counts['labelled']}, failed {counts['failed']}, "
         f"remaining {counts['remaining']}")
     return counts

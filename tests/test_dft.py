@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -192,6 +193,37 @@ def test_label_changed_structure_is_relabelled_and_truncated_tail_repaired(tmp_p
     assert counts["labelled"] == 1 and any("incomplete last frame" in m for m in logs)
     frames = read(out, ":")
     assert [f.info["source_index"] for f in frames] == [0, 1, 2, 1]
+
+
+class StarvedEMT(EMT):
+    """EMT that reports the CPU time of an engine given ``nprocs`` ranks but only ``share`` of them."""
+
+    def __init__(self, nprocs, share, **kwargs):
+        super().__init__(**kwargs)
+        self.settings = dft.PBESettings(nprocs=nprocs)
+        self.share = share
+        self.last_cpu_s = None
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        t0 = time.perf_counter()
+        super().calculate(atoms, properties, system_changes)
+        time.sleep(0.02)
+        self.last_cpu_s = self.share * self.settings.nprocs * (time.perf_counter() - t0)
+
+
+def test_label_reports_core_usage_and_warns_once_when_starved(tmp_path):
+    # Two one-rank runs bound to one core each get half of it: the log must say so (docs/DFT.md).
+    logs = []
+    dft.label_structures(_structures(3), StarvedEMT(nprocs=2, share=0.5), tmp_path / "a.xyz",
+                         settings_tag="t", log=logs.append)
+    lines = [m for m in logs if "index" in m]
+    assert len(lines) == 3 and all(" of 2 cores)" in m for m in lines)
+    assert all(45 <= float(m.split("(")[-1].split(" %")[0]) <= 50 for m in lines)
+    assert sum("warning" in m for m in logs) == 1
+    logs = []
+    dft.label_structures(_structures(3), StarvedEMT(nprocs=1, share=1.0), tmp_path / "b.xyz",
+                         settings_tag="t", log=logs.append)
+    assert not any("warning" in m for m in logs) and sum(" of 1 core)" in m for m in logs) == 3
 
 
 def test_consecutive_failures_abort(tmp_path):
