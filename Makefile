@@ -28,7 +28,7 @@ dft-setup:
 
 # the shipped PBE datasets, merged from the labellers' files (SW density + PBE density)
 pbe-data: $(STAMP)
-	$(BIN)/mace_transfer_assemble --force --out data/si_pbe.xyz data/si_pbe16.xyz data/si_pbe16_scaled.xyz
+	$(BIN)/mace_transfer_assemble --force --out data/si_pbe.xyz data/si_pbe16.xyz data/si_pbe16_scaled.xyz $(wildcard data/si_pbe16_scaled_b.xyz)
 	$(BIN)/mace_transfer_assemble --force --out data/ge_pbe.xyz data/ge_pbe16.xyz data/ge_pbe16_scaled.xyz
 	$(BIN)/mace_transfer_assemble --force --out data/ge_test_pbe.xyz data/ge_test_pbe16.xyz data/ge_test_pbe16_scaled.xyz
 

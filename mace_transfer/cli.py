@@ -163,6 +163,21 @@ def sample_main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 # --------------------------------------------------------------------------- label
+def _index_range(text: str):
+    """``"START:STOP"`` (either may be empty) -> ``(start, stop)`` of non-negative ints or None."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, stop = (int(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise UserInputError(f"--indices must be START:STOP (e.g. 0:150 or 150:), got {text!r}") from None
+    if (start is not None and start < 0) or (stop is not None and stop < 0) or (
+            start is not None and stop is not None and stop <= start):
+        raise UserInputError(f"--indices {text}: need 0 <= START < STOP")
+    return start, stop
+
+
 def _label(argv):
     """Parse ``mace_transfer_label`` flags, then label with :mod:`mace_transfer.dft` (resumable)."""
     parser = argparse.ArgumentParser(
@@ -188,6 +203,10 @@ def _label(argv):
     parser.add_argument("--skip-labelled-in", action="append", default=[], metavar="FILE",
                         help="skip input indices already labelled in FILE (source_index), e.g. the "
                         "same structures labelled unscaled; repeatable")
+    parser.add_argument("--indices", default=None, metavar="START:STOP",
+                        help="label only input indices START <= i < STOP (either may be empty), so "
+                        "that several labellers share one input, each writing its own --out; "
+                        "mace_transfer_assemble merges them")
     args = parser.parse_args(argv)
 
     if args.engine.lower() != "cp2k":
@@ -200,6 +219,7 @@ def _label(argv):
         raise UserInputError(f"--nprocs must be >= 1, got {args.nprocs}")
     if args.max is not None and args.max < 0:
         raise UserInputError(f"--max must be >= 0, got {args.max}")
+    index_range = _index_range(args.indices) if args.indices is not None else None
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserInputError(f"output folder {out_dir} does not exist")
@@ -249,6 +269,7 @@ def _label(argv):
         counts = dft.label_structures(
             structures, calculator, args.out, settings_tag=settings.physics_hash(),
             max_new=args.max, retry_failed=args.retry_failed, skip_indices=skip,
+            index_range=index_range,
         )
     except (dft.SettingsMismatch, dft.OutputBusy) as exc:
         raise UserInputError(str(exc)) from None

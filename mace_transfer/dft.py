@@ -712,6 +712,7 @@ def label_structures(
     max_new: Optional[int] = None,
     retry_failed: bool = False,
     skip_indices: Optional[Iterable[int]] = None,
+    index_range: Optional[Tuple[Optional[int], Optional[int]]] = None,
     compute_stress: bool = True,
     max_consecutive_failures: int = 3,
     log: Callable[[str], None] = print,
@@ -723,6 +724,9 @@ def label_structures(
       ``settings_tag`` in ``out_path`` are an error (never mix settings in one file).
     - ``skip_indices``: input indices not to label here (e.g. those already labelled in another
       file at another density, :func:`labelled_source_indices`), counted as ``skipped_elsewhere``.
+    - ``index_range`` ``(start, stop)``: label only input indices ``start <= i < stop`` (``None``:
+      open end), so that several labellers share one input, each into its own file; the others
+      are counted as ``outside_range`` and are not ``remaining``.
     - A calculation that raises ASE's ``CalculationFailed`` (incl. ``SCFError``, e.g. CP2K's
       unconverged SCF) is written to ``failed_path`` (default ``<out>.failed.jsonl``) and skipped;
       after ``max_consecutive_failures`` in a row :class:`LabellingAborted` is raised.
@@ -731,7 +735,7 @@ def label_structures(
       plus ``label_id``, ``source_index``, ``dft_settings``, ``dft_wall_s``.
 
     Returns counts: ``total``, ``done_before``, ``labelled``, ``failed``, ``skipped_failed``,
-    ``skipped_elsewhere``, ``remaining``.
+    ``skipped_elsewhere``, ``outside_range``, ``remaining``.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -746,7 +750,12 @@ def label_structures(
     skipped_failed = 0
     elsewhere = {int(i) for i in (skip_indices or ())}
     skipped_elsewhere = 0
+    start, stop = index_range if index_range is not None else (None, None)
+    outside = 0
     for index, atoms in enumerate(structures):
+        if (start is not None and index < start) or (stop is not None and index >= stop):
+            outside += 1
+            continue
         lid = label_id(index, atoms)
         if index in elsewhere and lid not in done:
             skipped_elsewhere += 1
@@ -759,11 +768,13 @@ def label_structures(
         todo.append((index, lid, atoms))
     counts = {"total": len(structures), "done_before": len(done), "labelled": 0, "failed": 0,
               "skipped_failed": skipped_failed, "skipped_elsewhere": skipped_elsewhere,
-              "remaining": len(todo)}
+              "outside_range": outside, "remaining": len(todo)}
     if max_new is not None:
         todo = todo[: max(0, int(max_new))]
     log(f"label: {out_path}: {len(structures)} structures, {len(done)} done before, "
         f"{skipped_failed} failed before, " + (f"{skipped_elsewhere} labelled elsewhere, " if skipped_elsewhere else "")
+        + (f"{outside} outside indices {start if start is not None else ''}:{stop if stop is not None else ''}, "
+           if index_range is not None else "")
         + f"{counts['remaining']} to do, {len(todo)} this run")
     consecutive = 0
     warned_usage = False

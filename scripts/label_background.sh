@@ -11,6 +11,10 @@
 # skipping every structure already labelled unscaled in data/*_pbe16.xyz (the frames labelled
 # before 2026-11-25, at SW density, ~5 GPa for Ge under PBE): each sampled structure is labelled once.
 # NPROCS=1 leaves one core to other work (training) on a 2-core machine.
+# SI_SPLIT=K splits the rest of Si between two labellers so that both cores stay busy to the end:
+# phase 3 labels Si inputs 0..K-1 into data/si_pbe16_scaled.xyz, phase 4 inputs K.. into
+# data/si_pbe16_scaled_b.xyz (mace_transfer_label --indices; `make pbe-data` merges both), e.g.
+# PHASES="1 2 4" (Ge, then the tail of Si) beside PHASES=3, both with the same SI_SPLIT.
 # PHASES picks phases (default "1 2 3"); two instances with disjoint phases (e.g. PHASES="1 2" and
 # PHASES=3, NPROCS=1 each) label Ge and Si side by side: one rank per CP2K is the most efficient
 # use of the cores here (docs/DFT.md). Each output file also has its own writer lock.
@@ -25,7 +29,9 @@ TEST_FIRST=${TEST_FIRST:-20}
 GE_SCALE=${GE_SCALE:-1.022816}
 SI_SCALE=${SI_SCALE:-1.007181}
 PHASES=${PHASES:-1 2 3}
+SI_SPLIT=${SI_SPLIT:-}
 has_phase() { [[ " $PHASES " == *" $1 "* ]]; }
+if has_phase 4 && ! [[ $SI_SPLIT =~ ^[0-9]+$ ]]; then echo "label_background: phase 4 needs SI_SPLIT=<index>"; exit 1; fi
 mkdir -p runs && exec 8>"runs/.label${PHASES// /}.lock"
 flock -n 8 || { echo "label_background: another instance with PHASES=\"$PHASES\" is running"; exit 1; }
 
@@ -89,8 +95,15 @@ si_left=1
 while has_phase 3 && { [ "$si_left" != 0 ] || sampling; }; do
     until [ -s data/si_structures16.xyz ]; do sleep 30; done
     si_left=$(label data/si_structures16.xyz data/si_pbe16_scaled.xyz "$CHUNK" --e0 \
-        --length-scale "$SI_SCALE" --skip-labelled-in data/si_pbe16.xyz) || exit 1
+        --length-scale "$SI_SCALE" --skip-labelled-in data/si_pbe16.xyz \
+        ${SI_SPLIT:+--indices ":$SI_SPLIT"}) || exit 1
     date -u +"label_background: %FT%TZ Si left $si_left"
     if [ "$si_left" = 0 ] && sampling; then sleep 60; si_left=1; fi
+done
+si_left=1
+while has_phase 4 && [ "$si_left" != 0 ]; do
+    si_left=$(label data/si_structures16.xyz data/si_pbe16_scaled_b.xyz "$CHUNK" \
+        --length-scale "$SI_SCALE" --skip-labelled-in data/si_pbe16.xyz --indices "$SI_SPLIT:") || exit 1
+    date -u +"label_background: %FT%TZ Si (from $SI_SPLIT) left $si_left"
 done
 date -u +"label_background: phases $PHASES done %FT%TZ"

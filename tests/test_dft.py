@@ -267,6 +267,32 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert "unknown --engine" in capsys.readouterr().err
 
 
+def test_index_ranges_split_one_input_between_labellers(tmp_path, capsys):
+    """Two labellers on disjoint --indices ranges, each into its own file: together every structure
+    exactly once, and the assembler merges them."""
+    structures = _structures(5)
+    tag = dft.PBESettings().physics_hash()
+    a, b = tmp_path / "a.xyz", tmp_path / "b.xyz"
+    ca = dft.label_structures(structures, EMT(), a, settings_tag=tag, index_range=(None, 3), log=lambda m: None)
+    logs = []
+    cb = dft.label_structures(structures, EMT(), b, settings_tag=tag, index_range=(3, None), log=logs.append)
+    assert (ca["labelled"], ca["outside_range"], ca["remaining"]) == (3, 2, 0)
+    assert (cb["labelled"], cb["outside_range"], cb["remaining"]) == (2, 3, 0)
+    assert "3 outside indices 3:" in logs[0]
+    assert dft.labelled_source_indices(a) == {0, 1, 2} and dft.labelled_source_indices(b) == {3, 4}
+    summary = dft.assemble_labelled([a, b], tmp_path / "all.xyz")
+    assert summary["n_structures"] == 5
+    assert [f.info["source_index"] for f in read(tmp_path / "all.xyz", ":")] == [0, 1, 2, 3, 4]
+
+    src = tmp_path / "in.xyz"
+    write(src, structures)
+    for bad in ("3", "5:2", "-1:", "a:b", "1:2:3"):
+        with pytest.raises(SystemExit) as exc:
+            label_main(["--in", str(src), "--out", str(tmp_path / "o.xyz"), "--indices", bad])
+        assert exc.value.code == 2
+        assert "--indices" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_one_writer_per_output_file(tmp_path, capsys):
     """A second labeller on the same output is refused (no interleaved frames); the first goes on."""
     structures = _structures(2)
