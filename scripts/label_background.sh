@@ -107,3 +107,6 @@ while has_phase 4 && [ "$si_left" != 0 ]; do
     date -u +"label_background: %FT%TZ Si (from $SI_SPLIT) left $si_left"
 done
 date -u +"label_background: phases $PHASES done %FT%TZ"
+# refresh the shipped files (data/si_pbe.xyz, ge_pbe.xyz, ge_test_pbe.xyz) from all labels so far;
+# frames another labeller is still writing are left out, so this is safe beside it
+make --no-print-directory pbe-data >&2 || echo "label_background: make pbe-data failed" >&2
