@@ -592,8 +592,13 @@ def read_complete_frames(path: os.PathLike) -> List[Atoms]:
     return read(io.StringIO(data.decode()), index=":", format="extxyz")
 
 
-def read_done(out_path: os.PathLike, log: Callable[[str], None] = print) -> Dict[str, str]:
-    """``label_id -> dft_settings`` of frames already in ``out_path`` (after repairing its tail)."""
+def read_done(out_path: os.PathLike, log: Callable[[str], None] = print,
+              geometry: Optional[Dict[int, Atoms]] = None) -> Dict[str, str]:
+    """``label_id -> dft_settings`` of frames already in ``out_path`` (after repairing its tail).
+
+    ``geometry``: a dict to fill with ``source_index -> frame`` of the same frames, for
+    :func:`same_structure` when a hash does not match (see :func:`label_structures`).
+    """
     from ase.io import iread
 
     out_path = Path(out_path)
@@ -604,7 +609,19 @@ def read_done(out_path: os.PathLike, log: Callable[[str], None] = print) -> Dict
     for frame in iread(str(out_path), index=":", format="extxyz"):
         if "label_id" in frame.info:
             done[str(frame.info["label_id"])] = str(frame.info.get("dft_settings", ""))
+            if geometry is not None and int(frame.info.get("source_index", -1)) >= 0:
+                geometry[int(frame.info["source_index"])] = frame
     return done
+
+
+SAME_GEOMETRY_ATOL = 1e-7  # Å: far below any physical difference, above float64 noise and the 1e-8 of extxyz
+
+
+def same_structure(a: Atoms, b: Atoms, atol: float = SAME_GEOMETRY_ATOL) -> bool:
+    """Same elements, pbc, and cell and positions within ``atol`` Å (element by element)."""
+    return (len(a) == len(b) and np.array_equal(a.numbers, b.numbers) and np.array_equal(a.pbc, b.pbc)
+            and np.allclose(np.asarray(a.cell), np.asarray(b.cell), rtol=0.0, atol=atol)
+            and np.allclose(a.positions, b.positions, rtol=0.0, atol=atol))
 
 
 def read_failed(failed_path: os.PathLike) -> Dict[str, dict]:
@@ -740,7 +757,8 @@ def label_structures(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     failed_path = Path(failed_path) if failed_path else failed_sidecar(out_path)
-    done = read_done(out_path, log)
+    done_geometry: Dict[int, Atoms] = {}
+    done = read_done(out_path, log, geometry=done_geometry)
     other = sorted({tag for tag in done.values() if tag != settings_tag})
     if other:
         raise SettingsMismatch(f"{out_path} holds labels made with other settings ({', '.join(other)}); "
@@ -750,6 +768,7 @@ def label_structures(
     skipped_failed = 0
     elsewhere = {int(i) for i in (skip_indices or ())}
     skipped_elsewhere = 0
+    matched_geometry = 0
     start, stop = index_range if index_range is not None else (None, None)
     outside = 0
     for index, atoms in enumerate(structures):
@@ -762,6 +781,11 @@ def label_structures(
             continue
         if lid in done:
             continue
+        if index in done_geometry and same_structure(done_geometry[index], atoms):
+            # labelled already; the hash differs in the last bits of float64 positions (a length
+            # scale applied through the cell on another CPU: 3 of 108 Ge frames, 2026-12-01)
+            matched_geometry += 1
+            continue
         if lid in failed:
             skipped_failed += 1
             continue
@@ -771,7 +795,8 @@ def label_structures(
               "outside_range": outside, "remaining": len(todo)}
     if max_new is not None:
         todo = todo[: max(0, int(max_new))]
-    log(f"label: {out_path}: {len(structures)} structures, {len(done)} done before, "
+    log(f"label: {out_path}: {len(structures)} structures, {len(done)} done before"
+        + (f" ({matched_geometry} matched by geometry)" if matched_geometry else "") + ", "
         f"{skipped_failed} failed before, " + (f"{skipped_elsewhere} labelled elsewhere, " if skipped_elsewhere else "")
         + (f"{outside} outside indices {start if start is not None else ''}:{stop if stop is not None else ''}, "
            if index_range is not None else "")

@@ -195,6 +195,27 @@ def test_label_changed_structure_is_relabelled_and_truncated_tail_repaired(tmp_p
     assert [f.info["source_index"] for f in frames] == [0, 1, 2, 1]
 
 
+def test_label_same_structure_with_other_float_bits_is_not_relabelled(tmp_path):
+    """A structure whose float64 positions differ in the last bits (a length scale applied through
+    the cell on another CPU) is matched by index and geometry (< 1e-7 Å), not labelled twice."""
+    structures = _structures(3)
+    out = tmp_path / "labelled.xyz"
+    dft.label_structures(structures, EMT(), out, settings_tag="t", log=lambda m: None)
+    noisy = [a.copy() for a in structures]
+    for atoms in noisy:
+        atoms.positions *= 1 + 1e-15
+        atoms.set_cell(np.asarray(atoms.cell) * (1 + 1e-15))
+    assert all(dft.label_id(i, a) != dft.label_id(i, b) for i, (a, b) in enumerate(zip(noisy, structures)))
+    calc = FlakyEMT()
+    logs = []
+    counts = dft.label_structures(noisy, calc, out, settings_tag="t", log=logs.append)
+    assert (counts["labelled"], counts["remaining"], calc.n_calls) == (0, 0, 0)
+    assert "3 done before (3 matched by geometry)" in logs[0]
+    # the same geometry at another index is another structure
+    swapped = [noisy[1], noisy[0], noisy[2]]
+    assert dft.label_structures(swapped, EMT(), out, settings_tag="t", log=logs.append)["labelled"] == 2
+
+
 class StarvedEMT(EMT):
     """EMT that reports the CPU time of an engine given ``nprocs`` ranks but only ``share`` of them."""
 
