@@ -55,15 +55,18 @@ def evaluate_file(path: str):
 
 
 def errors(rows, key):
-    """Force MAE/RMSE (meV/Å), |F_PBE| RMS (meV/Å), energy RMSE after offset (meV/atom), slope."""
+    """Force MAE/RMSE (meV/Å), |F_PBE| RMS (meV/Å), force ratio (least-squares F_cl = r F_PBE),
+    energy RMSE after offset (meV/atom), slope dE_PBE/dE_cl."""
     df = np.concatenate([(r[f"f_{key}"] - r["f_pbe"]).ravel() for r in rows])
     fp = np.concatenate([r["f_pbe"].ravel() for r in rows])
     e_cl = np.array([r[f"e_{key}"] for r in rows])
     e_pbe = np.array([r["e_pbe"] for r in rows])
+    fc = fp + df
     de = (e_cl - e_cl.mean()) - (e_pbe - e_pbe.mean())
     slope = float(np.polyfit(e_cl, e_pbe, 1)[0]) if np.ptp(e_cl) > 0 else float("nan")
     return {"force_mae_meV_A": 1e3 * float(np.abs(df).mean()), "force_rmse_meV_A": 1e3 * float(np.sqrt((df ** 2).mean())),
             "force_rms_pbe_meV_A": 1e3 * float(np.sqrt((fp ** 2).mean())),
+            "force_ratio": float(fc @ fp / (fp @ fp)),
             "energy_rmse_meV_atom": 1e3 * float(np.sqrt((de ** 2).mean())), "energy_slope": slope,
             "n_structures": len(rows)}
 
@@ -91,19 +94,19 @@ def main(argv=None):
     lines = ["# Classical potentials against the PBE labels", "",
              "`python scripts/classical_vs_pbe.py --out docs/results/classical_vs_pbe` (assembled files of "
              "`make pbe-data`). Force errors over all components (meV/Å); energy RMSE after removing the mean "
-             "offset per file (meV/atom); slope: least-squares dE_PBE/dE_classical. cs = corresponding states "
+             "offset per file (meV/atom); F ratio: least-squares F_classical = ratio × F_PBE; slope: least-squares dE_PBE/dE_classical. cs = corresponding states "
              "(sampled geometry, forces / length_scale).", ""]
     for name, m in metrics.items():
         lines += [f"## {name} ({m['file']}, {m['sw_cs']['all']['n_structures']} structures, "
                   f"RMS |F_PBE| component {m['sw_cs']['all']['force_rms_pbe_meV_A']:.0f} meV/Å)", "",
-                  "| potential | geometry | force MAE | force RMSE | energy RMSE | slope | "
+                  "| potential | geometry | force MAE | force RMSE | F ratio | energy RMSE | slope | "
                   + " | ".join(f"F MAE {t}" for t in m["sw_cs"] if t != "all") + " |",
-                  "|---|---|---|---|---|---|" + "---|" * (len(m["sw_cs"]) - 1)]
+                  "|---|---|---|---|---|---|---|" + "---|" * (len(m["sw_cs"]) - 1)]
         for p in POTENTIALS:
             for geometry in ("labelled", "cs"):
                 e = m[f"{p}_{geometry}"]
                 lines.append(f"| {p} | {geometry} | {e['all']['force_mae_meV_A']:.0f} | {e['all']['force_rmse_meV_A']:.0f} | "
-                             f"{e['all']['energy_rmse_meV_atom']:.0f} | {e['all']['energy_slope']:.2f} | "
+                             f"{e['all']['force_ratio']:.2f} | {e['all']['energy_rmse_meV_atom']:.0f} | {e['all']['energy_slope']:.2f} | "
                              + " | ".join(f"{e[t]['force_mae_meV_A']:.0f}" for t in e if t != "all") + " |")
         lines.append("")
     with open(os.path.join(args.out, "summary.md"), "w") as fh:
