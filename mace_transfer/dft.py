@@ -751,7 +751,7 @@ def label_structures(
       xx,yy,zz,yz,xz,xy; periodic cells only), input ``config_type`` kept (``Default`` if none),
       plus ``label_id``, ``source_index``, ``dft_settings``, ``dft_wall_s``.
 
-    Returns counts: ``total``, ``done_before``, ``labelled``, ``failed``, ``skipped_failed``,
+    Returns counts: ``total``, ``done_before`` (structures of this input already in the file), ``labelled``, ``failed``, ``skipped_failed``,
     ``skipped_elsewhere``, ``outside_range``, ``remaining``.
     """
     out_path = Path(out_path)
@@ -769,6 +769,7 @@ def label_structures(
     elsewhere = {int(i) for i in (skip_indices or ())}
     skipped_elsewhere = 0
     matched_geometry = 0
+    done_here = 0  # structures of this input (in range) labelled before: by hash or by geometry
     start, stop = index_range if index_range is not None else (None, None)
     outside = 0
     for index, atoms in enumerate(structures):
@@ -780,22 +781,24 @@ def label_structures(
             skipped_elsewhere += 1
             continue
         if lid in done:
+            done_here += 1
             continue
         if index in done_geometry and same_structure(done_geometry[index], atoms):
             # labelled already; the hash differs in the last bits of float64 positions (a length
             # scale applied through the cell on another CPU: 3 of 108 Ge frames, 2026-12-01)
             matched_geometry += 1
+            done_here += 1
             continue
         if lid in failed:
             skipped_failed += 1
             continue
         todo.append((index, lid, atoms))
-    counts = {"total": len(structures), "done_before": len(done), "labelled": 0, "failed": 0,
+    counts = {"total": len(structures), "done_before": done_here, "labelled": 0, "failed": 0,
               "skipped_failed": skipped_failed, "skipped_elsewhere": skipped_elsewhere,
               "outside_range": outside, "remaining": len(todo)}
     if max_new is not None:
         todo = todo[: max(0, int(max_new))]
-    log(f"label: {out_path}: {len(structures)} structures, {len(done)} done before"
+    log(f"label: {out_path}: {len(structures)} structures, {done_here} done before"
         + (f" ({matched_geometry} matched by geometry)" if matched_geometry else "") + ", "
         f"{skipped_failed} failed before, " + (f"{skipped_elsewhere} labelled elsewhere, " if skipped_elsewhere else "")
         + (f"{outside} outside indices {start if start is not None else ''}:{stop if stop is not None else ''}, "

@@ -216,6 +216,19 @@ def test_label_same_structure_with_other_float_bits_is_not_relabelled(tmp_path):
     assert dft.label_structures(swapped, EMT(), out, settings_tag="t", log=logs.append)["labelled"] == 2
 
 
+def test_done_before_counts_structures_of_this_input_only(tmp_path):
+    """``done_before`` counts the structures of this input (and range) already in the file, not
+    every frame there: an E0 reference or labels outside ``index_range`` do not inflate it."""
+    structures = _structures(4)
+    out = tmp_path / "labelled.xyz"
+    dft.label_structures(structures, EMT(), out, settings_tag="t", index_range=(0, 3), log=lambda m: None)
+    logs = []
+    counts = dft.label_structures(structures, EMT(), out, settings_tag="t", index_range=(2, 4),
+                                  log=logs.append)
+    assert (counts["done_before"], counts["outside_range"], counts["labelled"]) == (1, 2, 1)
+    assert "4 structures, 1 done before" in logs[0]
+
+
 class StarvedEMT(EMT):
     """EMT that reports the CPU time of an engine given ``nprocs`` ranks but only ``share`` of them."""
 
