@@ -12,12 +12,13 @@ reports mean ± sample std over seeds plus the out-of-range penalty of cold-only
         --test data/ge_test_pbe.xyz --out docs/results/temperature_transfer
 """
 import argparse
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from mace_transfer.learning_curve import load_runs, write_json
 
 OUT_OF_RANGE = ("md_1050K", "md_1350K", "md_1650K", "liquid")  # above the 900 K of the cold training cells
 IN_RANGE = ("md_450K", "md_750K", "strain", "vacancy")
@@ -45,12 +46,11 @@ def pooled(record, types, weights):
 
 def load(folder, weights):
     """(strategy, N) -> {"in": [...], "out": [...]} over seeds, from ``<folder>/records/*.json``."""
-    records = sorted((Path(folder) / "records").glob("*.json"))
+    records = load_runs(folder)
     if not records:
         raise SystemExit(f"{folder}: no finished runs in records/")
     table = defaultdict(lambda: {"in": [], "out": []})
-    for path in records:
-        record = json.loads(path.read_text())
+    for record in records:
         key = (record["strategy"], int(record["n_train"]))
         table[key]["in"].append(pooled(record, IN_RANGE, weights))
         table[key]["out"].append(pooled(record, OUT_OF_RANGE, weights))
@@ -96,7 +96,7 @@ def main(argv=None):
             "| strategy | N | in range, cold | in range, all | out of range, cold | out of range, all | penalty |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out / "summary.json", summary)
     plot(summary, out / "hot_cold.png")
     print(text)
 
