@@ -751,8 +751,8 @@ def label_structures(
       xx,yy,zz,yz,xz,xy; periodic cells only), input ``config_type`` kept (``Default`` if none),
       plus ``label_id``, ``source_index``, ``dft_settings``, ``dft_wall_s``.
 
-    Returns counts: ``total``, ``done_before`` (structures of this input already in the file), ``labelled``, ``failed``, ``skipped_failed``,
-    ``skipped_elsewhere``, ``outside_range``, ``remaining``.
+    Returns counts: ``total``, ``done_before`` (structures of this input already in the file),
+    ``labelled``, ``failed``, ``skipped_failed``, ``skipped_elsewhere``, ``outside_range``, ``remaining``.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"{args.test}: no config_type {', '.join(unknown)}")
     cold, full = load(args.cold, weights), load(args.all, weights)
-    keys = sorted(set(cold) & set(full), key=lambda k: (k[0], k[1]))
+    keys = sorted(set(cold) & set(full))
     if not keys:
         raise SystemExit("the two sweeps share no (strategy, N)")
     rows, summary = [], []
