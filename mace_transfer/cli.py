@@ -41,10 +41,10 @@ def _pipeline_file(argv) -> Optional[str]:
 def _train(argv):
     pipeline_file = _pipeline_file(argv)
     if pipeline_file is not None:
-        from mace_transfer import pipeline
+        from mace_transfer.studies import pipeline
 
         return pipeline.run_pipeline_file(pipeline_file)
-    from mace_transfer import train
+    from mace_transfer.transfer import train
 
     return train.main(argv)
 
@@ -75,7 +75,7 @@ def _remap(argv):
 
     import torch
 
-    from mace_transfer import remap
+    from mace_transfer.transfer import remap
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -116,7 +116,7 @@ def _comma_numbers(text: str, kind, what: str):
 
 
 def _sample(argv):
-    from mace_transfer import sampling
+    from mace_transfer.datagen import sampling
 
     parser = argparse.ArgumentParser(
         prog="mace_transfer_sample",
@@ -179,7 +179,7 @@ def _index_range(text: str):
 
 
 def _label(argv):
-    """Parse ``mace_transfer_label`` flags, then label with :mod:`mace_transfer.dft` (resumable)."""
+    """Parse ``mace_transfer_label`` flags, then label with :mod:`mace_transfer.datagen.dft` (resumable)."""
     parser = argparse.ArgumentParser(
         prog="mace_transfer_label",
         description="Label structures with PBE (CP2K): REF_energy (eV), REF_forces (eV/Å), "
@@ -234,7 +234,7 @@ def _label(argv):
 
     from ase.io import read
 
-    from mace_transfer import dft
+    from mace_transfer.datagen import dft
 
     try:
         settings = dft.load_settings(args.settings, nprocs=args.nprocs, scratch_dir=args.scratch)
@@ -284,7 +284,7 @@ def label_main(argv: Optional[Sequence[str]] = None) -> None:
 
 # --------------------------------------------------------------------------- assemble
 def _assemble(argv):
-    """Parse ``mace_transfer_assemble`` flags, then merge with :func:`mace_transfer.dft.assemble_labelled`."""
+    """Parse ``mace_transfer_assemble`` flags, then merge with :func:`mace_transfer.datagen.dft.assemble_labelled`."""
     parser = argparse.ArgumentParser(
         prog="mace_transfer_assemble",
         description="Merge mace_transfer_label outputs of one element into one MACE training file: "
@@ -295,7 +295,7 @@ def _assemble(argv):
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
 
-    from mace_transfer import dft
+    from mace_transfer.datagen import dft
 
     try:
         summary = dft.assemble_labelled(args.inputs, args.out, overwrite=args.force)
@@ -316,7 +316,7 @@ def assemble_main(argv: Optional[Sequence[str]] = None) -> None:
 # --------------------------------------------------------------------------- eval
 def _eval(argv):
     from mace_transfer import evaluate
-    from mace_transfer.evaluate_md import MDSettings
+    from mace_transfer.evaluate.md import MDSettings
 
     def floats(text):
         try:
@@ -417,7 +417,8 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> None:
 # --------------------------------------------------------------------------- learning curve
 def _learning_curve(argv):
     """Parse ``mace_transfer_learning_curve`` flags, then run :func:`learning_curve.run_study`."""
-    from mace_transfer import learning_curve
+    from mace_transfer.studies import learning_curve
+    from mace_transfer.studies.config import STRATEGIES
 
     parser = argparse.ArgumentParser(
         prog="mace_transfer_learning_curve",
@@ -430,7 +431,7 @@ def _learning_curve(argv):
     parser.add_argument("--sizes", default=None, help="comma-separated N (default: the config's)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's)")
     parser.add_argument("--strategies", default=None,
-                        help=f"comma-separated, from {','.join(learning_curve.STRATEGIES)}")
+                        help=f"comma-separated, from {','.join(STRATEGIES)}")
     parser.add_argument("--max-runs", type=int, default=None, help="train at most this many runs now")
     parser.add_argument("--md", action="store_true", help="MD stability + a0, B for the md.seeds runs")
     parser.add_argument("--timing", action="store_true", help="mace_transfer_train vs mace_run_train")

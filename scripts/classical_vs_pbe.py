@@ -27,7 +27,7 @@ from collections import defaultdict
 import numpy as np
 from ase.io import read
 
-from mace_transfer import classical
+from mace_transfer.datagen import classical
 
 FILES = {"Si train": "data/si_pbe.xyz", "Ge train": "data/ge_pbe.xyz", "Ge test": "data/ge_test_pbe.xyz"}
 POTENTIALS = ("sw", "tersoff")

@@ -21,7 +21,7 @@ import numpy as np
 from ase.build import bulk
 from ase.io import read
 
-from mace_transfer import dft
+from mace_transfer.datagen import dft
 
 OUT = Path("runs/dft_measurements")
 CONV_PLAN = [  # (config, kspacing Å^-1, cutoff Ry)

@@ -11,7 +11,7 @@ import argparse
 
 from ase.io import write
 
-from mace_transfer.sampling import close_contact_scan
+from mace_transfer.datagen.sampling import close_contact_scan
 
 DEFAULT_DISTANCES = "2.30,2.10,1.90,1.70,1.50,1.30"
 

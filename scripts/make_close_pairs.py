@@ -14,8 +14,8 @@ import argparse
 
 from ase.io import read, write
 
-from mace_transfer.dft import scale_lengths
-from mace_transfer.sampling import close_pair_variants
+from mace_transfer.datagen.dft import scale_lengths
+from mace_transfer.datagen.sampling import close_pair_variants
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--in", dest="inp", required=True, help="sampled structures (extxyz)")

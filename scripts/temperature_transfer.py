@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mace_transfer.learning_curve import load_runs, write_json
+from mace_transfer.studies.records import load_runs, write_json
 
 OUT_OF_RANGE = ("md_1050K", "md_1350K", "md_1650K", "liquid")  # above the 900 K of the cold training cells
 IN_RANGE = ("md_450K", "md_750K", "strain", "vacancy")

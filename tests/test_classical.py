@@ -6,7 +6,8 @@ from ase import Atoms
 from ase.build import bulk
 from scipy.optimize import minimize_scalar
 
-from mace_transfer import UserInputError, classical
+from mace_transfer import UserInputError
+from mace_transfer.datagen import classical
 
 PAIRS = [("Si", "sw"), ("Ge", "sw"), ("Si", "tersoff"), ("Ge", "tersoff")]
 LATTICE_GUESS = {"Si": 5.43, "Ge": 5.65}

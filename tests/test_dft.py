@@ -17,7 +17,8 @@ from ase.calculators.emt import EMT
 from ase.io import read, write
 from ase.units import GPa, Bohr, Hartree
 
-from mace_transfer import dft
+from mace_transfer.datagen import dft
+from mace_transfer.datagen.dft import labeller
 from mace_transfer.cli import label_main
 
 
@@ -331,7 +332,7 @@ def test_one_writer_per_output_file(tmp_path, capsys):
     """A second labeller on the same output is refused (no interleaved frames); the first goes on."""
     structures = _structures(2)
     out = tmp_path / "labelled.xyz"
-    held = dft._writer_lock(out)  # another process labelling into out
+    held = labeller._writer_lock(out)  # another process labelling into out
     try:
         with pytest.raises(dft.OutputBusy, match="another labelling process"):
             dft.label_structures(structures, EMT(), out, settings_tag="t", log=lambda m: None)
@@ -355,7 +356,7 @@ def test_scale_lengths_is_an_exact_sw_corresponding_state():
     from matscipy.calculators.manybody import Manybody
     from matscipy.calculators.manybody.explicit_forms import StillingerWeber
 
-    from mace_transfer import classical
+    from mace_transfer.datagen import classical
 
     rng = np.random.default_rng(3)
     atoms = bulk("Ge", "diamond", a=5.654, cubic=True).repeat((2, 1, 1))

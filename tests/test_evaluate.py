@@ -12,11 +12,12 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from mace_transfer import UserInputError
 from mace_transfer import evaluate as ev
-from mace_transfer import evaluate_properties as props
-from mace_transfer.classical import calculator
-from mace_transfer.evaluate_md import MDSettings, angular_distribution, curve_difference
-from mace_transfer.evaluate_md import md_stability
-from mace_transfer.evaluate_md import radial_distribution
+from mace_transfer.evaluate import properties as props
+from mace_transfer.evaluate.close_contact import _softening_distance
+from mace_transfer.datagen.classical import calculator
+from mace_transfer.evaluate.md import MDSettings, angular_distribution, curve_difference
+from mace_transfer.evaluate.md import md_stability
+from mace_transfer.evaluate.md import radial_distribution
 
 A_SW_GE = 5.654  # Ding & Andersen SW-Ge lattice constant, Å
 
@@ -297,7 +298,7 @@ def test_random_mace_model_unstable_at_modest_temperature(mace_model_path):
 
 
 def test_survival_pools_models_trained_with_several_seeds(tmp_path):
-    from mace_transfer import evaluate_report
+    from mace_transfer.evaluate import report as evaluate_report
 
     def entry(failures):
         return {"md_stability": {"runs": [
@@ -319,7 +320,7 @@ def test_close_contact_scan_geometry_and_sw_wall(tmp_path, mace_model_path, caps
     from ase.io import write
 
     from mace_transfer.cli import _eval, _guarded
-    from mace_transfer.sampling import close_contact_scan
+    from mace_transfer.datagen.sampling import close_contact_scan
 
     a = A_SW_GE
     frames = close_contact_scan("Ge", a, [2.1, 1.7, 1.3])
@@ -344,7 +345,7 @@ def test_close_contact_scan_geometry_and_sw_wall(tmp_path, mace_model_path, caps
     assert curve["softening_A"] is None and curve["reference_softening_A"] is None
     assert curve["max_abs_error_eV"] == 0.0
     assert curve["energy_eV"][-1] > 5.0  # SW at 1.3 Å: many eV above the crystal
-    assert ev._softening_distance(np.array([2.5, 2.0, 1.5, 1.0]), np.array([0, 2.0, 3.0, 1.0])) == 1.5
+    assert _softening_distance(np.array([2.5, 2.0, 1.5, 1.0]), np.array([0, 2.0, 3.0, 1.0])) == 1.5
 
     scan_file = tmp_path / "scan.xyz"
     write(scan_file, frames[::-1], format="extxyz")  # any order: the reader sorts longest pair first

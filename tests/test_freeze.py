@@ -16,7 +16,8 @@ from mace import modules
 from mace.tools import build_default_arg_parser
 
 import mace.cli.run_train as run_train
-from mace_transfer import UserInputError, freeze
+from mace_transfer import UserInputError
+from mace_transfer.transfer import freeze
 
 
 # --------------------------------------------------------------------------- helpers
@@ -249,7 +250,7 @@ def test_gradual_unfreezing_at_epoch_boundary_with_decayed_lr(small_model, caplo
     args = mace_args("--lr", "0.01")
     spec = freeze.FreezeSpec.from_strings("interactions.0", '{"interactions": 0.4}', 1)
     with freeze.optimizer_seam(spec, steps_per_epoch=2) as session:
-        with caplog.at_level(logging.INFO, logger="mace_transfer.freeze"):
+        with caplog.at_level(logging.INFO, logger=freeze.log.name):
             options = run_train.get_params_options(args, small_model)
         table = caplog.text
         assert "interactions.0 [radial]" in table and "0 -> 0.004" in table
@@ -357,7 +358,7 @@ def mace_process_state():
 def run_training(argv, blocks, factors=None, after=None):
     """Train through mace_transfer.train.main when it exists, else MACE's run() in the seam."""
     try:
-        from mace_transfer import train
+        from mace_transfer.transfer import train
     except ImportError:
         train = None
     flags = ["--freeze_blocks", blocks]

@@ -1,4 +1,4 @@
-"""mace_transfer.learning_curve: subsets, MACE result parsing, aggregation, resumable tiny sweep."""
+"""mace_transfer.studies (learning curves): subsets, MACE result parsing, aggregation, resumable tiny sweep."""
 
 import json
 import math
@@ -13,7 +13,6 @@ from conftest import write_sw_si_dataset
 from test_pipeline import TINY_MACE
 
 from mace_transfer import UserInputError
-from mace_transfer import learning_curve as _learning_curve
 from mace_transfer.cli import _learning_curve as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def lc():
-    return _learning_curve
+    """The learning-curve study's names, from the modules of mace_transfer.studies they live in."""
+    from types import SimpleNamespace
+
+    from mace_transfer.studies import config, data, learning_curve, records, report, runs
+
+    modules = (config, data, records, runs, report, learning_curve)
+    return SimpleNamespace(**{k: getattr(m, k) for m in modules for k in vars(m) if not k.startswith("__")})
 
 
 def _record(strategy, n, seed, mae, curve_rmse=(50.0, 40.0), energy=1.0):
@@ -104,7 +109,7 @@ def test_read_results_curve_and_best_epoch(lc, tmp_path):
 
 def _write_sw_ge(path, n, seed):
     """``n`` rattled 8-atom Ge cells labelled by SW-Ge (REF_ keys)."""
-    from mace_transfer.classical import calculator
+    from mace_transfer.datagen.classical import calculator
 
     calc = calculator("Ge", "sw")
     rng = np.random.default_rng(seed)
@@ -186,7 +191,7 @@ def _shifted(path_in, path_out, shift_per_atom):
 def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsys):
     """A learning_curve pipeline stage; classical_pretrain starts from an SW-Ge model re-referenced
     to the target's E0 (target = SW-Ge with its energy zero moved by -100 eV/atom)."""
-    from mace_transfer import pipeline
+    from mace_transfer.studies import pipeline
 
     monkeypatch.chdir(tmp_path)
     write_sw_si_dataset(tmp_path / "si.xyz", n=6)
@@ -315,7 +320,7 @@ def test_grouped_test_errors_partition_the_overall_error(lc, tmp_path):
     from ase.io import read
     from conftest import make_mace_model
 
-    from mace_transfer import dft
+    from mace_transfer.datagen import dft
 
     path = tmp_path / "ge.model"
     torch.save(make_mace_model([32]), path)

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from mace_transfer import UserInputError
-from mace_transfer.pipeline import Pipeline, load_pipeline, mace_argv
+from mace_transfer.studies.pipeline import Pipeline, load_pipeline, mace_argv
 
 TINY_MACE = {
     "model": "ScaleShiftMACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "correlation": 2,

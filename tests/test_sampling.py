@@ -4,7 +4,8 @@ import ase.io
 import numpy as np
 import pytest
 
-from mace_transfer import UserInputError, classical, cli, sampling
+from mace_transfer import UserInputError, cli
+from mace_transfer.datagen import classical, sampling
 
 # 8-atom cells and a handful of MD steps keep every test to a few seconds.
 FAST = dict(supercell=(1, 1, 1), temperatures=(300, 3000), equilibration_steps=4, premelt_steps=4,
@@ -155,7 +156,7 @@ def test_liquid_frames_carry_the_latent_heat():
 def test_close_pair_variants_move_one_nearest_pair_symmetrically():
     from ase.build import bulk
 
-    from mace_transfer.sampling import close_pair_variants
+    from mace_transfer.datagen.sampling import close_pair_variants
 
     rng = np.random.default_rng(3)
     frames = []

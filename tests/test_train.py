@@ -6,7 +6,8 @@ import torch
 from ase.io import read, write
 from conftest import energy_forces, make_mace_model, rattled_diamond, write_sw_si_dataset
 
-from mace_transfer import UserInputError, train
+from mace_transfer import UserInputError
+from mace_transfer.transfer import train
 from mace_transfer.cli import _guarded, _train
 
 TINY = [

@@ -13,7 +13,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from mace_transfer.evaluate_properties import PROPERTY_LABELS
+from mace_transfer.evaluate.properties import PROPERTY_LABELS
 
 
 def pyplot():
@@ -47,10 +47,23 @@ def _percent(value) -> str:
     return "0.0%" if abs(value) < 5e-4 else f"{100 * value:+.1f}%"
 
 
+def strip_private(value):
+    """A JSON-ready copy: keys starting with '_' dropped, numpy made plain, NaN/inf -> None."""
+    if isinstance(value, dict):
+        return {str(k): strip_private(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [strip_private(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # strict JSON has no NaN/inf
+    return value
+
+
 def write_report(result: dict, out) -> List[Path]:
     """Write every report file of ``result`` into directory ``out``; return their paths."""
-    from mace_transfer.evaluate import strip_private
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "summary.md"]

@@ -16,11 +16,12 @@ Our flags act in two places and nowhere else:
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from mace_transfer import UserInputError
 
@@ -169,7 +170,7 @@ def _parse_e0s(text: Optional[str]) -> Optional[Dict[int, float]]:
             raw = json.loads(stripped)
         except json.JSONDecodeError:
             raise UserInputError(f"--E0s is not a dictionary: {text!r}") from None
-    from mace_transfer.remap import to_atomic_number
+    from mace_transfer.transfer.remap import to_atomic_number
 
     return {to_atomic_number(k): float(v) for k, v in raw.items()}
 
@@ -209,7 +210,7 @@ def prepare_source_model(args, spec=None):
         return None
     import torch
 
-    from mace_transfer import remap
+    from mace_transfer.transfer import remap
 
     if args.foundation_model:
         raise UserInputError("give either --source_model or --foundation_model, not both")
@@ -262,7 +263,7 @@ def run(args) -> None:
     """Run MACE's training on parsed ``args`` with mace-transfer's flags applied."""
     from mace.cli import run_train
 
-    from mace_transfer import freeze
+    from mace_transfer.transfer import freeze
 
     spec = freeze.FreezeSpec.from_strings(
         args.freeze_blocks, args.block_lr_factors, args.unfreeze_after
@@ -291,3 +292,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run(args)
     return 0
 
+
+def mace_argv(options: Dict[str, Any], parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
+    """``{"max_L": 0, "amsgrad": True}`` -> ``["--max_L", "0", "--amsgrad"]`` for MACE's parser.
+
+    Booleans of ``store_true`` flags become the bare flag (or nothing); dicts become JSON.
+    """
+    parser = parser or build_parser()
+    actions = parser._option_string_actions  # noqa: SLF001 - argparse keeps no public map
+    argv: List[str] = []
+    for key, value in options.items():
+        flag = f"--{key}"
+        if flag not in actions:
+            raise UserInputError(f"unknown training option {key!r} (not a mace_transfer_train flag)")
+        if value is None:
+            continue
+        if isinstance(actions[flag], argparse._StoreTrueAction):  # noqa: SLF001
+            if value:
+                argv.append(flag)
+            continue
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, bool):
+            value = str(value)
+        argv += [flag, str(value)]
+    return argv
+
+
+def iter_mace_results(results_dir) -> Iterator[Dict[str, Any]]:
+    """The rows of MACE's ``*_train.txt`` results files (one JSON object a line; bad lines skipped)."""
+    for path in sorted(Path(results_dir).glob("*_train.txt")):
+        for line in path.read_text().splitlines():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

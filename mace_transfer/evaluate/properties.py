@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from ase import Atoms, units
@@ -18,6 +18,8 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.data import atomic_numbers, reference_states
 from ase.eos import EquationOfState
 from ase.optimize import LBFGS
+
+from mace_transfer import UserInputError
 
 #: property name -> (human label, unit); the order is the order of the summary tables
 PROPERTY_LABELS = {
@@ -213,3 +215,40 @@ def phonons_gamma_x(calc, element: str, lattice_constant: float, supercell: int 
         "phonon_X_TO_THz": float(np.mean(x_point[4:6])),
         "phonon_gamma_acoustic_max_abs_THz": float(np.max(np.abs(gamma[:3]))),
     }
+
+
+# --------------------------------------------------------------------------- all of them
+def crystal_properties(calc, element: str, skip: Sequence[str] = (),
+                       lattice_guess: Optional[float] = None, say=None) -> Dict[str, object]:
+    """Diamond-crystal properties of ``calc`` (see :data:`PROPERTY_LABELS` for keys and units).
+
+    Elastic constants, vacancy and phonons are measured at the calculator's own a0 (or at
+    ``lattice_guess`` when ``"lattice"`` is skipped). Non-fatal notes land in ``warnings``.
+    """
+    say = say or (lambda message: None)
+    values: Dict[str, object] = {}
+    warnings = []
+    a0 = lattice_guess or guess_lattice_constant(element)
+    steps = [("lattice", lambda: lattice_and_bulk_modulus(calc, element, a0)),
+             ("elastic", lambda: elastic_constants(calc, element, a0)),
+             ("vacancy", lambda: vacancy_formation_energy(calc, element, a0)),
+             ("phonons", lambda: phonons_gamma_x(calc, element, a0))]
+    for name, compute in steps:
+        if name in skip:
+            continue
+        say(f"  {name}")
+        try:
+            measured = compute()
+        except UserInputError:
+            raise
+        except Exception as exc:  # a broken model must not sink the whole report
+            warnings.append(f"{name} failed: {type(exc).__name__}: {exc}")
+            continue
+        if "warning" in measured:
+            warnings.append(f"{name}: {measured.pop('warning')}")
+        values.update(measured)
+        if name == "lattice":
+            a0 = values["lattice_constant_A"]
+    if warnings:
+        values["warnings"] = warnings
+    return values

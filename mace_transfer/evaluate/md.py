@@ -17,7 +17,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from matscipy.neighbours import neighbour_list
 
 from mace_transfer import UserInputError
-from mace_transfer.evaluate_properties import diamond
+from mace_transfer.evaluate.properties import diamond
 
 
 @dataclass

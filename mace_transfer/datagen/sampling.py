@@ -29,7 +29,8 @@ from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-from mace_transfer import UserInputError, classical
+from mace_transfer import UserInputError
+from mace_transfer.datagen import classical
 
 #: Default MD temperature ladder (K); the top rungs lie above SW Si's melting point, but below
 #: SW Ge's (~3300 K): add a rung such as 3500 K for Ge liquid (see data/README.md).

@@ -13,7 +13,7 @@ A pipeline file::
 Stage kinds: ``sample`` (classical configurations), ``train`` (``mace_transfer_train``; ``source``
 = a stage or ``.model`` to remap with ``element_map``, ``foundation`` = a same-element stage to
 continue from), ``classical_pretrain`` (sample + train on a classical potential), ``evaluate`` and
-``learning_curve`` (a whole study of :mod:`mace_transfer.learning_curve`: ``config`` = its YAML,
+``learning_curve`` (a whole study of :mod:`mace_transfer.studies.learning_curve`: ``config`` = its YAML,
 optional ``sizes``, ``seeds``, ``strategies``, ``md``, ``timing``, ``out``; resumable run by run).
 A stage whose output exists is skipped, so a cut run resumes; a training stage cut mid-way
 resumes from MACE's own latest checkpoint (``--restart_latest``).
@@ -21,37 +21,24 @@ resumes from MACE's own latest checkpoint (``--restart_latest``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
-from mace_transfer import UserInputError, train
+from mace_transfer import UserInputError
+from mace_transfer.studies import learning_curve
+from mace_transfer.studies.config import read_yaml_mapping
+from mace_transfer.transfer import train
+from mace_transfer.transfer.train import iter_mace_results, mace_argv
 
 STAGE_KINDS = ("sample", "train", "classical_pretrain", "evaluate", "learning_curve")
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- config
-def read_yaml_mapping(path, what: str = "config file") -> Dict[str, Any]:
-    """A YAML file that must hold a mapping; missing or malformed files are a UserInputError."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{what} not found: {path}")
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(config, dict):
-        raise UserInputError(f"{path}: expected a mapping")
-    return config
-
-
 def load_pipeline(path) -> Dict[str, Any]:
     """Read and check a pipeline YAML file."""
     path = Path(path)
@@ -73,32 +60,6 @@ def load_pipeline(path) -> Dict[str, Any]:
     config.setdefault("workdir", str(Path("runs") / path.stem))
     config["_base"] = str(path.parent)
     return config
-
-
-def mace_argv(options: Dict[str, Any], parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
-    """``{"max_L": 0, "amsgrad": True}`` -> ``["--max_L", "0", "--amsgrad"]`` for MACE's parser.
-
-    Booleans of ``store_true`` flags become the bare flag (or nothing); dicts become JSON.
-    """
-    parser = parser or train.build_parser()
-    actions = parser._option_string_actions  # noqa: SLF001 - argparse keeps no public map
-    argv: List[str] = []
-    for key, value in options.items():
-        flag = f"--{key}"
-        if flag not in actions:
-            raise UserInputError(f"unknown training option {key!r} (not a mace_transfer_train flag)")
-        if value is None:
-            continue
-        if isinstance(actions[flag], argparse._StoreTrueAction):  # noqa: SLF001
-            if value:
-                argv.append(flag)
-            continue
-        if isinstance(value, dict):
-            value = json.dumps(value)
-        elif isinstance(value, bool):
-            value = str(value)
-        argv += [flag, str(value)]
-    return argv
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -158,7 +119,7 @@ class Pipeline:
         return folder / f"{stage['name']}.model"
 
     def _sample(self, stage, out: Path) -> Path:
-        from mace_transfer import sampling
+        from mace_transfer.datagen import sampling
 
         for key in ("element", "potential", "n"):
             if key not in stage:
@@ -279,9 +240,6 @@ class Pipeline:
         print(summary_table(metrics, labels), flush=True)
 
     def run_learning_curve(self, stage) -> None:
-        # imported here: learning_curve uses this module's helpers (it sits beside the pipeline)
-        from mace_transfer import learning_curve
-
         if "config" not in stage:
             raise UserInputError(f"stage {stage['name']!r} needs 'config' (a learning-curve YAML)")
         folder = self.stage_dir(stage)
@@ -299,16 +257,6 @@ class Pipeline:
 
 
 # ----------------------------------------------------------------------------- reporting
-def iter_mace_results(results_dir) -> Iterator[Dict[str, Any]]:
-    """The rows of MACE's ``*_train.txt`` results files (one JSON object a line; bad lines skipped)."""
-    for path in sorted(Path(results_dir).glob("*_train.txt")):
-        for line in path.read_text().splitlines():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
-
-
 def read_training_curve(results_dir: Path) -> Dict[str, List[float]]:
     """Validation epochs and force RMSE (meV/Å) from MACE's ``*_train.txt`` results file."""
     epochs, rmse_f = [], []
@@ -321,7 +269,7 @@ def read_training_curve(results_dir: Path) -> Dict[str, List[float]]:
 
 def plot_training_curves(results: Dict[str, Path], out_png: Path) -> None:
     """Validation force RMSE vs epoch for several training runs (one PNG)."""
-    from mace_transfer.evaluate_report import pyplot, save_figure
+    from mace_transfer.evaluate.report import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(5, 3.6), dpi=150)
     for label, folder in results.items():

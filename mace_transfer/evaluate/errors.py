@@ -1,0 +1,111 @@
+"""Energy and force errors of a calculator against a labelled extxyz test file.
+
+Part of :mod:`mace_transfer.evaluate`. The test file uses MACE's keys (``REF_energy`` in eV,
+``REF_forces`` in eV/Å, ``config_type``); errors are reported as MAE/RMSE in meV/atom
+(energy) and meV/Å (force components), overall, per ``config_type`` and optionally per group.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from ase import Atoms
+
+from mace_transfer import UserInputError
+
+
+def _read_extxyz(path: Union[str, os.PathLike], what: str) -> List[Atoms]:
+    """Frames of an extxyz file without its ``IsolatedAtom`` frames; a one-line UserInputError
+    naming ``what`` if the file is missing or unreadable."""
+    import ase.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{what} {path} does not exist")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as exc:  # ASE raises many kinds for a malformed file
+        raise UserInputError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
+    return [a for a in frames if a.info.get("config_type") != "IsolatedAtom"]
+
+
+def read_test_file(path: Union[str, os.PathLike]) -> List[Atoms]:
+    """Frames of an extxyz test file; each must carry ``REF_forces`` (eV/Å).
+
+    Frames with ``config_type=IsolatedAtom`` are dropped: MACE reads them as E0s, not as data.
+    """
+    frames = _read_extxyz(path, "test file")
+    if not frames:
+        raise UserInputError(f"test file {path} holds no configurations (besides IsolatedAtom)")
+    for index, atoms in enumerate(frames):
+        forces = atoms.arrays.get("REF_forces")
+        if forces is None or np.shape(forces) != (len(atoms), 3):
+            other = " (it has 'forces'; MACE's key is REF_forces)" if (
+                atoms.calc is not None and "forces" in atoms.calc.results) else ""
+            raise UserInputError(f"test file {path}: configuration {index} has no REF_forces "
+                                 f"array{other}")
+    return frames
+
+
+def _error_stats(energy_errors: np.ndarray, force_errors: np.ndarray) -> Dict[str, object]:
+    """MAE/RMSE of per-atom energy errors (meV/atom) and force components (meV/Å)."""
+    energy_errors = energy_errors[np.isfinite(energy_errors)] * 1000
+    force_errors = force_errors.ravel() * 1000
+
+    def mae(x):
+        return float(np.mean(np.abs(x))) if x.size else None
+
+    def rmse(x):
+        return float(np.sqrt(np.mean(x**2))) if x.size else None
+
+    return {"energy_mae_meV_per_atom": mae(energy_errors),
+            "energy_rmse_meV_per_atom": rmse(energy_errors),
+            "force_mae_meV_per_A": mae(force_errors), "force_rmse_meV_per_A": rmse(force_errors),
+            "n_configs": int(len(energy_errors)), "n_force_components": int(force_errors.size)}
+
+
+def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
+                label: str = "", group_by: Optional[Callable[[Atoms], str]] = None) -> Dict[str, object]:
+    """Energy/force errors of ``calc`` against ``frames`` (``REF_energy``, ``REF_forces``).
+
+    Overall and per ``config_type`` ("Default" when absent); frames without ``REF_energy``
+    count for forces only. ``group_by`` (a frame -> key function) adds ``per_group``, the same
+    statistics per key, from the same single evaluation. ``_parity`` holds reference and
+    predicted force components (eV/Å).
+    """
+    from tqdm.auto import tqdm
+
+    energy_errors, force_errors, kinds = [], [], []
+    reference_forces, predicted_forces = [], []
+    for atoms in tqdm(frames, desc=f"errors {label}".strip(), disable=not progress, leave=False):
+        copy = atoms.copy()
+        copy.calc = calc
+        predicted = np.asarray(copy.get_forces(), dtype=float)
+        reference = np.asarray(atoms.arrays["REF_forces"], dtype=float)
+        ref_energy = atoms.info.get("REF_energy")
+        energy_errors.append(np.nan if ref_energy is None else
+                             (copy.get_potential_energy() - float(ref_energy)) / len(atoms))
+        force_errors.append(predicted - reference)
+        kinds.append(str(atoms.info.get("config_type", "Default")))
+        reference_forces.append(reference.ravel())
+        predicted_forces.append(predicted.ravel())
+    energy_errors = np.asarray(energy_errors)
+
+    def per_key(keys):
+        stats = {}
+        for key in sorted(set(keys)):
+            chosen = [i for i, k in enumerate(keys) if k == key]
+            stats[key] = _error_stats(energy_errors[chosen],
+                                      np.concatenate([force_errors[i].ravel() for i in chosen]))
+        return stats
+
+    result = {"overall": _error_stats(energy_errors, np.concatenate([f.ravel() for f in force_errors])),
+              "per_config_type": per_key(kinds)}
+    if group_by is not None:
+        result["per_group"] = per_key([str(group_by(atoms)) for atoms in frames])
+    result["_parity"] = {"reference": np.concatenate(reference_forces),
+                         "predicted": np.concatenate(predicted_forces)}
+    return result

@@ -1,0 +1,103 @@
+"""The learning-curve study's configuration: YAML (with ``base`` inheritance) -> a checked mapping.
+
+Names shared by every layer of a study live here: the strategies and their starts, the records folder,
+the test metrics (meV/Å, meV/atom), the epoch budget at training size N and the run names.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict
+
+from mace_transfer import UserInputError
+
+
+STRATEGIES = ("scratch", "transfer", "transfer_freeze", "transfer_rescale", "mace_freeze",
+              "classical_pretrain")
+INITS = ("scratch", "remap", "foundation", "classical")
+#: per-run records live in <out>/records/ (not "runs/": the repository's .gitignore ignores runs/)
+RECORDS = "records"
+METRICS = ("force_mae_meV_per_A", "force_rmse_meV_per_A", "energy_mae_meV_per_atom",
+           "energy_rmse_meV_per_atom")
+
+
+def read_yaml_mapping(path, what: str = "config file") -> Dict[str, Any]:
+    """A YAML file that must hold a mapping; missing or malformed files are a UserInputError."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{what} not found: {path}")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserInputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise UserInputError(f"{path}: expected a mapping")
+    return config
+
+
+def load_config(path) -> Dict[str, Any]:
+    """Read and check the learning-curve YAML (see configs/learning_curve_sw.yaml)."""
+    path = Path(path)
+    config = read_yaml_mapping(path)
+    if "base" in config:  # another study's config, these keys overriding (mappings merged key by key)
+        base_path = Path(config.pop("base"))
+        if base_path.resolve() == path.resolve():
+            raise UserInputError(f"{path}: 'base' names the file itself")
+        config = _merged(load_config(base_path), config)
+    for key in ("data", "mace", "strategies", "sizes", "seeds", "budget", "element_map"):
+        if key not in config:
+            raise UserInputError(f"{path}: missing {key!r}")
+    for key in ("source", "target", "test"):
+        if key not in config["data"]:
+            raise UserInputError(f"{path}: data needs {key!r}")
+    for name, spec in config["strategies"].items():
+        if name not in STRATEGIES:
+            raise UserInputError(f"{path}: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+        if "lr" not in (spec or {}):
+            raise UserInputError(f"{path}: strategy {name!r} needs an 'lr'")
+        if spec.get("init", "scratch") not in INITS:
+            raise UserInputError(f"{path}: strategy {name!r}: init must be one of {', '.join(INITS)}")
+        if spec.get("init") == "classical" and "classical" not in config["data"]:
+            raise UserInputError(f"{path}: strategy {name!r} starts from a classical model: "
+                                 "data needs 'classical' (target-element labels of a classical potential)")
+    config.setdefault("out", "docs/results/sw")
+    config.setdefault("work", "runs/learning_curve_sw")
+    config.setdefault("n_valid", 20)
+    config.setdefault("valid_seed", 1234)
+    config.setdefault("target_E0s", "{32: 0.0}")
+    config.setdefault("threads", 1)
+    config.setdefault("source", {})
+    return config
+
+
+def _merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    """``base`` updated by ``override``; nested mappings merged, ``null`` removes a key."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+            continue
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def epochs_for(n_train: int, batch_size: int, budget: Dict[str, Any]) -> int:
+    """Epoch budget at training size N: about ``steps`` optimizer steps, clipped to the limits."""
+    if "epochs" in budget:
+        return int(budget["epochs"])
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    wanted = math.ceil(int(budget.get("steps", 200)) / steps_per_epoch)
+    return int(min(int(budget.get("max_epochs", 100)), max(int(budget.get("min_epochs", 1)), wanted)))
+
+
+def target_symbol(config: Dict[str, Any]) -> str:
+    """The target element of ``element_map`` ("Si:Ge" -> "Ge")."""
+    return config["element_map"].split(":")[-1].strip()
+
+
+def run_name(strategy: str, n_train: int, seed: int) -> str:
+    return f"{strategy}_N{n_train:04d}_s{seed}"
+

@@ -1,0 +1,90 @@
+"""Learning curves: target-element MACE models initialised from a source model vs from scratch.
+
+Reproduces the set-up of Röcken & Zavadlav (arXiv 2502.13522), on Stillinger-Weber data
+(``configs/learning_curve_sw.yaml``) or PBE data (``configs/learning_curve_pbe.yaml``):
+
+1. one Si source model (trained once on ``data.source``, cached under ``<out>/source/``);
+2. zero-shot test errors of the remapped model (Si weights read as Ge), with and without the
+   corresponding-states rescale (s, k estimated on the validation set);
+3. for ``transfer_freeze``: each candidate block set trained at one small N; the lowest
+   *validation* force RMSE wins (``<out>/freeze_selection.json``);
+4. the sweep: N (sizes) x seeds x strategies; each run writes ``<out>/records/<name>.json`` (test force
+   MAE/RMSE meV/Å, energy MAE meV/atom, wall seconds, epochs run, best epoch, validation curve)
+   and is skipped when that file exists;
+5. optional: ``--md`` (MD stability, a0 and B vs ``md.reference``, SW-Ge by default, for the
+   ``md.seeds`` runs) and
+   ``--timing`` (``mace_transfer_train`` vs MACE's own ``run_train`` per epoch);
+6. ``summary.json``, ``summary.md``, ``learning_curve.png`` (and ``stability.png``) from every
+   finished run.
+
+Validation set: ``n_valid`` configurations of ``data.target`` drawn once (``valid_seed``), the same
+for every N, seed and strategy. Training subsets are nested: for seed s the rest of the pool is
+shuffled once with s and the first N are taken, so N=5 is inside N=10 for the same seed. The seed
+is also MACE's ``--seed``. ``data.extra_train`` (optional): configurations added to every run's
+training set, not counted in N and never in validation (e.g. close-pair cells for the short-range
+wall, ``scripts/make_close_pairs.py``).
+
+Strategies: ``scratch``; ``transfer`` (remap the source, fine-tune); ``transfer_freeze`` (+ a
+frozen block set); ``transfer_rescale`` (+ corresponding-states s, k); ``mace_freeze`` (MACE's own
+``--freeze N`` on the remapped file as ``--foundation_model``); ``classical_pretrain`` (a target
+model trained once on ``data.classical``, a classical potential's labels, then re-referenced to
+the target E0s and fine-tuned; only meaningful when the target labels are not classical).
+
+Usage (also a pipeline stage, ``kind: learning_curve``)::
+
+    mace_transfer_learning_curve --config configs/learning_curve_sw.yaml \
+        [--out DIR] [--sizes 5,10,25] [--seeds 0,1] [--strategies scratch,transfer] \
+        [--max-runs N] [--md] [--timing] [--report-only]
+
+Architecture: floor 3 beside :mod:`mace_transfer.pipeline` (whose YAML, MACE-results and argv
+helpers it uses); every training goes through :mod:`mace_transfer.train`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, Optional, Sequence
+
+from mace_transfer import UserInputError
+from mace_transfer.studies.config import load_config
+from mace_transfer.studies.records import write_json
+from mace_transfer.studies.report import write_report
+from mace_transfer.studies.runs import Sweep, machine_info
+
+
+def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = None,
+              seeds: Optional[Sequence[int]] = None, strategies: Optional[Sequence[str]] = None,
+              max_runs: Optional[int] = None, md: bool = False, timing: bool = False,
+              zero_shot: bool = True, report_only: bool = False, progress=print) -> Dict[str, Any]:
+    """Run (or resume) a learning-curve study and write its report; returns the summary.
+
+    ``config`` is a YAML path or an already-loaded mapping; ``sizes``, ``seeds`` and ``strategies``
+    default to the config's. ``report_only`` only aggregates the finished runs.
+    """
+    if not isinstance(config, dict):
+        config = load_config(config)
+    names = list(strategies) if strategies else list(config["strategies"])
+    for name in names:
+        if name not in config["strategies"]:
+            raise UserInputError(f"strategy {name!r} is not in the config (it has "
+                                 f"{', '.join(config['strategies'])})")
+    seeds = [int(s) for s in (seeds if seeds else config["seeds"])]
+    if max_runs is not None and max_runs < 0:
+        raise UserInputError("max_runs must be >= 0")
+    # TorchScript/e3nn UserWarnings on every model load would drown the one-line-per-run progress
+    warnings.filterwarnings("ignore", category=UserWarning)
+    sweep = Sweep(config, out, work, progress=progress)
+    if not report_only:
+        write_json(sweep.out / "machine.json", machine_info(sweep.threads))
+        sweep.check_data()
+        sweep.source_model()
+        if zero_shot:
+            sweep.zero_shot()
+        sweep.sweep(sweep.sizes(sizes), seeds, names, max_runs)
+        if timing:
+            sweep.timing()
+        if md:
+            sweep.md_and_properties([int(s) for s in config.get("md", {}).get("seeds", [0])])
+    summary = write_report(config, sweep.out)
+    progress(f"report: {sweep.out}/summary.md, {sweep.out}/summary.json ({summary['n_runs']} runs)")
+    return summary

@@ -1,0 +1,136 @@
+"""A study's records: one JSON per finished run under ``<out>/records/``, the validation curve read
+from MACE's results log, and the statistics over seeds that every table and plot is made from."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mace_transfer.studies.config import METRICS, RECORDS
+from mace_transfer.transfer.train import iter_mace_results
+
+
+def read_results(results_dir) -> Dict[str, Any]:
+    """Validation curve and step times from MACE's ``*_train.txt`` (one JSON object a line).
+
+    ``epoch``/``valid_rmse_f_meV_A``/``valid_mae_f_meV_A``/``valid_loss`` per validated epoch;
+    ``train_step_s`` = summed optimizer-step seconds per epoch; ``initial_*`` before training.
+    """
+    curve: Dict[str, Any] = {"epoch": [], "valid_rmse_f_meV_A": [], "valid_mae_f_meV_A": [],
+                             "valid_loss": [], "initial_valid_rmse_f_meV_A": None}
+    steps: Dict[int, float] = {}
+    for row in iter_mace_results(results_dir):
+        if row.get("mode") == "opt" and row.get("epoch") is not None:
+            steps[int(row["epoch"])] = steps.get(int(row["epoch"]), 0.0) + float(row.get("time", 0.0))
+        elif row.get("mode") == "eval":
+            rmse = 1000.0 * float(row["rmse_f"]) if row.get("rmse_f") is not None else None
+            if row.get("epoch") is None:
+                curve["initial_valid_rmse_f_meV_A"] = rmse
+                continue
+            curve["epoch"].append(int(row["epoch"]))
+            curve["valid_rmse_f_meV_A"].append(rmse)
+            curve["valid_mae_f_meV_A"].append(
+                1000.0 * float(row["mae_f"]) if row.get("mae_f") is not None else None)
+            curve["valid_loss"].append(float(row["loss"]) if row.get("loss") is not None else None)
+    curve["train_step_s"] = [steps.get(e, 0.0) for e in curve["epoch"]]
+    return curve
+
+
+def best_epoch(curve: Dict[str, Any]) -> Optional[int]:
+    """The epoch MACE keeps: lowest validation loss (the first one on ties)."""
+    losses = [(loss, i) for i, loss in enumerate(curve["valid_loss"]) if loss is not None]
+    return curve["epoch"][min(losses)[1]] if losses else None
+
+
+def valid_rmse_at(curve: Dict[str, Any], epoch: Optional[int]) -> Optional[float]:
+    if epoch is None or epoch not in curve["epoch"]:
+        return None
+    return curve["valid_rmse_f_meV_A"][curve["epoch"].index(epoch)]
+
+
+def time_to_reach(curve: Dict[str, Any], target: float) -> Optional[Dict[str, float]]:
+    """First epoch whose validation force RMSE (meV/Å) is <= target; epochs and step seconds."""
+    elapsed = 0.0
+    if curve.get("initial_valid_rmse_f_meV_A") is not None and curve["initial_valid_rmse_f_meV_A"] <= target:
+        return {"epochs": 0, "train_step_s": 0.0}
+    for epoch, rmse, seconds in zip(curve["epoch"], curve["valid_rmse_f_meV_A"], curve["train_step_s"]):
+        elapsed += seconds
+        if rmse is not None and rmse <= target:
+            return {"epochs": epoch + 1, "train_step_s": elapsed}
+    return None
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+def load_runs(out) -> List[Dict[str, Any]]:
+    """Every finished run's record under ``<out>/records/``."""
+    records = []
+    for path in sorted((Path(out) / RECORDS).glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            print(f"warning: {path} is not JSON, ignored", file=sys.stderr)
+    return records
+
+
+def write_json(path, data) -> None:
+    """Write atomically (temp file + rename), so a cut run never leaves half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def _stats(values: Sequence[float]) -> Dict[str, Any]:
+    """mean, std (sample, ddof=1; 0 for one value), min, max, n of the finite values."""
+    vals = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if vals.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+            "min": float(vals.min()), "max": float(vals.max()), "n": int(vals.size)}
+
+
+def aggregate(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """{strategy: {N (str): {metric: stats over seeds}}}, test metrics plus wall/epochs/reach."""
+    table: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault((rec["strategy"], int(rec["n_train"])), []).append(rec)
+    for (strategy, n_train), recs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        entry: Dict[str, Any] = {"seeds": sorted(int(r["seed"]) for r in recs)}
+        for metric in METRICS:
+            entry[metric] = _stats([r["test"].get(metric) for r in recs])
+        for key in ("wall_s", "epochs_run", "best_epoch", "best_valid_rmse_f_meV_A"):
+            entry[key] = _stats([r.get(key) for r in recs])
+        reached = [r.get("reach_scratch") for r in recs if "reach_scratch" in r]
+        if reached:
+            entry["reach_scratch"] = {
+                "reached": sum(x is not None for x in reached), "of": len(reached),
+                "epochs": _stats([x["epochs"] for x in reached if x is not None]),
+                "train_step_s": _stats([x["train_step_s"] for x in reached if x is not None])}
+        for group in ("per_config_type", "per_length_scale"):  # test force MAE by part of the test set
+            parts = sorted({k for r in recs for k in (r.get(f"test_{group}") or {})})
+            if parts:
+                entry[f"force_mae_{group}"] = {k: _stats([(r.get(f"test_{group}") or {}).get(k, {}).get(
+                    "force_mae_meV_per_A") for r in recs]) for k in parts}
+        table.setdefault(strategy, {})[str(n_train)] = entry
+    return table
+
+
+def attach_reach_scratch(records: Sequence[Dict[str, Any]]) -> None:
+    """Per run: epochs/step seconds to reach scratch's final validation force RMSE (same N, seed)."""
+    final = {(int(r["n_train"]), int(r["seed"])): r.get("best_valid_rmse_f_meV_A")
+             for r in records if r["strategy"] == "scratch"}
+    for rec in records:
+        target = final.get((int(rec["n_train"]), int(rec["seed"])))
+        if target is None:
+            rec.pop("reach_scratch", None)
+            continue
+        rec["reach_scratch"] = time_to_reach(rec["curve"], target)
+        rec["reach_scratch_target_meV_A"] = target
+

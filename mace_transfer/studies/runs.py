@@ -1,0 +1,503 @@
+"""A study's runs: the source model, the zero-shot remap, freeze selection and each (strategy, N, seed)
+training -> test errors -> record; resumable (a run whose record exists is skipped), plus the MD
+ladder and the timing comparison. Every training goes through :mod:`mace_transfer.transfer.train`."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import logging
+import os
+import platform
+import random
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from mace_transfer import UserInputError
+from mace_transfer.studies.config import METRICS, RECORDS, epochs_for, run_name
+from mace_transfer.studies.data import StudyData, file_sha256
+from mace_transfer.studies.records import (best_epoch, load_runs, read_results, valid_rmse_at,
+                                           write_json)
+
+
+def machine_info(threads: int) -> Dict[str, Any]:
+    """nproc, CPU model, load average, torch threads and versions, for the results file."""
+    import torch
+
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    import mace
+
+    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
+            "load_average_1_5_15": list(os.getloadavg()), "torch_threads": threads,
+            "torch": torch.__version__, "mace": getattr(mace, "__version__", "?"),
+            "python": platform.python_version(), "host": platform.node()}
+
+
+# ----------------------------------------------------------------------------- MACE calls
+@contextlib.contextmanager
+def mace_quiet(log_path: Path):
+    """Send MACE's console logging and warnings to ``log_path``; undo MACE's global changes.
+
+    MACE's ``run`` adds handlers to the root logger on every call and sets torch's default dtype;
+    both are restored here so many runs can share one process.
+    """
+    import torch
+
+    root = logging.getLogger()
+    handlers, filters, level = list(root.handlers), list(root.filters), root.level
+    dtype = torch.get_default_dtype()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for handler in handlers:  # e.g. a basicConfig handler: it would echo MACE's DEBUG lines
+        root.removeHandler(handler)
+    with open(log_path, "a") as stream, contextlib.redirect_stdout(stream), \
+            contextlib.redirect_stderr(stream), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+                handler.close()
+            for handler in handlers:
+                root.addHandler(handler)
+            root.filters = filters
+            root.setLevel(level)
+            torch.set_default_dtype(dtype)
+
+
+def run_dirs(folder: Path, name: str) -> Dict[str, str]:
+    return {"name": name, "model_dir": str(folder), "checkpoints_dir": str(folder / "checkpoints"),
+            "results_dir": str(folder / "results"), "log_dir": str(folder / "logs")}
+
+
+def model_errors(model_path, frames, groups: bool = False) -> Dict[str, Any]:
+    """Overall test errors (meV/Å, meV/atom) of a .model file on ``frames``.
+
+    ``groups``: instead ``{"overall", "per_config_type", "per_length_scale"}``, the last keyed by the
+    frames' ``length_scale`` (1 = the cell as sampled; see ``dft.scale_lengths``), only when they differ.
+    """
+    from mace_transfer import evaluate
+
+    def trimmed(stats):
+        return {k: stats[k] for k in METRICS}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = evaluate.load_model(model_path)
+        by_scale = (lambda a: f"{float(a.info.get('length_scale', 1.0)):.6g}") if groups else None
+        errors = evaluate.test_errors(model.calc, frames, progress=False, group_by=by_scale)
+    if not groups:
+        return errors["overall"]
+    per_scale = errors["per_group"] if len(errors["per_group"]) > 1 else {}
+    return {"overall": trimmed(errors["overall"]),
+            "per_config_type": {k: trimmed(v) for k, v in errors["per_config_type"].items()},
+            "per_length_scale": {k: trimmed(v) for k, v in per_scale.items()}}
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+class Sweep(StudyData):
+    """One learning-curve study's work on its data: source model, zero-shot, selection, runs, extras."""
+
+    def __init__(self, config: Dict[str, Any], out=None, work=None, progress=print):
+        super().__init__(config, out, work, progress)
+        self.threads = int(config.get("threads", 1))
+
+    # -------------------------------------------------------------- MACE
+    def _train(self, options: Dict[str, Any], folder: Path, use_mace_directly: bool = False) -> float:
+        """Train with ``options`` (MACE + our flags); returns wall seconds."""
+        import torch
+
+        from mace_transfer.transfer import train
+        from mace_transfer.transfer.train import mace_argv
+
+        torch.set_num_threads(self.threads)
+        if options.get("device", "cpu") == "auto":  # the same config on a laptop and a GPU node
+            options = dict(options, device="cuda" if torch.cuda.is_available() else "cpu")
+        start = time.time()
+        with mace_quiet(folder / "console.log"):
+            if use_mace_directly:  # the plain mace_run_train path, for the timing comparison only
+                from mace.tools import build_default_arg_parser
+
+                train.run_mace_only(mace_argv(options, build_default_arg_parser()))
+            else:
+                argv = mace_argv(options)
+                (folder / "argv.json").write_text(json.dumps(argv, indent=1))
+                train.run(train.parse_args(argv))
+        return time.time() - start
+
+    def source_model(self) -> Path:
+        """The source model: ``source.model`` if given, else trained once into ``source.cache``."""
+        return self._trained_once("source", "source/si.model")
+
+    def classical_model(self) -> Path:
+        """A target-element model trained once on ``data.classical`` (``classical.cache``)."""
+        return self._trained_once("classical", "classical/classical.model")
+
+    def _trained_once(self, key: str, default_cache: str) -> Path:
+        spec = self.config.get(key, {}) or {}
+        if spec.get("model"):
+            path = Path(spec["model"])
+            if not path.is_file():
+                raise UserInputError(f"{key}.model {path} does not exist")
+            return path
+        path = self.out / spec.get("cache", default_cache)
+        if path.is_file():
+            return path
+        from ase.io import write
+
+        frames = self.frames(key)
+        n_valid = int(spec.get("n_valid", max(1, len(frames) // 10)))
+        order = list(range(len(frames)))
+        random.Random(int(spec.get("seed", 1))).shuffle(order)
+        folder = self.work / key
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        write(folder / "train.xyz", [frames[i] for i in order[n_valid:]], format="extxyz")
+        write(folder / "valid.xyz", [frames[i] for i in order[:n_valid]], format="extxyz")
+        options = dict(self.config["mace"])
+        options.update(spec.get("mace", {}))
+        name = Path(default_cache).stem
+        options.update(train_file=str(folder / "train.xyz"), valid_file=str(folder / "valid.xyz"),
+                       seed=int(spec.get("seed", 1)), **run_dirs(folder, name))
+        self.say(f"{key}: training a model on {len(frames) - n_valid} configurations of "
+                 f"{', '.join(map(str, self.data_paths(key)))} "
+                 f"({n_valid} validation)")
+        wall = self._train(options, folder)
+        curve = read_results(folder / "results")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / f"{name}.model", path)
+        epoch = best_epoch(curve)
+        write_json(path.with_suffix(".json"), {
+            "n_train": len(frames) - n_valid, "n_valid": n_valid, "wall_s": wall,
+            "epochs_run": len(curve["epoch"]), "best_epoch": epoch,
+            "best_valid_rmse_f_meV_A": valid_rmse_at(curve, epoch), "curve": curve,
+            "data": self.config["data"][key], "machine": machine_info(self.threads),
+            "train_xyz_sha256": file_sha256(folder / "train.xyz"), "valid_xyz_sha256": file_sha256(folder / "valid.xyz")})
+        self.say(f"{key}: done in {_fmt_time(wall)}, valid force RMSE "
+                 f"{valid_rmse_at(curve, epoch):.1f} meV/Å -> {path}")
+        return path
+
+    def remapped_model(self, length_scale: float = 1.0, energy_scale: float = 1.0,
+                       tag: str = "") -> Path:
+        """The source model remapped (replace) to the target element, cached in ``work``."""
+        import torch
+
+        from mace_transfer.transfer import remap, train
+
+        # the scales are part of the cache key: a changed estimate must not reuse an old file
+        scales = "" if (length_scale, energy_scale) == (1.0, 1.0) else f"_s{length_scale:.6f}_k{energy_scale:.6f}"
+        path = self.work / f"remapped{tag}{scales}.model"
+        if path.is_file():
+            return path
+        model = remap.load_model(self.source_model())
+        new = remap.remap_elements(model, self.config["element_map"], mode="replace",
+                                   atomic_energies=train._parse_e0s(self.config["target_E0s"]),
+                                   length_scale=length_scale, energy_scale=energy_scale)
+        torch.save(new, path)
+        return path
+
+    # -------------------------------------------------------------- zero-shot
+    def zero_shot(self) -> Dict[str, Any]:
+        """Test errors of the remapped source model before any target training (± rescale)."""
+        path = self.out / "zero_shot.json"
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        known = self.config.get("known_scales")  # e.g. the SW parameter ratios sigma, epsilon
+        classical = any((spec or {}).get("init") == "classical" for spec in self.config["strategies"].values())
+        if ("remap" in result and (not known or "remap_rescale_known" in result)
+                and (not classical or "classical" in result)):
+            return result
+        from mace_transfer.transfer import remap
+
+        self.say("zero-shot: remapped source model on the test set")
+        if "remap" not in result:
+            model = remap.load_model(self.source_model())
+            scales = remap.estimate_corresponding_states(
+                model, self.config["element_map"], self.valid_frames(),
+                forces_key=self.config["mace"].get("forces_key", "REF_forces"))
+            rescaled = self.remapped_model(scales["length_scale"], scales["energy_scale"], "_rescaled")
+            result.update(remap=model_errors(self.remapped_model(), self.frames("test")),
+                          remap_rescale=model_errors(rescaled, self.frames("test")),
+                          scales_from_validation_set=scales)
+        if known:
+            s, k = float(known["length_scale"]), float(known["energy_scale"])
+            result["remap_rescale_known"] = model_errors(self.remapped_model(s, k, "_rescaled_known"),
+                                                         self.frames("test"))
+            result["known_scales"] = dict(known)
+        if classical and "classical" not in result:  # the classical model, target E0s, no refit
+            import torch
+
+            from mace_transfer.transfer import train
+
+            target = self.target_symbol()
+            rereferenced = self.work / "classical_rereferenced.model"
+            torch.save(remap.remap_elements(remap.load_model(self.classical_model()), f"{target}:{target}",
+                                            atomic_energies=train._parse_e0s(self.config["target_E0s"])),
+                       rereferenced)
+            result["classical"] = model_errors(rereferenced, self.frames("test"))
+        write_json(path, result)
+        for key in ("remap", "remap_rescale", "remap_rescale_known", "classical"):
+            if key in result:
+                self.say(f"zero-shot {key}: test force MAE {result[key]['force_mae_meV_per_A']:.1f} meV/Å")
+        return result
+
+    # -------------------------------------------------------------- one run
+    def strategy_options(self, strategy: str, n_train: int, seed: int,
+                         freeze_blocks: Optional[str] = None) -> Dict[str, Any]:
+        spec = self.config["strategies"][strategy]
+        options = dict(self.config["mace"])
+        budget = self.config["budget"]
+        options.update(lr=float(spec["lr"]), seed=int(seed), E0s=self.config["target_E0s"],
+                       max_num_epochs=epochs_for(n_train + len(self.extra_train_frames()), int(options.get("batch_size", 5)),
+                                                 budget),  # steps budget: extra frames count
+                       patience=int(budget.get("patience", 1000)), restart_latest=False)
+        options.update(spec.get("mace", {}) or {})
+        init = spec.get("init", "scratch")
+        if init == "remap":
+            options.update(source_model=str(self.source_model()), element_map=self.config["element_map"])
+        elif init == "foundation":
+            options.update(foundation_model=str(self.remapped_model()))
+        elif init == "classical":  # same element: re-referenced to the target E0s, shift refit
+            target = self.target_symbol()
+            options.update(source_model=str(self.classical_model()), element_map=f"{target}:{target}")
+        if freeze_blocks:
+            options["freeze_blocks"] = freeze_blocks
+        return options
+
+    def train_run(self, strategy: str, n_train: int, seed: int, record_path: Path,
+                  freeze_blocks: Optional[str] = None) -> Dict[str, Any]:
+        """Train one (strategy, N, seed), test it, write ``record_path``; the record."""
+        name = record_path.stem
+        folder = self.work / name
+        if folder.exists():  # a cut run starts again: its wall time must be whole
+            shutil.rmtree(folder)
+        subset = self.write_subset(folder, n_train, seed)
+        options = self.strategy_options(strategy, n_train, seed, freeze_blocks)
+        options.update(train_file=subset["train_file"], valid_file=subset["valid_file"],
+                       **run_dirs(folder, name))
+        wall = self._train(options, folder)
+        model_path = folder / f"{name}.model"
+        curve = read_results(folder / "results")
+        epoch = best_epoch(curve)
+        grouped = model_errors(model_path, self.frames("test"), groups=True)
+        errors = grouped["overall"]
+        record = {
+            "strategy": strategy, "n_train": n_train, "seed": seed, "name": name,
+            "lr": options["lr"], "max_num_epochs": options["max_num_epochs"],
+            "patience": options["patience"], "freeze_blocks": options.get("freeze_blocks"),
+            "mace_freeze": options.get("freeze"), "init": self.config["strategies"][strategy].get("init", "scratch"),
+            "extra_flags": self.config["strategies"][strategy].get("mace", {}),
+            "test": {k: errors[k] for k in METRICS},
+            "test_per_config_type": grouped["per_config_type"],
+            "test_per_length_scale": grouped["per_length_scale"],
+            "wall_s": wall, "epochs_run": len(curve["epoch"]), "best_epoch": epoch,
+            "best_valid_rmse_f_meV_A": valid_rmse_at(curve, epoch),
+            "initial_valid_rmse_f_meV_A": curve["initial_valid_rmse_f_meV_A"],
+            "corresponding_states": self._scales_from_log(folder),
+            "train_indices": subset["train_indices"], "n_extra_train": subset["n_extra_train"],
+            "model": str(model_path), "curve": curve,
+            "load_average_after": list(os.getloadavg()),
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with contextlib.suppress(OSError):
+            shutil.rmtree(folder / "checkpoints")
+        write_json(record_path, record)
+        return record
+
+    @staticmethod
+    def _scales_from_log(folder: Path) -> Optional[Dict[str, float]]:
+        """The s, k that ``--length_scale/--energy_scale auto`` chose (train.py logs them)."""
+        log = folder / "console.log"
+        if not log.is_file():
+            return None
+        match = re.search(r"corresponding states estimated: (\{.*?\})", log.read_text())
+        if not match:
+            return None
+        with contextlib.suppress(ValueError, SyntaxError):
+            return ast.literal_eval(match.group(1))
+        return None
+
+    # -------------------------------------------------------------- freeze selection
+    def freeze_choice(self) -> Optional[str]:
+        """The block set of ``transfer_freeze``: fixed, or chosen on validation at a small N."""
+        spec = self.config["strategies"].get("transfer_freeze")
+        if not spec:
+            return None
+        if spec.get("freeze_blocks"):
+            return spec["freeze_blocks"]
+        candidates = spec.get("freeze_candidates") or []
+        if not candidates:
+            raise UserInputError("transfer_freeze needs freeze_blocks or freeze_candidates")
+        path = self.out / "freeze_selection.json"
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        select = spec.get("select", {"n": 10, "seed": 0})
+        n_train, seed = int(select["n"]), int(select["seed"])
+        results = done.get("candidates", {})
+        for blocks in candidates:
+            if blocks in results:
+                continue
+            self.say(f"freeze selection: transfer + freeze {blocks} at N={n_train} seed={seed}")
+            tag = re.sub(r"[^A-Za-z0-9]+", "-", blocks).strip("-")
+            record = self.train_run("transfer_freeze", n_train, seed,
+                                    self.out / "selection" / f"freeze-{tag}_N{n_train:04d}_s{seed}.json",
+                                    freeze_blocks=blocks)
+            results[blocks] = {"best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
+                               "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
+                               "wall_s": record["wall_s"]}
+            write_json(path, {"n_train": n_train, "seed": seed, "candidates": results,
+                              "chosen": None, "rule": "lowest validation force RMSE"})
+        chosen = min(candidates, key=lambda b: results[b]["best_valid_rmse_f_meV_A"])
+        write_json(path, {"n_train": n_train, "seed": seed, "candidates": results, "chosen": chosen,
+                          "rule": "lowest validation force RMSE (the test error is recorded, not used)"})
+        self.say(f"freeze selection: {chosen} (validation force RMSE "
+                 f"{results[chosen]['best_valid_rmse_f_meV_A']:.1f} meV/Å)")
+        return chosen
+
+    # -------------------------------------------------------------- sweep
+    def sweep(self, sizes: Sequence[int], seeds: Sequence[int], strategies: Sequence[str],
+              max_runs: Optional[int] = None) -> int:
+        """Train every missing (strategy, N, seed); N ascending. Returns the number trained."""
+        freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
+        plan = [(s, n, seed) for n in sizes for seed in seeds for s in strategies]
+        todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
+        self.say(f"sweep: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
+        if max_runs is not None:
+            todo = todo[:max_runs]
+        walls = {(r["strategy"], int(r["n_train"])): r["wall_s"] for r in load_runs(self.out)}
+        for number, (strategy, n_train, seed) in enumerate(todo, 1):
+            path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
+            record = self._selected_run(strategy, n_train, seed, freeze) if strategy == "transfer_freeze" else None
+            if record is not None:
+                record["name"] = path.stem
+                write_json(path, record)
+            else:
+                record = self.train_run(strategy, n_train, seed, path,
+                                        freeze_blocks=freeze if strategy == "transfer_freeze" else None)
+            walls[(strategy, n_train)] = record["wall_s"]
+            remaining = todo[number:]
+            eta = sum(self._guess_wall(walls, s, n) for s, n, _ in remaining)
+            self.say(f"[{number}/{len(todo)}] {strategy:16s} N={n_train:<4d} seed={seed}: test force MAE "
+                     f"{record['test']['force_mae_meV_per_A']:7.1f} meV/Å, energy MAE "
+                     f"{record['test']['energy_mae_meV_per_atom']:6.2f} meV/atom, "
+                     f"{record['epochs_run']} epochs (best {record['best_epoch']}), "
+                     f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
+        return len(todo)
+
+    def _selected_run(self, strategy: str, n_train: int, seed: int, freeze: Optional[str]):
+        """The freeze-selection run of the chosen block set when it is this (N, seed), else None."""
+        for path in sorted((self.out / "selection").glob(f"*_N{n_train:04d}_s{seed}.json")):
+            record = json.loads(path.read_text())
+            if record.get("strategy") == strategy and record.get("freeze_blocks") == freeze:
+                return dict(record, reused_from=str(path))
+        return None
+
+    @staticmethod
+    def _guess_wall(walls, strategy: str, n_train: int) -> float:
+        if (strategy, n_train) in walls:
+            return walls[(strategy, n_train)]
+        same_n = [w for (s, n), w in walls.items() if n == n_train]
+        if same_n:
+            return float(np.mean(same_n))
+        return float(np.mean(list(walls.values()))) if walls else 0.0
+
+    # -------------------------------------------------------------- extras
+    def md_and_properties(self, seeds: Sequence[int]) -> None:
+        """MD stability ladder, a0 and B vs ``md.reference`` (default SW-Ge) for the finished ``seeds`` runs."""
+        from mace_transfer import evaluate
+
+        import fcntl
+
+        import torch
+
+        torch.set_num_threads(self.threads)  # as for training: no oversubscription beside other jobs
+        spec = self.config.get("md", {})
+        strategies = spec.get("strategies")  # default: every strategy
+        sizes = spec.get("sizes")  # default: every N
+        (self.out / "md").mkdir(parents=True, exist_ok=True)
+        for rec in load_runs(self.out):
+            if int(rec["seed"]) not in seeds or (strategies and rec["strategy"] not in strategies):
+                continue
+            if sizes and int(rec["n_train"]) not in {int(n) for n in sizes}:
+                continue
+            path = self.out / "md" / f"{rec['name']}.json"
+            if path.is_file():
+                continue
+            # a lock per run: several --md processes share the work; a dead one's lock is released
+            lock = open(self.work / f".md_{rec['name']}.lock", "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            if path.is_file():  # finished by another process meanwhile
+                lock.close()
+                continue
+            self.say(f"md: {rec['name']}")
+            start = time.time()
+            with lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                metrics = evaluate.evaluate(
+                    rec["model"], reference=spec.get("reference", "sw-ge"), labels=[rec["name"]],
+                    temperatures=spec.get("temperatures"), seeds=spec.get("md_seeds"),
+                    md_steps=spec.get("md_steps"), skip=["errors", "structure", "elastic", "vacancy",
+                                                         "phonons"], progress=False)
+                entry = metrics["models"][rec["name"]]
+                write_json(path, {
+                    "strategy": rec["strategy"], "n_train": rec["n_train"], "seed": rec["seed"],
+                    "max_stable_temperature_K": entry["md_stability"].get("max_stable_temperature_K"),
+                    "properties": entry.get("properties"), "comparison": entry.get("comparison"),
+                    "reference": metrics["reference"]["properties"], "md_settings": metrics["settings"]["md"],
+                    "wall_s": time.time() - start})
+
+    def timing(self) -> Dict[str, Any]:
+        """Seconds per epoch: mace_transfer_train vs MACE's own run_train, same argv (scratch)."""
+        path = self.out / "timing.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        spec = self.config.get("timing", {})
+        n_train, seed = int(spec.get("n", 25)), int(spec.get("seed", 0))
+        epochs, repeats = int(spec.get("epochs", 5)), int(spec.get("repeats", 2))
+        result: Dict[str, Any] = {"n_train": n_train, "epochs": epochs, "repeats": repeats,
+                                  "mace_run_train": [], "mace_transfer_train": [],
+                                  "mace_transfer_train_freeze": []}
+        freeze = (self.config["strategies"].get("transfer_freeze") or {}).get("freeze_candidates", ["embedding"])[0]
+        for repeat in range(repeats):
+            for key in ("mace_run_train", "mace_transfer_train", "mace_transfer_train_freeze"):
+                folder = self.work / "timing" / f"{key}_{repeat}"
+                if folder.exists():
+                    shutil.rmtree(folder)
+                subset = self.write_subset(folder, n_train, seed)
+                options = self.strategy_options("scratch", n_train, seed)
+                options.update(max_num_epochs=epochs, patience=epochs + 1, train_file=subset["train_file"],
+                               valid_file=subset["valid_file"], **run_dirs(folder, key))
+                if key == "mace_transfer_train_freeze":
+                    options["freeze_blocks"] = freeze
+                wall = self._train(options, folder, use_mace_directly=(key == "mace_run_train"))
+                curve = read_results(folder / "results")
+                result[key].append({"wall_s": wall, "train_step_s_per_epoch": float(np.mean(curve["train_step_s"]))})
+                self.say(f"timing {key} #{repeat}: {wall:.1f} s wall, "
+                         f"{result[key][-1]['train_step_s_per_epoch']:.2f} s of optimizer steps per epoch")
+        result["freeze_blocks"] = freeze
+        result["machine"] = machine_info(self.threads)
+        write_json(path, result)
+        return result
+
+    # -------------------------------------------------------------- report
