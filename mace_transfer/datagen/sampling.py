@@ -1,6 +1,6 @@
 """Deterministic configuration sampler: MD ladder, liquid, strained and vacancy cells of Si or Ge.
 
-Frames are labelled with a classical potential (:mod:`mace_transfer.classical`) in MACE's keys:
+Frames are labelled with a classical potential (:mod:`mace_transfer.datagen.classical`) in MACE's keys:
 ``REF_energy`` (info, eV), ``REF_forces`` (arrays, eV/Å), ``REF_stress`` (info, Voigt 6
 xx yy zz yz xz xy, eV/Å^3, ASE sign convention as ``Atoms.get_stress``), ``config_type`` (info).
 

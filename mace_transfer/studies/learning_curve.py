@@ -36,8 +36,10 @@ Usage (also a pipeline stage, ``kind: learning_curve``)::
         [--out DIR] [--sizes 5,10,25] [--seeds 0,1] [--strategies scratch,transfer] \
         [--max-runs N] [--md] [--timing] [--report-only]
 
-Architecture: floor 3 beside :mod:`mace_transfer.pipeline` (whose YAML, MACE-results and argv
-helpers it uses); every training goes through :mod:`mace_transfer.train`.
+Architecture: this module is the entry (:func:`run_study`); :mod:`~mace_transfer.studies.config`
+reads the YAML, :mod:`~mace_transfer.studies.data` the files and splits, :mod:`~mace_transfer.studies.runs`
+trains (every training through :mod:`mace_transfer.transfer.train`) and writes one record per run,
+:mod:`~mace_transfer.studies.report` makes every table and figure from the records alone.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ MACE's ``mace.cli.run_train.run(args)``. With none of our flags the call is exac
 Our flags act in two places and nowhere else:
 
 * before MACE: ``--source_model`` + ``--element_map`` remap the source model
-  (:func:`mace_transfer.remap.remap_elements`) and hand the result to MACE as its
+  (:func:`mace_transfer.transfer.remap.remap_elements`) and hand the result to MACE as its
   ``--foundation_model`` file, so MACE's own fine-tuning path starts from the remapped weights;
 * inside MACE: ``--freeze_blocks`` / ``--block_lr_factors`` / ``--unfreeze_after`` act through the
-  single seam documented in :mod:`mace_transfer.freeze` (MACE's ``get_params_options``).
+  single seam documented in :mod:`mace_transfer.transfer.freeze` (MACE's ``get_params_options``).
 """
 
 from __future__ import annotations
