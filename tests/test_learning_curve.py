@@ -384,3 +384,54 @@ def test_extra_train_frames_join_every_training_set_outside_n_and_validation(lc,
     assert sweep.strategy_options("scratch", 5, 0)["max_num_epochs"] == lc.epochs_for(8, 2, config["budget"])
     assert plain.strategy_options("scratch", 5, 0)["max_num_epochs"] == lc.epochs_for(5, 2, config["budget"])
     assert sweep.check_data()["extra_train"]["configurations"] == 3
+
+
+def test_converged_budget_counts_patience_in_optimizer_steps(lc):
+    budget = {"mode": "converged", "patience_steps": 600, "min_patience_epochs": 20, "max_steps": 20000,
+              "max_epochs": 5000, "scheduler_patience_steps": 200}
+    small = lc.converged_options(2, 5, budget)  # 1 step an epoch
+    large = lc.converged_options(292, 5, budget)  # 59 steps an epoch
+    assert small == {"max_num_epochs": 5000, "early_stop_patience": 600, "scheduler_patience": 200,
+                     "early_stop_min_epochs": 0}
+    assert large == {"max_num_epochs": math.ceil(20000 / 59), "early_stop_patience": 20,
+                     "scheduler_patience": 4, "early_stop_min_epochs": 0}
+
+
+def test_converged_sweep_chooses_each_lr_on_validation_and_stops_early(lc, tmp_path, monkeypatch, capsys):
+    """lr grid {0, 0.01}: lr 0 never lowers the validation loss, so 0.01 must win on validation; the
+    selection run is reused as the sweep's record; every run stops on its plateau before the cap."""
+    monkeypatch.chdir(tmp_path)
+    write_sw_si_dataset(tmp_path / "si.xyz", n=6)
+    _write_sw_ge(tmp_path / "ge.xyz", 7, seed=3)
+    _write_sw_ge(tmp_path / "ge_test.xyz", 2, seed=4)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    config = {
+        "out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
+        "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"},
+        "n_valid": 2, "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [4], "seeds": [0],
+        "mace": mace,
+        "source": {"n_valid": 2, "mace": {"E0s": "{14: 0.0}", "lr": 0.01, "max_num_epochs": 2}},
+        "budget": {"mode": "converged", "patience_steps": 2, "min_patience_epochs": 2, "max_steps": 400,
+                   "scheduler_patience_steps": 2},
+        "strategies": {"scratch": {"lr": 0.01}},
+        "lr_grid": {"select": {"n": 4, "seed": 0}, "scratch": [0.0, 0.01]},
+    }
+    path = tmp_path / "lc.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(UserInputError, match="positive learning rates"):
+        lc.load_config(path)
+    config["lr_grid"]["scratch"] = [1e-12, 0.01]  # as good as 0: no step moves the loss visibly
+    path.write_text(yaml.safe_dump(config))
+    assert run_cli(["--config", str(path), "--no-zero-shot"]) == 0
+    selection = json.loads((tmp_path / "res" / "lr_selection.json").read_text())["scratch"]
+    tries = selection["tries"]
+    assert set(tries) == {"1e-12", "0.01"}
+    assert selection["chosen"] == min((0.01, 1e-12), key=lambda lr: tries[f"{lr:g}"]["best_valid_loss"])
+    assert tries["0.01"]["best_valid_loss"] < tries["1e-12"]["best_valid_loss"]
+    (record,) = lc.load_runs(tmp_path / "res")
+    assert record["lr"] == 0.01 and record["reused_from"].endswith("lr-scratch-0.01_N0004_s0.json")
+    assert record["early_stop_patience"] == 2 and record["converged"] is True
+    assert record["epochs_run"] < 200  # the cap (400 steps at 2 steps an epoch) was never reached
+    assert record["epochs_run"] - 1 - record["best_epoch"] == 2  # stopped `patience` epochs after the best
+    assert record["optimizer_steps_run"] == 2 * record["epochs_run"]
+    assert record["optimizer_steps_to_best"] == 2 * (record["best_epoch"] + 1)

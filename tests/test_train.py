@@ -112,3 +112,53 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, si_data):
     assert "training data has Si" in capsys.readouterr().err
     with pytest.raises(UserInputError):
         train._parse_scale("-1", "--length_scale")
+
+
+# --------------------------------------------------------------------------- early stop (issue 21)
+def test_should_stop_counts_epochs_since_the_first_lowest_loss():
+    history = [(0, 5.0), (1, 3.0), (2, 3.0), (3, 4.0)]
+    assert not train.should_stop(history, patience=3)  # best is epoch 1 (first of the tie): 2 epochs
+    assert train.should_stop(history + [(4, 3.5)], patience=3)
+    assert not train.should_stop(history + [(4, 3.5)], patience=3, min_epochs=5)
+    assert not train.should_stop(history + [(4, 2.9)], patience=1)  # improved at the last epoch
+    assert not train.should_stop([], patience=1)
+
+
+def test_epoch_limit_is_what_maces_while_loop_compares_against(tmp_path):
+    log = tmp_path / "x_run-1_train.txt"
+    limit = train.EpochLimit(10, log, patience=2)
+    assert 0 < limit and 9 < limit and not (10 < limit)  # no log yet: only the maximum counts
+    rows = [{"mode": "eval", "epoch": None, "loss": 9.0}] + [
+        {"mode": "eval", "epoch": e, "loss": loss} for e, loss in enumerate([4.0, 3.0, 3.5, 3.1])]
+    log.write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n{half a line")
+    assert not (4 < limit) and limit.stopped_at == 4
+    assert int(limit) == 10
+
+
+def test_early_stop_ends_a_run_whose_validation_loss_never_improves(tmp_path, si_data, capsys):
+    """lr 0: every epoch's validation loss equals epoch 0's, so the run stops after `patience` more
+    epochs (not at max_num_epochs) and MACE still writes its model; MACE's own loop is restored."""
+    from mace import tools
+
+    original = tools.train
+    argv = ["--train_file", str(si_data), "--E0s", "average"] + TINY + _dirs(tmp_path, "es") + [
+        "--max_num_epochs", "40", "--lr", "0.0", "--early_stop_patience", "3"]
+    assert train.main(argv) == 0
+    rows = [r for r in train.iter_mace_results(tmp_path / "es" / "res")
+            if r.get("mode") == "eval" and r.get("epoch") is not None]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert len({r["loss"] for r in rows}) == 1
+    assert "early stop before epoch 4" in capsys.readouterr().out
+    assert (tmp_path / "es" / "es.model").is_file()
+    assert tools.train is original
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--early_stop_patience", "0"], "must be >= 1"),
+    (["--early_stop_patience", "5", "--swa"], "stage two would never start"),
+])
+def test_early_stop_refusals_are_one_line(tmp_path, si_data, extra, message):
+    argv = ["--train_file", str(si_data), "--E0s", "average"] + TINY + _dirs(tmp_path, "bad") + extra
+    with pytest.raises(UserInputError, match=message):
+        train.main(argv)
+    assert not (tmp_path / "bad").exists()

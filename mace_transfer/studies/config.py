@@ -60,6 +60,13 @@ def load_config(path) -> Dict[str, Any]:
             raise UserInputError(f"{path}: strategy {name!r} needs an 'lr'")
         if spec.get("init", "scratch") not in INITS:
             raise UserInputError(f"{path}: strategy {name!r}: init must be one of {', '.join(INITS)}")
+        grid = (config.get("lr_grid") or {}).get(name)
+        if grid is not None and name == "transfer_freeze":
+            raise UserInputError(f"{path}: lr_grid.transfer_freeze: its block set is chosen on validation "
+                                 "already; give it one 'lr'")
+        if grid is not None and (not isinstance(grid, list) or not grid or not all(
+                isinstance(v, (int, float)) and v > 0 for v in grid)):
+            raise UserInputError(f"{path}: lr_grid.{name} must be a list of positive learning rates")
         if spec.get("init") == "classical" and "classical" not in config["data"]:
             raise UserInputError(f"{path}: strategy {name!r} starts from a classical model: "
                                  "data needs 'classical' (target-element labels of a classical potential)")
@@ -70,6 +77,9 @@ def load_config(path) -> Dict[str, Any]:
     config.setdefault("target_E0s", "{32: 0.0}")
     config.setdefault("threads", 1)
     config.setdefault("source", {})
+    mode = config["budget"].get("mode", "steps")
+    if mode not in ("steps", "converged"):
+        raise UserInputError(f"{path}: budget.mode must be 'steps' (a fixed step budget) or 'converged', got {mode!r}")
     return config
 
 
@@ -82,6 +92,26 @@ def _merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
             continue
         out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def converged_options(n_train: int, batch_size: int, budget: Dict[str, Any]) -> Dict[str, Any]:
+    """MACE options of the converged recipe at training size N (``budget.mode: converged``).
+
+    Patience and limits are given in optimizer steps, so a run at N = 2 (one step an epoch) and one at
+    N = 292 (59 steps) wait as long for an improvement: ``patience_steps`` -> epochs without a lower
+    validation loss before the run stops (at least ``min_patience_epochs``); ``scheduler_patience_steps``
+    -> MACE's plateau schedule patience (at least 3 epochs); ``max_steps`` -> the epoch cap (at most
+    ``max_epochs``), which a converged run never reaches.
+    """
+    steps_per_epoch = math.ceil(n_train / batch_size)
+
+    def epochs(key: str, default: int) -> int:
+        return math.ceil(int(budget.get(key, default)) / steps_per_epoch)
+
+    return {"max_num_epochs": min(int(budget.get("max_epochs", 5000)), epochs("max_steps", 20000)),
+            "early_stop_patience": max(int(budget.get("min_patience_epochs", 20)), epochs("patience_steps", 600)),
+            "scheduler_patience": max(3, epochs("scheduler_patience_steps", 200)),
+            "early_stop_min_epochs": int(budget.get("min_epochs", 0))}
 
 
 def epochs_for(n_train: int, batch_size: int, budget: Dict[str, Any]) -> int:

@@ -8,6 +8,7 @@ import ast
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -21,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from mace_transfer import UserInputError
-from mace_transfer.studies.config import METRICS, RECORDS, epochs_for, run_name
+from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
 from mace_transfer.studies.data import StudyData, file_sha256
 from mace_transfer.studies.records import (best_epoch, load_runs, read_results, valid_rmse_at,
                                            write_json)
@@ -261,14 +262,20 @@ class Sweep(StudyData):
 
     # -------------------------------------------------------------- one run
     def strategy_options(self, strategy: str, n_train: int, seed: int,
-                         freeze_blocks: Optional[str] = None) -> Dict[str, Any]:
+                         freeze_blocks: Optional[str] = None, lr: Optional[float] = None) -> Dict[str, Any]:
+        """MACE options of one run: the shared ``mace`` block, the budget at this N (extra training
+        frames count), the strategy's start and flags; ``lr`` overrides the strategy's."""
         spec = self.config["strategies"][strategy]
         options = dict(self.config["mace"])
         budget = self.config["budget"]
-        options.update(lr=float(spec["lr"]), seed=int(seed), E0s=self.config["target_E0s"],
-                       max_num_epochs=epochs_for(n_train + len(self.extra_train_frames()), int(options.get("batch_size", 5)),
-                                                 budget),  # steps budget: extra frames count
-                       patience=int(budget.get("patience", 1000)), restart_latest=False)
+        n_total, batch = n_train + len(self.extra_train_frames()), int(options.get("batch_size", 5))
+        options.update(lr=float(spec["lr"] if lr is None else lr), seed=int(seed), E0s=self.config["target_E0s"],
+                       restart_latest=False)
+        if budget.get("mode") == "converged":
+            options.update(converged_options(n_total, batch, budget))
+        else:
+            options.update(max_num_epochs=epochs_for(n_total, batch, budget),
+                           patience=int(budget.get("patience", 1000)))
         options.update(spec.get("mace", {}) or {})
         init = spec.get("init", "scratch")
         if init == "remap":
@@ -283,14 +290,14 @@ class Sweep(StudyData):
         return options
 
     def train_run(self, strategy: str, n_train: int, seed: int, record_path: Path,
-                  freeze_blocks: Optional[str] = None) -> Dict[str, Any]:
+                  freeze_blocks: Optional[str] = None, lr: Optional[float] = None) -> Dict[str, Any]:
         """Train one (strategy, N, seed), test it, write ``record_path``; the record."""
         name = record_path.stem
         folder = self.work / name
         if folder.exists():  # a cut run starts again: its wall time must be whole
             shutil.rmtree(folder)
         subset = self.write_subset(folder, n_train, seed)
-        options = self.strategy_options(strategy, n_train, seed, freeze_blocks)
+        options = self.strategy_options(strategy, n_train, seed, freeze_blocks, lr)
         options.update(train_file=subset["train_file"], valid_file=subset["valid_file"],
                        **run_dirs(folder, name))
         wall = self._train(options, folder)
@@ -302,13 +309,14 @@ class Sweep(StudyData):
         record = {
             "strategy": strategy, "n_train": n_train, "seed": seed, "name": name,
             "lr": options["lr"], "max_num_epochs": options["max_num_epochs"],
-            "patience": options["patience"], "freeze_blocks": options.get("freeze_blocks"),
+            "patience": options.get("patience"), "freeze_blocks": options.get("freeze_blocks"),
             "mace_freeze": options.get("freeze"), "init": self.config["strategies"][strategy].get("init", "scratch"),
             "extra_flags": self.config["strategies"][strategy].get("mace", {}),
             "test": {k: errors[k] for k in METRICS},
             "test_per_config_type": grouped["per_config_type"],
             "test_per_length_scale": grouped["per_length_scale"],
             "wall_s": wall, "epochs_run": len(curve["epoch"]), "best_epoch": epoch,
+            **self._convergence(options, curve, epoch, n_train + subset["n_extra_train"]),
             "best_valid_rmse_f_meV_A": valid_rmse_at(curve, epoch),
             "initial_valid_rmse_f_meV_A": curve["initial_valid_rmse_f_meV_A"],
             "corresponding_states": self._scales_from_log(folder),
@@ -321,6 +329,53 @@ class Sweep(StudyData):
             shutil.rmtree(folder / "checkpoints")
         write_json(record_path, record)
         return record
+
+    @staticmethod
+    def _convergence(options: Dict[str, Any], curve: Dict[str, Any], epoch: Optional[int],
+                     n_total: int) -> Dict[str, Any]:
+        """Optimizer steps run and to the kept (best-validation) epoch; for an early-stopping run,
+        whether it stopped on its plateau criterion before the epoch cap (``converged``)."""
+        steps_per_epoch = math.ceil(n_total / int(options.get("batch_size", 5)))
+        extra: Dict[str, Any] = {"optimizer_steps_run": len(curve["epoch"]) * steps_per_epoch,
+                                 "optimizer_steps_to_best": None if epoch is None else (epoch + 1) * steps_per_epoch}
+        if options.get("early_stop_patience") is not None:
+            extra.update(early_stop_patience=options["early_stop_patience"],
+                         scheduler_patience=options.get("scheduler_patience"),
+                         converged=len(curve["epoch"]) < int(options["max_num_epochs"]),
+                         best_valid_loss=None if epoch is None else curve["valid_loss"][curve["epoch"].index(epoch)])
+        return extra
+
+    # -------------------------------------------------------------- learning-rate selection
+    def lr_choice(self, strategy: str) -> Optional[float]:
+        """The learning rate of ``strategy``: its ``lr`` without ``lr_grid.<strategy>``, else the grid
+        value with the lowest best validation loss at ``lr_grid.select`` (N, seed); the test error
+        is recorded, never used. Resumable: ``<out>/lr_selection.json`` keeps every finished try."""
+        grid = (self.config.get("lr_grid") or {}).get(strategy)
+        if not grid:
+            return None
+        path = self.out / "lr_selection.json"
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        select = (self.config.get("lr_grid") or {}).get("select", {"n": 20, "seed": 0})
+        n_train, seed = int(select["n"]), int(select["seed"])
+        entry = done.setdefault(strategy, {"n_train": n_train, "seed": seed, "tries": {}})
+        for lr in grid:
+            key = f"{float(lr):g}"
+            if key in entry["tries"]:
+                continue
+            self.say(f"lr selection: {strategy} lr={key} at N={n_train} seed={seed}")
+            record = self.train_run(strategy, n_train, seed,
+                                    self.out / "selection" / f"lr-{strategy}-{key}_N{n_train:04d}_s{seed}.json",
+                                    lr=float(lr))
+            entry["tries"][key] = {"best_valid_loss": record.get("best_valid_loss", min(
+                v for v in record["curve"]["valid_loss"] if v is not None)),
+                "best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
+                "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
+                "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
+            write_json(path, done)
+        chosen = min(grid, key=lambda lr: entry["tries"][f"{float(lr):g}"]["best_valid_loss"])
+        entry.update(chosen=float(chosen), rule="lowest best validation loss (the test error is recorded, not used)")
+        write_json(path, done)
+        return float(chosen)
 
     @staticmethod
     def _scales_from_log(folder: Path) -> Optional[Dict[str, float]]:
@@ -376,6 +431,7 @@ class Sweep(StudyData):
               max_runs: Optional[int] = None) -> int:
         """Train every missing (strategy, N, seed); N ascending. Returns the number trained."""
         freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
+        lrs = {strategy: self.lr_choice(strategy) for strategy in strategies}  # None: the strategy's lr
         plan = [(s, n, seed) for n in sizes for seed in seeds for s in strategies]
         todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
         self.say(f"sweep: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
@@ -384,13 +440,14 @@ class Sweep(StudyData):
         walls = {(r["strategy"], int(r["n_train"])): r["wall_s"] for r in load_runs(self.out)}
         for number, (strategy, n_train, seed) in enumerate(todo, 1):
             path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
-            record = self._selected_run(strategy, n_train, seed, freeze) if strategy == "transfer_freeze" else None
+            blocks = freeze if strategy == "transfer_freeze" else None
+            selected = strategy == "transfer_freeze" or lrs[strategy] is not None
+            record = self._selected_run(strategy, n_train, seed, blocks, lrs[strategy]) if selected else None
             if record is not None:
                 record["name"] = path.stem
                 write_json(path, record)
             else:
-                record = self.train_run(strategy, n_train, seed, path,
-                                        freeze_blocks=freeze if strategy == "transfer_freeze" else None)
+                record = self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lrs[strategy])
             walls[(strategy, n_train)] = record["wall_s"]
             remaining = todo[number:]
             eta = sum(self._guess_wall(walls, s, n) for s, n, _ in remaining)
@@ -401,11 +458,14 @@ class Sweep(StudyData):
                      f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
         return len(todo)
 
-    def _selected_run(self, strategy: str, n_train: int, seed: int, freeze: Optional[str]):
-        """The freeze-selection run of the chosen block set when it is this (N, seed), else None."""
+    def _selected_run(self, strategy: str, n_train: int, seed: int, freeze: Optional[str],
+                      lr: Optional[float] = None):
+        """The selection run (freeze blocks or learning rate) of the chosen setting when it is this
+        (N, seed), else None: it is not trained twice."""
         for path in sorted((self.out / "selection").glob(f"*_N{n_train:04d}_s{seed}.json")):
             record = json.loads(path.read_text())
-            if record.get("strategy") == strategy and record.get("freeze_blocks") == freeze:
+            if (record.get("strategy") == strategy and record.get("freeze_blocks") == freeze
+                    and (lr is None or record.get("lr") == lr)):
                 return dict(record, reused_from=str(path))
         return None
 

@@ -11,7 +11,9 @@ Our flags act in two places and nowhere else:
   (:func:`mace_transfer.transfer.remap.remap_elements`) and hand the result to MACE as its
   ``--foundation_model`` file, so MACE's own fine-tuning path starts from the remapped weights;
 * inside MACE: ``--freeze_blocks`` / ``--block_lr_factors`` / ``--unfreeze_after`` act through the
-  single seam documented in :mod:`mace_transfer.transfer.freeze` (MACE's ``get_params_options``).
+  single seam documented in :mod:`mace_transfer.transfer.freeze` (MACE's ``get_params_options``);
+  ``--early_stop_patience`` through the seam documented at :func:`early_stop_seam` (the epoch limit
+  MACE's ``tools.train`` loop compares against).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -35,6 +39,8 @@ TRANSFER_FLAGS = (
     "--freeze_blocks",
     "--block_lr_factors",
     "--unfreeze_after",
+    "--early_stop_patience",
+    "--early_stop_min_epochs",
     "--pipeline",
 )
 
@@ -109,6 +115,20 @@ def build_parser():
         help="gradual unfreezing: frozen blocks become trainable after this epoch",
     )
     group.add_argument(
+        "--early_stop_patience",
+        type=int,
+        default=None,
+        help="stop when the validation loss (MACE's results log, last head) has not improved for this "
+        "many epochs; MACE then saves its best-validation checkpoint as usual (MACE 0.3.16's "
+        "--patience never stops a serial run)",
+    )
+    group.add_argument(
+        "--early_stop_min_epochs",
+        type=int,
+        default=0,
+        help="with --early_stop_patience: never stop before this epoch",
+    )
+    group.add_argument(
         "--pipeline",
         type=str,
         default=None,
@@ -139,6 +159,7 @@ def uses_transfer(args) -> bool:
         or args.freeze_blocks
         or args.block_lr_factors
         or args.unfreeze_after is not None
+        or args.early_stop_patience is not None
     )
 
 
@@ -259,17 +280,115 @@ def prepare_source_model(args, spec=None):
     return remapped
 
 
+def results_file(args) -> Path:
+    """MACE's results log of this run: ``<results_dir>/<name>_run-<seed>_train.txt`` (JSON lines)."""
+    return Path(args.results_dir or "results") / f"{args.name}_run-{args.seed}_train.txt"
+
+
+def validation_history(path) -> List[tuple]:
+    """(epoch, validation loss) per validated epoch from MACE's results log, in order.
+
+    With several heads (multihead replay) MACE keeps the checkpoint on the last head's loss: so
+    does this (the last eval row of each epoch). The initial evaluation (epoch null) is skipped.
+    """
+    last: Dict[int, float] = {}
+    for row in iter_mace_results_file(path):
+        if row.get("mode") == "eval" and row.get("epoch") is not None and row.get("loss") is not None:
+            last[int(row["epoch"])] = float(row["loss"])
+    return sorted(last.items())
+
+
+def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0) -> bool:
+    """True when the last validated epoch is >= ``min_epochs`` and >= ``patience`` epochs after the
+    best (lowest-loss; the first one on ties, as MACE's strict ``<`` keeps it) epoch."""
+    if not history:
+        return False
+    best_epoch = min(history, key=lambda row: (row[1], row[0]))[0]
+    last_epoch = history[-1][0]
+    return last_epoch >= min_epochs and last_epoch - best_epoch >= patience
+
+
+class EpochLimit:
+    """Stands in for ``max_num_epochs`` in MACE's ``while epoch < max_num_epochs`` (``tools.train``).
+
+    ``epoch < limit`` is ``int.__lt__`` -> NotImplemented -> ``limit.__gt__(epoch)``: true while
+    ``epoch < maximum`` and :func:`should_stop` is false on the results log MACE has written so far.
+    """
+
+    def __init__(self, maximum: int, results_path: Path, patience: int, min_epochs: int = 0):
+        self.maximum, self.results_path = int(maximum), Path(results_path)
+        self.patience, self.min_epochs = int(patience), int(min_epochs)
+        self.stopped_at: Optional[int] = None
+
+    def __gt__(self, epoch) -> bool:
+        if epoch >= self.maximum:
+            return False
+        if should_stop(validation_history(self.results_path), self.patience, self.min_epochs):
+            self.stopped_at = int(epoch)
+            return False
+        return True
+
+    def __int__(self) -> int:
+        return self.maximum
+
+
+@contextmanager
+def early_stop_seam(args):
+    """The seam: MACE's ``run`` calls ``mace.tools.train(..., max_num_epochs=args.max_num_epochs)``;
+    inside this context that call gets an :class:`EpochLimit` instead, so the loop ends once the
+    validation loss has not improved for ``--early_stop_patience`` epochs. Everything after the loop
+    (best checkpoint reloaded, error tables, the saved ``.model``) is MACE's own. The original
+    function is restored on exit, also after an error. Without the flag nothing is patched."""
+    if args.early_stop_patience is None:
+        yield None
+        return
+    from mace import tools
+
+    original = tools.train
+    limit = EpochLimit(args.max_num_epochs, results_file(args), args.early_stop_patience,
+                       args.early_stop_min_epochs)
+
+    def train_with_early_stop(*a, **kw):
+        kw["max_num_epochs"] = limit
+        original(*a, **kw)
+        if limit.stopped_at is not None:
+            message = (f"mace-transfer: early stop before epoch {limit.stopped_at}: validation loss not "
+                       f"improved for {limit.patience} epochs")
+            logging.info(message)
+            print(message, flush=True)
+
+    tools.train = train_with_early_stop
+    try:
+        yield limit
+    finally:
+        tools.train = original
+
+
+def check_early_stop(args) -> None:
+    """One-line refusals of an early stop that cannot mean what it says."""
+    if args.early_stop_patience is None:
+        return
+    if args.early_stop_patience < 1:
+        raise UserInputError(f"--early_stop_patience must be >= 1, got {args.early_stop_patience}")
+    if args.swa:
+        raise UserInputError("--early_stop_patience ends the whole run; with --swa, stage two would never "
+                             "start: use MACE's --start_swa instead")
+    if args.distributed:
+        raise UserInputError("--early_stop_patience reads the results log of one process: not with --distributed")
+
+
 def run(args) -> None:
     """Run MACE's training on parsed ``args`` with mace-transfer's flags applied."""
     from mace.cli import run_train
 
     from mace_transfer.transfer import freeze
 
+    check_early_stop(args)
     spec = freeze.FreezeSpec.from_strings(
         args.freeze_blocks, args.block_lr_factors, args.unfreeze_after
     )
     prepare_source_model(args, spec)
-    with freeze.optimizer_seam(spec):
+    with freeze.optimizer_seam(spec), early_stop_seam(args):
         run_train.run(args)
 
 
@@ -319,11 +438,19 @@ def mace_argv(options: Dict[str, Any], parser: Optional[argparse.ArgumentParser]
     return argv
 
 
+def iter_mace_results_file(path) -> Iterator[Dict[str, Any]]:
+    """The rows of one MACE results log (one JSON object a line; bad or half-written lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
 def iter_mace_results(results_dir) -> Iterator[Dict[str, Any]]:
     """The rows of MACE's ``*_train.txt`` results files (one JSON object a line; bad lines skipped)."""
     for path in sorted(Path(results_dir).glob("*_train.txt")):
-        for line in path.read_text().splitlines():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        yield from iter_mace_results_file(path)
