@@ -7,7 +7,6 @@ epoch, validation force RMSE curve, machine), read from MACE's results log of th
     python scripts/source_record.py tiny docs/results/converged_tiny
 """
 
-import json
 import shutil
 import sys
 from pathlib import Path
