@@ -9,13 +9,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable, Optional, Sequence
 
 from mace_transfer import UserInputError
 
+#: third-party warnings that say nothing to a user (e3nn's TorchScript code generation, once per
+#: compiled class, on every model built or loaded); ours and MACE's own stay visible
+QUIET_WARNINGS = (
+    (UserWarning, r"The TorchScript type system doesn't support instance-level annotations"),
+)
+
 
 def _guarded(func: Callable[[Optional[Sequence[str]]], Optional[int]], argv) -> int:
     """Run ``func(argv)``; a UserInputError becomes ``error: <message>`` and exit code 2."""
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
     try:
         code = func(argv)
     except UserInputError as exc:
@@ -80,6 +89,10 @@ def _remap(argv):
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise UserInputError(f"{out} exists (pass --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise UserInputError(f"output folder {out.parent} does not exist")
+    if not Path(args.input).is_file():
+        raise UserInputError(f"source model {args.input} does not exist")
     e0s = None
     if args.E0s:
         try:
@@ -271,7 +284,7 @@ def _label(argv):
             max_new=args.max, retry_failed=args.retry_failed, skip_indices=skip,
             index_range=index_range,
         )
-    except (dft.SettingsMismatch, dft.OutputBusy) as exc:
+    except (dft.SettingsMismatch, dft.OutputBusy, dft.CP2KNotRunnable) as exc:
         raise UserInputError(str(exc)) from None
     print(f"label: remaining={counts['remaining']} labelled={counts['labelled']} failed={counts['failed']}")
     return 0

@@ -377,12 +377,51 @@ def check_early_stop(args) -> None:
         raise UserInputError("--early_stop_patience reads the results log of one process: not with --distributed")
 
 
+#: MACE's data-file flags (each a path, when given)
+DATA_FILE_FLAGS = ("train_file", "valid_file", "test_file", "pt_train_file", "pt_valid_file")
+
+
+def _reads_extxyz(path: str) -> bool:
+    return Path(path).suffix.lower() in (".xyz", ".extxyz")
+
+
+def _has_key(atoms, key: str, per_atom: bool) -> bool:
+    """``key`` in the frame as MACE reads it (``energy``/``forces`` also from an ASE calculator)."""
+    if key in (atoms.arrays if per_atom else atoms.info):
+        return True
+    results = getattr(atoms.calc, "results", None) or {}
+    return key in ("energy", "forces") and key in results
+
+
+def check_data_files(args) -> None:
+    """One-line refusals before MACE starts: a data file that does not exist, or an
+    ``--energy_key``/``--forces_key`` that names nothing in the training file (MACE 0.3.16 warns and
+    trains on zero energies or forces, then exits 0). Only extxyz files are read (the first
+    :data:`MAX_FRAMES_FOR_ESTIMATES` structures, isolated atoms not counted)."""
+    for flag in DATA_FILE_FLAGS:
+        path = getattr(args, flag, None)
+        if path and not str(path).startswith("@") and not any(Path(p).exists() for p in str(path).split(",")):
+            raise UserInputError(f"--{flag} {path} does not exist")
+    if not args.train_file or not _reads_extxyz(args.train_file) or not Path(args.train_file).is_file():
+        return
+    frames = [a for a in _read_train_atoms(args) if a.info.get("config_type") != "IsolatedAtom"]
+    if not frames:
+        return
+    for flag, key, per_atom, weight in (("--forces_key", args.forces_key, True, args.forces_weight),
+                                        ("--energy_key", args.energy_key, False, args.energy_weight)):
+        if weight and not any(_has_key(a, key, per_atom) for a in frames):
+            where = sorted(set(frames[0].arrays) - {"numbers", "positions"}) if per_atom else sorted(frames[0].info)
+            raise UserInputError(f"{flag} {key} names nothing in {args.train_file} (its first structure has "
+                                 f"{', '.join(where) or 'no such keys'}); MACE would train on zeros")
+
+
 def run(args) -> None:
     """Run MACE's training on parsed ``args`` with mace-transfer's flags applied."""
     from mace.cli import run_train
 
     from mace_transfer.transfer import freeze
 
+    check_data_files(args)
     check_early_stop(args)
     spec = freeze.FreezeSpec.from_strings(
         args.freeze_blocks, args.block_lr_factors, args.unfreeze_after

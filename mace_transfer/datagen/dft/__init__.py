@@ -13,6 +13,7 @@ from mace_transfer.datagen.dft.assemble import assemble_labelled
 from mace_transfer.datagen.dft.cp2k import (
     ATOM_MULTIPLICITY,
     CP2KCalculator,
+    CP2KNotRunnable,
     PBESettings,
     SCFNotConverged,
     cp2k_input,
@@ -42,7 +43,7 @@ from mace_transfer.datagen.dft.labeller import (
 
 __all__ = [
     # cp2k
-    "ATOM_MULTIPLICITY", "CP2KCalculator", "PBESettings", "SCFNotConverged", "cp2k_input",
+    "ATOM_MULTIPLICITY", "CP2KCalculator", "CP2KNotRunnable", "PBESettings", "SCFNotConverged", "cp2k_input",
     "isolated_atom", "kpoint_mesh", "load_settings", "parse_cp2k_output",
     # labeller
     "LOW_CORE_USAGE", "SAME_GEOMETRY_ATOL", "LabellingAborted", "OutputBusy", "SettingsMismatch",

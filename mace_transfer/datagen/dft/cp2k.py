@@ -48,6 +48,10 @@ ATOM_MULTIPLICITY = {
 }
 
 
+class CP2KNotRunnable(CalculationFailed):
+    """CP2K (or its MPI launcher) is not installed: no structure's fault, so none is marked failed."""
+
+
 class SCFNotConverged(SCFError):
     """CP2K finished but reported ``SCF run NOT converged``: the result must not be a label."""
 
@@ -368,7 +372,8 @@ class CP2KCalculator(Calculator):
                     proc.wait()
                     raise
         except FileNotFoundError as exc:
-            raise CalculationFailed(f"cannot run CP2K ({exc}); run `make dft-setup`") from exc
+            raise CP2KNotRunnable(f"cannot run CP2K ({exc}); run `make dft-setup` or set `command` "
+                                  "in the settings file") from exc
         self.last_cpu_s = _children_cpu_s() - cpu0
         self.last_wall_s = time.perf_counter() - t0
         log_path = workdir / "job.out"

@@ -30,7 +30,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, CalculationFailed
 
-from mace_transfer.datagen.dft.cp2k import PBESettings, isolated_atom
+from mace_transfer.datagen.dft.cp2k import CP2KNotRunnable, PBESettings, isolated_atom
 
 
 class SettingsMismatch(ValueError):
@@ -385,6 +385,8 @@ def label_structures(
             results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
             if compute_stress and all(work.pbc) and "stress" in calculator.implemented_properties:
                 results["stress"] = work.get_stress(voigt=True)
+        except CP2KNotRunnable:
+            raise  # the machine's fault, not the structure's: nothing recorded as failed
         except CalculationFailed as exc:
             wall = time.perf_counter() - t0
             record = {"label_id": lid, "source_index": index, "error": type(exc).__name__,
@@ -461,6 +463,8 @@ def add_isolated_atoms(
         t0 = time.perf_counter()
         try:
             frame = isolated_atom(symbol, settings, calculator=calc)
+        except CP2KNotRunnable:
+            raise  # the machine's fault, not the structure's: nothing recorded as failed
         except CalculationFailed as exc:
             record = {"label_id": lid, "source_index": -1, "error": type(exc).__name__,
                       "message": str(exc)[:2000], "config_type": "IsolatedAtom", "dft_settings": tag,
