@@ -21,6 +21,17 @@ QUIET_WARNINGS = (
 )
 
 
+class FlagParser(argparse.ArgumentParser):
+    """One spelling of each flag across the console scripts: MACE's underscore (``--no_progress``)
+    is the name shown, and the hyphenated form (``--no-progress``) is accepted as well."""
+
+    def add_argument(self, *names, **kwargs):
+        if names and all(n.startswith("--") for n in names):
+            spellings = ["--" + n[2:].replace("-", "_") for n in names] + ["--" + n[2:].replace("_", "-") for n in names]
+            names = tuple(dict.fromkeys(spellings))
+        return super().add_argument(*names, **kwargs)
+
+
 def _guarded(func: Callable[[Optional[Sequence[str]]], Optional[int]], argv) -> int:
     """Run ``func(argv)``; a UserInputError becomes ``error: <message>`` and exit code 2."""
     for category, message in QUIET_WARNINGS:
@@ -65,7 +76,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> None:
 
 # --------------------------------------------------------------------------- remap
 def _remap(argv):
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="mace_transfer_remap",
         description="Remap the elements of a trained MACE model (e.g. Si -> Ge), exactly.",
     )
@@ -131,7 +142,7 @@ def _comma_numbers(text: str, kind, what: str):
 def _sample(argv):
     from mace_transfer.datagen import sampling
 
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="mace_transfer_sample",
         description="Sample MD / liquid / strained / vacancy configurations labelled by a classical "
         "potential (SW or Tersoff) into extxyz with MACE keys. Resumable: rerun to extend.",
@@ -193,7 +204,7 @@ def _index_range(text: str):
 
 def _label(argv):
     """Parse ``mace_transfer_label`` flags, then label with :mod:`mace_transfer.datagen.dft` (resumable)."""
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="mace_transfer_label",
         description="Label structures with PBE (CP2K): REF_energy (eV), REF_forces (eV/Å), "
         "REF_stress (eV/Å^3). Resumable: structures already in --out are skipped; unconverged "
@@ -298,14 +309,15 @@ def label_main(argv: Optional[Sequence[str]] = None) -> None:
 # --------------------------------------------------------------------------- assemble
 def _assemble(argv):
     """Parse ``mace_transfer_assemble`` flags, then merge with :func:`mace_transfer.datagen.dft.assemble_labelled`."""
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="mace_transfer_assemble",
         description="Merge mace_transfer_label outputs of one element into one MACE training file: "
         "one IsolatedAtom (E0) frame per element, each sampled structure once (by source_index), "
         "one DFT setting. Frames a running labeller is still writing are left out.")
     parser.add_argument("inputs", nargs="+", metavar="LABELLED.xyz", help="labelled extxyz files")
     parser.add_argument("--out", required=True, help="output extxyz")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                        help="replace --out if it exists (as --overwrite of mace_transfer_remap/sample)")
     args = parser.parse_args(argv)
 
     from mace_transfer.datagen import dft
@@ -347,7 +359,7 @@ def _eval(argv):
         return [x.strip() for x in text.split(",") if x.strip()]
 
     defaults = MDSettings()
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="mace_transfer_eval",
         description="Errors vs a test set, MD stability and crystal properties vs a reference, "
         "for one or several MACE models; writes metrics.json, summary.md and PNGs to --out.")
@@ -433,7 +445,7 @@ def _learning_curve(argv):
     from mace_transfer.studies import learning_curve
     from mace_transfer.studies.config import STRATEGIES
 
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="mace_transfer_learning_curve",
         description="Learning curves: target models from a remapped source vs from scratch over the "
         "training-set size N (resumable: finished runs are skipped).",

@@ -104,3 +104,19 @@ def test_labeller_without_cp2k_marks_no_structure_failed(files, tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot run CP2K") and "\n" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.yaml"]
+
+
+def test_every_flag_answers_to_both_spellings(files, tmp_path, capsys):
+    """MACE's underscore is the one spelling shown; the hyphenated form of release 0.1 still works."""
+    from mace_transfer.cli import FlagParser
+
+    parser = FlagParser(prog="x")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--length_scale", type=float)
+    assert parser.parse_args(["--no_progress", "--length-scale", "2"]).no_progress is True
+    assert parser.parse_args(["--no-progress", "--length_scale", "2"]).length_scale == 2.0
+    assert "--no_progress" in parser.format_help() and "--length_scale" in parser.format_help()
+    for spelling in ("--length-scale", "--length_scale"):  # the same refusal through a real script
+        args = ["--in", str(files / "one.xyz"), "--out", str(tmp_path / "o.xyz"), spelling, "0"]
+        assert _guarded(_label, args) == 2
+        assert "length" in capsys.readouterr().err
