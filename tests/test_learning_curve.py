@@ -423,7 +423,7 @@ def test_converged_sweep_chooses_each_lr_on_validation_and_stops_early(lc, tmp_p
     config["lr_grid"]["scratch"] = [1e-12, 0.01]  # as good as 0: no step moves the loss visibly
     path.write_text(yaml.safe_dump(config))
     assert run_cli(["--config", str(path), "--no-zero-shot"]) == 0
-    selection = json.loads((tmp_path / "res" / "lr_selection.json").read_text())["scratch"]
+    selection = json.loads((tmp_path / "res" / "lr_selection" / "scratch.json").read_text())
     tries = selection["tries"]
     assert set(tries) == {"1e-12", "0.01"}
     assert selection["chosen"] == min((0.01, 1e-12), key=lambda lr: tries[f"{lr:g}"]["best_valid_loss"])
@@ -435,3 +435,6 @@ def test_converged_sweep_chooses_each_lr_on_validation_and_stops_early(lc, tmp_p
     assert record["epochs_run"] - 1 - record["best_epoch"] == 2  # stopped `patience` epochs after the best
     assert record["optimizer_steps_run"] == 2 * record["epochs_run"]
     assert record["optimizer_steps_to_best"] == 2 * (record["best_epoch"] + 1)
+    summary = (tmp_path / "res" / "summary.md").read_text()
+    assert f"| scratch | {record['optimizer_steps_to_best']} (n=1), 1/1 converged |" in summary
+    assert "| scratch | 4, 0 | 1e-12: " in summary and "| 0.01 |" in summary

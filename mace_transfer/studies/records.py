@@ -107,6 +107,10 @@ def aggregate(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Dict[str
             entry[metric] = _stats([r["test"].get(metric) for r in recs])
         for key in ("wall_s", "epochs_run", "best_epoch", "best_valid_rmse_f_meV_A"):
             entry[key] = _stats([r.get(key) for r in recs])
+        if any("converged" in r for r in recs):  # converged-mode runs (budget.mode: converged)
+            entry["optimizer_steps_to_best"] = _stats([r.get("optimizer_steps_to_best") for r in recs])
+            entry["converged"] = {"converged": sum(bool(r.get("converged")) for r in recs), "of": len(recs)}
+            entry["lr"] = sorted({r["lr"] for r in recs})
         reached = [r.get("reach_scratch") for r in recs if "reach_scratch" in r]
         if reached:
             entry["reach_scratch"] = {

@@ -24,6 +24,9 @@ def write_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
         path = out / f"{name}.json"
         if path.is_file():
             summary[name] = json.loads(path.read_text())
+    lr_files = sorted((out / "lr_selection").glob("*.json"))
+    if lr_files:
+        summary["lr_selection"] = {p.stem: json.loads(p.read_text()) for p in lr_files}
     source_json = out / (config.get("source", {}) or {}).get("cache", "source/si.model")
     if source_json.with_suffix(".json").is_file():
         src = json.loads(source_json.with_suffix(".json").read_text())
@@ -195,6 +198,29 @@ def summary_markdown(summary) -> str:
             kn = z["known_scales"]
             lines.append(f"remap_rescale_known: s = {kn['length_scale']}, k = {kn['energy_scale']} "
                          f"({kn.get('source', 'given in the config')})")
+    if any("converged" in e for s in table.values() for e in s.values()):
+        lines += ["", "Convergence (budget.mode converged): optimizer steps to the kept (best-validation) epoch, "
+                  "and runs that stopped on their plateau criterion before the step cap:", "",
+                  "| strategy | " + " | ".join(f"N={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for strategy in _order(table):
+            cells = []
+            for n in sizes:
+                entry = table[strategy].get(str(n), {})
+                if "converged" not in entry:
+                    cells.append("–")
+                    continue
+                done = entry["converged"]
+                cells.append(f"{_pm(entry['optimizer_steps_to_best'], 0)}, {done['converged']}/{done['of']} converged")
+            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    if "lr_selection" in summary:
+        lines += ["", "Learning rate of each start, chosen on the lowest best validation loss "
+                  "(test force MAE recorded, not used):", "",
+                  "| strategy | N, seed | lr: best validation loss (test force MAE meV/Å) | chosen |", "|---|---|---|---|"]
+        for strategy in _order(summary["lr_selection"]):
+            sel = summary["lr_selection"][strategy]
+            tries = ", ".join(f"{lr}: {t['best_valid_loss']:.4g} ({t['test_force_mae_meV_per_A']:.1f})"
+                              for lr, t in sel.get("tries", {}).items())
+            lines.append(f"| {strategy} | {sel['n_train']}, {sel['seed']} | {tries} | {sel.get('chosen', '–')} |")
     if "freeze_selection" in summary:
         fs = summary["freeze_selection"]
         lines += ["", f"transfer_freeze block set chosen at N={fs['n_train']}, seed {fs['seed']} "

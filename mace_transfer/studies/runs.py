@@ -349,32 +349,35 @@ class Sweep(StudyData):
     def lr_choice(self, strategy: str) -> Optional[float]:
         """The learning rate of ``strategy``: its ``lr`` without ``lr_grid.<strategy>``, else the grid
         value with the lowest best validation loss at ``lr_grid.select`` (N, seed); the test error
-        is recorded, never used. Resumable: ``<out>/lr_selection.json`` keeps every finished try."""
+        is recorded, never used. Resumable: ``<out>/lr_selection/<strategy>.json`` keeps every
+        finished try (one file per strategy, so strategies can be selected in parallel processes)."""
         grid = (self.config.get("lr_grid") or {}).get(strategy)
         if not grid:
             return None
-        path = self.out / "lr_selection.json"
-        done = json.loads(path.read_text()) if path.is_file() else {}
+        path = self.out / "lr_selection" / f"{strategy}.json"
         select = (self.config.get("lr_grid") or {}).get("select", {"n": 20, "seed": 0})
         n_train, seed = int(select["n"]), int(select["seed"])
-        entry = done.setdefault(strategy, {"n_train": n_train, "seed": seed, "tries": {}})
+        entry = json.loads(path.read_text()) if path.is_file() else {}
+        entry.update(strategy=strategy, n_train=n_train, seed=seed, grid=[float(v) for v in grid])
+        tries = entry.setdefault("tries", {})
         for lr in grid:
             key = f"{float(lr):g}"
-            if key in entry["tries"]:
+            if key in tries:
                 continue
             self.say(f"lr selection: {strategy} lr={key} at N={n_train} seed={seed}")
-            record = self.train_run(strategy, n_train, seed,
-                                    self.out / "selection" / f"lr-{strategy}-{key}_N{n_train:04d}_s{seed}.json",
-                                    lr=float(lr))
-            entry["tries"][key] = {"best_valid_loss": record.get("best_valid_loss", min(
-                v for v in record["curve"]["valid_loss"] if v is not None)),
-                "best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
-                "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
-                "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
-            write_json(path, done)
-        chosen = min(grid, key=lambda lr: entry["tries"][f"{float(lr):g}"]["best_valid_loss"])
+            record_path = self.out / "selection" / f"lr-{strategy}-{key}_N{n_train:04d}_s{seed}.json"
+            if record_path.is_file():  # trained by a process cut before it wrote this file
+                record = json.loads(record_path.read_text())
+            else:
+                record = self.train_run(strategy, n_train, seed, record_path, lr=float(lr))
+            tries[key] = {"best_valid_loss": min(v for v in record["curve"]["valid_loss"] if v is not None),
+                          "best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
+                          "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
+                          "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
+            write_json(path, entry)
+        chosen = min(grid, key=lambda lr: tries[f"{float(lr):g}"]["best_valid_loss"])
         entry.update(chosen=float(chosen), rule="lowest best validation loss (the test error is recorded, not used)")
-        write_json(path, done)
+        write_json(path, entry)
         return float(chosen)
 
     @staticmethod
