@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
@@ -368,3 +369,31 @@ def test_close_contact_scan_geometry_and_sw_wall(tmp_path, mace_model_path, caps
     code = _guarded(_eval, [str(mace_model_path), "--close-contact", str(scan_file), "--threads", "0",
                             "--skip", "errors,md,structure,lattice,elastic,vacancy,phonons"])
     assert code == 2 and "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_cohesive_energy_only_for_a_model_that_knows_the_lone_atom(si_model, tmp_path):
+    """A MACE model's lone atom is E0 + its readout of an atom without neighbours (+ the shift): not
+    trained, eV off. Such a model gets no cohesive-energy row; one whose lone atom is exactly its E0
+    (all readout weights zero, shift zero) gets E0 - E_bulk/atom, as SW does with its exact zero."""
+    from mace.calculators import MACECalculator
+
+    from mace_transfer.evaluate.reference import compare
+
+    path = tmp_path / "si.model"
+    torch.save(si_model, path)
+    calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    e0 = props.isolated_atom_reference(calc, "Si")
+    assert e0 == pytest.approx(float(si_model.atomic_energies_fn.atomic_energies.reshape(-1)[0]))
+    values = props.lattice_and_bulk_modulus(calc, "Si", guess=5.43)
+    assert "cohesive_energy_eV" not in values and "never trained on an isolated atom" in values["cohesive_energy_note"]
+    rows = compare(values, {"lattice_constant_A": 5.43, "cohesive_energy_eV": 4.63})
+    assert "cohesive_energy_eV" not in rows and "lattice_constant_A" in rows
+    assert props.isolated_atom_reference(calculator("Si", "sw"), "Si") is None  # exact lone atom: reported
+    with torch.no_grad():  # every atom's energy is then exactly its E0, in the crystal too
+        for readout in si_model.readouts:
+            for p in readout.parameters():
+                p.zero_()
+        si_model.scale_shift.shift.zero_()
+    torch.save(si_model, path)
+    calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
+    assert props.lattice_and_bulk_modulus(calc, "Si", guess=5.43)["cohesive_energy_eV"] == pytest.approx(0.0, abs=1e-6)

@@ -72,6 +72,25 @@ def _relax(atoms: Atoms, fmax: float, steps: int) -> bool:
     return bool(optimizer.run(fmax=fmax, steps=steps))
 
 
+#: a model's lone-atom energy within this of its E0 (eV) counts as knowing the isolated atom
+LONE_ATOM_TOLERANCE_EV = 1e-3
+
+
+def isolated_atom_reference(calc, element: str) -> Optional[float]:
+    """The isolated-atom energy (eV) a MACE calculator's model carries for ``element`` (its E0), or
+    None for a calculator that carries none (a classical potential: its lone atom is exact)."""
+    models = getattr(calc, "models", None)
+    if not models or not hasattr(models[0], "atomic_energies_fn"):
+        return None
+    model = models[0]
+    numbers = [int(z) for z in model.atomic_numbers]
+    z = atomic_numbers[element]
+    if z not in numbers:
+        return None
+    energies = model.atomic_energies_fn.atomic_energies.detach().reshape(-1, len(numbers))
+    return float(energies[-1, numbers.index(z)])
+
+
 def lattice_and_bulk_modulus(calc, element: str, guess: Optional[float] = None,
                              strain: float = 0.02, n_points: int = 9) -> Dict[str, float]:
     """Equilibrium lattice constant (Å), bulk modulus (GPa) and cohesive energy (eV/atom).
@@ -79,7 +98,9 @@ def lattice_and_bulk_modulus(calc, element: str, guess: Optional[float] = None,
     A bounded 1-D search over ``a`` in [0.8, 1.25] x ``guess`` finds the minimum of the
     8-atom cubic cell's energy; a Birch-Murnaghan E-V fit (``ase.eos``) over lattice
     constants within ±``strain`` of it gives a0 and B. The cohesive energy is that of an
-    isolated atom minus the crystal's energy per atom (positive when bound).
+    isolated atom minus the crystal's energy per atom (positive when bound); it is left out (with
+    ``cohesive_energy_note``) for a MACE model whose lone atom is not its E0: such a model never saw
+    an isolated atom, its lone-atom energy is an extrapolation (eV off).
     """
     from scipy.optimize import minimize_scalar
 
@@ -104,8 +125,14 @@ def lattice_and_bulk_modulus(calc, element: str, guess: Optional[float] = None,
     result = {
         "lattice_constant_A": float(v0 ** (1 / 3)),
         "bulk_modulus_GPa": float(modulus / units.GPa),
-        "cohesive_energy_eV": float(_energy(isolated, calc) - e0 / 8),
     }
+    lone, reference = _energy(isolated, calc), isolated_atom_reference(calc, element)
+    if reference is None or abs(lone - reference) <= LONE_ATOM_TOLERANCE_EV:
+        result["cohesive_energy_eV"] = float(lone - e0 / 8)
+    else:  # the lone atom is an extrapolation of this model: no cohesive energy to compare
+        result["cohesive_energy_note"] = (
+            f"not reported: the model's lone {element} atom is {lone - reference:+.3f} eV from its E0 "
+            "(never trained on an isolated atom)")
     if min(abs(a_min - bounds[0]), abs(a_min - bounds[1])) < 1e-3 * guess:
         result["warning"] = f"energy minimum at the search bound a={a_min:.3f} Å: no bound crystal?"
     return result

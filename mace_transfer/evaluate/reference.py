@@ -125,8 +125,8 @@ def compare(values: Dict[str, object], reference: Dict[str, object]) -> Dict[str
     table = {}
     for key in PROPERTY_LABELS:
         value, ref = values.get(key), reference.get(key)
-        if value is None and ref is None:
-            continue
+        if value is None and (ref is None or values.get(key.rsplit("_", 1)[0] + "_note")):
+            continue  # nothing to compare, or the model declined this property (its note says why)
         relative = None
         if value is not None and ref is not None and ref != 0:
             relative = float((value - ref) / abs(ref))
