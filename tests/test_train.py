@@ -60,7 +60,8 @@ def test_without_our_flags_trains_exactly_what_mace_trains(tmp_path, si_data):
 
 
 def test_source_model_remap_starts_training_from_remapped_weights(tmp_path, si_data):
-    """lr = 0: MACE's foundation path must hand back our remapped model unchanged (Ge, our E0)."""
+    """lr = 0: MACE's foundation path must hand back our remapped model unchanged (Ge, our E0);
+    the rescale (on by default) is off here, so the Ge model is the Si model read as Ge."""
     src = make_mace_model([14], r_max=4.0)
     src_path = tmp_path / "si.model"
     torch.save(src, src_path)
@@ -71,7 +72,7 @@ def test_source_model_remap_starts_training_from_remapped_weights(tmp_path, si_d
     write(ge_data, frames, format="extxyz")
     argv = (
         ["--train_file", str(ge_data), "--source_model", str(src_path), "--element_map", "Si:Ge",
-         "--E0s", "{32: -3.5}", "--lr", "0.0", "--refit_shift", "False"]
+         "--E0s", "{32: -3.5}", "--lr", "0.0", "--refit_shift", "False", "--corresponding_states", "False"]
         + TINY
         + _dirs(tmp_path, "ge")
     )
@@ -162,3 +163,28 @@ def test_early_stop_refusals_are_one_line(tmp_path, si_data, extra, message):
     with pytest.raises(UserInputError, match=message):
         train.main(argv)
     assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- defaults for a transferred start
+@pytest.mark.parametrize("extra, lr, scales", [
+    (["--source_model", "si.model", "--element_map", "Si:Ge"], 0.002, ("auto", "auto")),
+    (["--source_model", "si.model", "--element_map", "Si:Ge", "--lr", "0.01"], 0.01, ("auto", "auto")),
+    (["--source_model", "si.model", "--element_map", "Si:Ge", "--corresponding_states", "False"], 0.002,
+     ("1.0", "1.0")),
+    (["--source_model", "si.model", "--element_map", "Si:Ge", "--length_scale", "1.05"], 0.002, ("1.05", "1.0")),
+    (["--source_model", "si.model", "--element_map", "Si:Ge", "--remap_mode", "extend"], 0.002, ("1.0", "1.0")),
+    ([], 0.01, ("1.0", "1.0")),  # no transfer: MACE's own defaults, untouched
+])
+def test_defaults_protect_a_transferred_start(extra, lr, scales):
+    args = train.parse_args(["--name", "x", "--train_file", "t.xyz"] + extra)
+    said = train.choose_defaults(args)
+    assert args.lr == lr and (args.length_scale, args.energy_scale) == scales
+    assert any("--lr not given" in line for line in said) == ("--lr" not in extra and "--source_model" in extra)
+
+
+def test_lr_named_in_a_config_file_counts_as_given(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("lr: 0.0005\nsource_model: si.model\nelement_map: Si:Ge\n")
+    args = train.parse_args(["--config", str(config), "--name", "x", "--train_file", "t.xyz"])
+    train.choose_defaults(args)
+    assert args.lr == 0.0005 and args.source_model == "si.model"

@@ -280,11 +280,14 @@ class Sweep(StudyData):
         init = spec.get("init", "scratch")
         if init == "remap":
             options.update(source_model=str(self.source_model()), element_map=self.config["element_map"])
+            if not {"length_scale", "energy_scale", "corresponding_states"} & set(options):
+                options["corresponding_states"] = False  # plain transfer: the rescale is its own strategy
         elif init == "foundation":
             options.update(foundation_model=str(self.remapped_model()))
         elif init == "classical":  # same element: re-referenced to the target E0s, shift refit
             target = self.target_symbol()
-            options.update(source_model=str(self.classical_model()), element_map=f"{target}:{target}")
+            options.update(source_model=str(self.classical_model()), element_map=f"{target}:{target}",
+                           corresponding_states=False)
         if freeze_blocks:
             options["freeze_blocks"] = freeze_blocks
         return options

@@ -76,16 +76,25 @@ def build_parser():
     group.add_argument(
         "--length_scale",
         type=str,
-        default="1.0",
+        default=None,
         help="corresponding-states length scale s (target/source), a number or 'auto' "
-        "(estimated from --train_file)",
+        "(estimated from --train_file); default: auto with --source_model in replace mode "
+        "(see --corresponding_states), else 1",
     )
     group.add_argument(
         "--energy_scale",
         type=str,
-        default="1.0",
+        default=None,
         help="corresponding-states energy scale k (target/source), a number or 'auto' "
-        "(least-squares fit of forces on --train_file)",
+        "(least-squares fit of forces on --train_file); default as --length_scale",
+    )
+    group.add_argument(
+        "--corresponding_states",
+        type=_str2bool,
+        default=True,
+        help="with --source_model (replace mode) and neither scale given: rescale the remapped model "
+        "by the s, k estimated on --train_file (the default: it lowered the Ge test force error at "
+        "every N measured, docs/RESULTS.md); False keeps s = k = 1",
     )
     group.add_argument(
         "--refit_shift",
@@ -146,9 +155,48 @@ def _str2bool(text) -> bool:
     raise UserInputError(f"expected true/false, got {text!r}")
 
 
+#: the learning rate of a run with --source_model when --lr is not given: every transfer study in
+#: docs/RESULTS.md used it; MACE's own default 0.01 wrecks the transferred weights in epoch 0
+TRANSFER_DEFAULT_LR = 0.002
+#: MACE's own --lr default, kept for every run without --source_model
+MACE_DEFAULT_LR = 0.01
+
+
 def parse_args(argv: Optional[Sequence[str]] = None):
-    """Parse ``argv`` with :func:`build_parser`; MACE's own validation errors exit as usual."""
-    return build_parser().parse_args(None if argv is None else list(argv))
+    """Parse ``argv`` with :func:`build_parser`; MACE's own validation errors exit as usual.
+
+    ``--lr`` is parsed with no default so that :func:`choose_defaults` can tell a run that named its
+    learning rate (on the command line or in ``--config``) from one that did not."""
+    parser = build_parser()
+    parser.set_defaults(lr=None)
+    return parser.parse_args(None if argv is None else list(argv))
+
+
+def choose_defaults(args) -> List[str]:
+    """Fill the defaults that protect a transferred start; returns what was chosen and why (logged).
+
+    * ``--lr`` not given: :data:`TRANSFER_DEFAULT_LR` with ``--source_model``, MACE's 0.01 otherwise;
+    * ``--length_scale``/``--energy_scale`` not given: ``auto`` with ``--source_model`` in replace
+      mode while ``--corresponding_states`` is on (the default), else 1.
+    """
+    said = []
+    if args.lr is None:
+        args.lr = TRANSFER_DEFAULT_LR if args.source_model else MACE_DEFAULT_LR
+        if args.source_model:
+            said.append(f"--lr not given: {args.lr:g} for a transferred start (MACE's default "
+                        f"{MACE_DEFAULT_LR:g} wrecks the transferred weights in epoch 0)")
+    if args.length_scale is None and args.energy_scale is None:
+        rescale = bool(args.source_model) and args.remap_mode == "replace" and args.corresponding_states
+        args.length_scale = args.energy_scale = "auto" if rescale else "1.0"
+        if rescale:
+            said.append("corresponding-states rescale on (the default with --source_model; "
+                        "--corresponding_states False turns it off)")
+        elif args.source_model and args.remap_mode == "replace":
+            said.append("corresponding-states rescale off (--corresponding_states False)")
+    else:
+        args.length_scale = "1.0" if args.length_scale is None else args.length_scale
+        args.energy_scale = "1.0" if args.energy_scale is None else args.energy_scale
+    return said
 
 
 def uses_transfer(args) -> bool:
@@ -423,6 +471,9 @@ def run(args) -> None:
 
     check_data_files(args)
     check_early_stop(args)
+    for line in choose_defaults(args):
+        logging.info(f"mace-transfer: {line}")
+        print(f"mace-transfer: {line}", flush=True)
     spec = freeze.FreezeSpec.from_strings(
         args.freeze_blocks, args.block_lr_factors, args.unfreeze_after
     )
