@@ -2,8 +2,10 @@
 # Si source models for the converged study (issue 21): one per model size, trained on all 300 PBE Si
 # structures of data/si_pbe.xyz (15 held out for validation, seed 1) under the study's recipe
 # (EMA 0.99, amsgrad, plateau schedule, forces:energy 100:1), a generous fixed epoch budget; the
-# best-validation (EMA) model is MACE's saved .model. Resumable: MACE's --restart_latest picks up the
-# last checkpoint, so a killed run continues where it stopped.
+# best-validation (EMA) model is MACE's saved .model, runs/sources/<size>/si_pbe_<size>.model; install it
+# as a study's cached source with scripts/source_record.py. Resumable: MACE's --restart_latest picks up
+# the last (best) checkpoint; EPOCHS=<that checkpoint's epoch> ends a run there (what was done here:
+# tiny stopped at epoch 122 -> best 67, medium at epoch 36 -> best 32; see the JSON records).
 #
 #   SIZE=medium OMP_NUM_THREADS=1 nohup scripts/train_si_sources.sh >> runs/source_medium.log 2>&1 &
 #   SIZE=tiny   OMP_NUM_THREADS=1 nohup scripts/train_si_sources.sh >> runs/source_tiny.log 2>&1 &
@@ -16,8 +18,7 @@ case "$SIZE" in
   *) echo "SIZE must be medium or tiny" >&2; exit 2 ;;
 esac
 WORK=runs/sources/$SIZE
-OUT=docs/results/converged/sources
-mkdir -p "$WORK" "$OUT"
+mkdir -p "$WORK"
 .venv/bin/mace_transfer_train --name "si_pbe_$SIZE" --work_dir "$WORK" \
   --train_file data/si_pbe.xyz --valid_fraction 0.05 --seed 1 \
   --model ScaleShiftMACE $ARCH --num_interactions 2 --num_radial_basis 8 \
@@ -26,5 +27,4 @@ mkdir -p "$WORK" "$OUT"
   --batch_size 5 --valid_batch_size 20 --lr 0.01 --ema --ema_decay 0.99 --amsgrad \
   --scheduler_patience 10 --max_num_epochs "$EPOCHS" --eval_interval 1 \
   --device cpu --default_dtype float32 --error_table PerAtomMAE --restart_latest
-cp "$WORK/si_pbe_$SIZE.model" "$OUT/si_pbe_$SIZE.model"
-echo "source $SIZE done: $OUT/si_pbe_$SIZE.model"
+echo "source $SIZE done: $WORK/si_pbe_$SIZE.model (install: scripts/source_record.py $SIZE <study out>)"
