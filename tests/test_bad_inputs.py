@@ -120,3 +120,18 @@ def test_every_flag_answers_to_both_spellings(files, tmp_path, capsys):
         args = ["--in", str(files / "one.xyz"), "--out", str(tmp_path / "o.xyz"), spelling, "0"]
         assert _guarded(_label, args) == 2
         assert "length" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--multiheads_finetuning", "True", "--pt_train_file", "{root}/si.xyz"], "use --remap_mode extend"),
+    (["--freeze", "1", "--freeze_blocks", "embedding", "--unfreeze_after", "1"], "use --freeze_blocks"),
+    (["--freeze", "2", "--block_lr_factors", '{"readouts": 0.5}'], "use --freeze_blocks"),
+])
+def test_combinations_that_cannot_work_are_refused(files, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    args = _train_argv(files, out, *SOURCE, *[a.replace("{root}", str(files)) for a in extra])
+    args = [a.replace("{root}", str(files)) for a in args]
+    assert _guarded(_train, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not out.exists()

@@ -498,6 +498,19 @@ def estimate_corresponding_states(
     return details
 
 
+def average_e0s(frames: Sequence, *, energy_key: str = "REF_energy") -> Dict[int, float]:
+    """{Z: E0 in eV} as MACE's ``--E0s average`` computes them: the least-squares solution of
+    E = Σ_Z n_Z E0_Z over ``frames`` (isolated-atom frames left out, as MACE does)."""
+    frames = [a for a in frames if a.info.get("config_type") != "IsolatedAtom"]
+    zs = sorted({int(z) for atoms in frames for z in atoms.numbers})
+    if not frames or any(energy_key not in a.info for a in frames):
+        raise UserInputError(f"--E0s average needs {energy_key!r} on every training structure")
+    counts = np.array([[np.count_nonzero(a.numbers == z) for z in zs] for a in frames], dtype=float)
+    energies = np.array([float(a.info[energy_key]) for a in frames])
+    solution = np.linalg.lstsq(counts, energies, rcond=None)[0]
+    return {z: float(e) for z, e in zip(zs, solution)}
+
+
 def refit_energy_shift(
     model: torch.nn.Module, frames: Sequence, *, energy_key: str = "REF_energy"
 ) -> Tuple[torch.nn.Module, float]:

@@ -291,6 +291,10 @@ def prepare_source_model(args, spec=None):
     energy_scale = _parse_scale(args.energy_scale, "--energy_scale")
     e0s = _parse_e0s(args.E0s)
     atoms_list = None
+    average = str(args.E0s).strip().lower() == "average"
+    if average:  # MACE would average after our shift refit: average first, so both use the same E0s
+        atoms_list = _read_train_atoms(args)
+        e0s = remap.average_e0s(atoms_list, energy_key=args.energy_key)
     if "auto" in (length_scale, energy_scale):
         atoms_list = _read_train_atoms(args)
         est = remap.estimate_corresponding_states(
@@ -317,6 +321,11 @@ def prepare_source_model(args, spec=None):
         atoms_list = atoms_list or _read_train_atoms(args)
         remapped, delta = remap.refit_energy_shift(remapped, atoms_list, energy_key=args.energy_key)
         print(f"mace-transfer: remapped model's energy shift refitted by {delta:+.4f} eV/atom", flush=True)
+    if average:
+        energies = remapped.atomic_energies_fn.atomic_energies.detach().reshape(-1, len(remapped.atomic_numbers))[-1]
+        args.E0s = repr({int(z): float(e) for z, e in zip(remapped.atomic_numbers, energies)})
+        print(f"mace-transfer: --E0s average computed on --train_file before the shift refit and given to "
+              f"MACE as {args.E0s}", flush=True)
     path = _remapped_model_path(args)
     tmp = path.with_suffix(".tmp")
     torch.save(remapped, tmp)
@@ -463,6 +472,19 @@ def check_data_files(args) -> None:
                                  f"{', '.join(where) or 'no such keys'}); MACE would train on zeros")
 
 
+def check_combinations(args) -> None:
+    """One-line refusals of MACE flags that cannot combine with a transferred start or our seams."""
+    if (args.source_model and args.remap_mode == "replace" and args.pt_train_file
+            and args.multiheads_finetuning):
+        raise UserInputError("--multiheads_finetuning replays --pt_train_file on the source element, which "
+                             "--remap_mode replace removed from the model: use --remap_mode extend (keeps "
+                             "the source element beside the target)")
+    mace_freeze = getattr(args, "freeze", None)
+    if mace_freeze and mace_freeze > 0 and (args.unfreeze_after is not None or args.block_lr_factors):
+        raise UserInputError("MACE's --freeze sets its frozen groups' learning rate to 0, which "
+                             "--unfreeze_after/--block_lr_factors cannot thaw or scale: use --freeze_blocks")
+
+
 def run(args) -> None:
     """Run MACE's training on parsed ``args`` with mace-transfer's flags applied."""
     from mace.cli import run_train
@@ -471,6 +493,7 @@ def run(args) -> None:
 
     check_data_files(args)
     check_early_stop(args)
+    check_combinations(args)
     for line in choose_defaults(args):
         logging.info(f"mace-transfer: {line}")
         print(f"mace-transfer: {line}", flush=True)
