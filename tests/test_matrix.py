@@ -3,8 +3,7 @@
 One row per MACE feature: LoRA, EMA, stage two (SWA), ``--restart_latest`` after SIGKILL,
 ``--E0s`` modes, ``--config`` YAML, ``--model MACE``, stress/universal losses, MACE's ``--freeze``,
 ``--unfreeze_after`` across a restart, multihead replay. Each test asserts what the flag must do,
-not only that the run ends. Known gaps are ``xfail(strict=True)`` with the exact failure seen on
-mace-torch 0.3.16. Everything is a tiny float64 model on SW-Ge data; the runs that kill a
+not only that the run ends. Everything is a tiny float64 model on SW-Ge data; the runs that kill a
 subprocess are ``slow`` (``-m slow``).
 """
 
@@ -351,10 +350,6 @@ def test_unfreeze_after_before_the_kill_freezes_then_thaws(killed_gradual):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "freeze.py counts --unfreeze_after epochs from the start of the restarted run: resumed at "
-    "epoch L >= K from the epoch-L checkpoint, interactions.0 is held frozen for K more epochs "
-    "(its tensors in the resumed epoch-L checkpoint equal the killed run's epoch-L ones)"))
 def test_unfreeze_after_survives_restart_latest(killed_gradual):
     k = killed_gradual
     latest, before = k["latest"], k["states"][k["latest"]]

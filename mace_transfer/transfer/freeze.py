@@ -71,7 +71,8 @@ Semantics
 Limits: ``--lbfgs`` is refused (MACE builds LBFGS from all parameters, outside the seam).  With
 ``--swa``, MACE's SWALR sets every group to ``--swa_lr`` in stage two, so per-block factors stop
 applying there (frozen parameters stay frozen: no gradient).  With ``--restart_latest`` the
-``--unfreeze_after`` epochs count from the start of the restarted run.
+``--unfreeze_after`` epochs count from the start of the first run: the seam reads the epoch of the
+checkpoint MACE resumes from (:func:`resumed_epoch`) and thaws at once when it is past.
 
 Units: learning rates are MACE's (dimensionless step sizes); epochs count MACE's training epochs.
 """
@@ -86,6 +87,7 @@ import re
 import sys
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -473,11 +475,7 @@ class SeamSession:
             if self.steps_per_epoch is None:
                 self.steps_per_epoch = _steps_per_epoch_from_caller()
             self.unfreeze_step = self.spec.unfreeze_after * self.steps_per_epoch
-            if getattr(args, "restart_latest", False):
-                log.warning(
-                    "--unfreeze_after with --restart_latest: epochs are counted from the start "
-                    "of this run, not from the restarted checkpoint"
-                )
+
         LAST_INITIAL_STATE = {
             key: value.detach().clone().cpu() for key, value in model.state_dict().items()
         }
@@ -502,6 +500,19 @@ class SeamSession:
         options["params"] = new_groups
         self.model, self.plan, self.steps = model, plan, 0
         self.unfrozen_at_step, self.restored_after_training = None, False
+        resumed = resumed_epoch(args) if getattr(args, "restart_latest", False) else None
+        if resumed is not None and self.unfreeze_step is not None:
+            # MACE resumes at the checkpoint's epoch: count the steps before it, thaw now if past
+            self.steps = resumed * self.steps_per_epoch
+            if self.steps >= self.unfreeze_step:
+                for group in new_groups:
+                    if group[GROUP_TAG]["held"]:
+                        group[GROUP_TAG] = dict(group[GROUP_TAG], held=False)
+                        for param in group["params"]:
+                            param.requires_grad_(True)
+                self._pending, self.unfrozen_at_step = {}, self.steps
+                log.info("mace-transfer: resumed at epoch %d, past --unfreeze_after %d: held blocks trainable",
+                         resumed, self.spec.unfreeze_after)
         LAST_SESSION = self
         log.info(
             "mace-transfer block plan (freeze=%s, lr factors=%s, unfreeze_after=%s, "
@@ -583,6 +594,16 @@ class SeamSession:
             for name, param in self.model.named_parameters():
                 if self.plan.get(name, ParamPlan("trainable", 1.0)).state != "trainable":
                     param.requires_grad_(True)
+
+
+def resumed_epoch(args) -> Optional[int]:
+    """The epoch MACE's ``--restart_latest`` resumes at: that of the newest checkpoint of this run
+    (``<checkpoints_dir>/<name>_run-<seed>_epoch-<N>[_swa].pt``, MACE's CheckpointIO naming), or None."""
+    folder = Path(getattr(args, "checkpoints_dir", None) or "checkpoints")
+    pattern = re.compile(rf"^{re.escape(f'{args.name}_run-{args.seed}')}_epoch-(\d+)(_swa)?\.pt$")
+    epochs = [int(m.group(1)) for p in (folder.glob("*.pt") if folder.is_dir() else [])
+              if (m := pattern.match(p.name))]
+    return max(epochs) if epochs else None
 
 
 def _steps_per_epoch_from_caller() -> int:
