@@ -281,3 +281,20 @@ def test_auto_length_scale_from_volume_per_atom():
     assert est["method"] == "volume per atom"
     assert est["length_scale"] == pytest.approx(s_true, rel=1e-9)
     assert est["energy_scale"] == pytest.approx(k_true, rel=1e-6)
+
+
+def test_cueq_layout_file_goes_through_maces_converter_or_one_line(tmp_path):
+    """load_model hands a cuEq-layout file to MACE's convert_cueq_e3nn; where that cannot convert it
+    (here: a model flagged cuEq without cuEquivariance's tensors), the refusal is one line with the
+    command to run where cuEquivariance is installed. The real conversion is a GPU row
+    (tests/test_gpu.py, scripts/gpu_checks.sh)."""
+    from types import SimpleNamespace
+
+    from mace_transfer.transfer.remap import load_model
+
+    model = make_mace_model([14])
+    model.cueq_config = SimpleNamespace(enabled=True)
+    torch.save(model, tmp_path / "cueq.model")
+    with pytest.raises(UserInputError, match="convert_cueq_e3nn IN.model") as info:
+        load_model(tmp_path / "cueq.model")
+    assert "\n" not in str(info.value) and "cuEquivariance layout" in str(info.value)

@@ -113,8 +113,32 @@ def load_model(path: Union[str, Path], device: str = "cpu") -> torch.nn.Module:
         model = torch.load(path, map_location=device, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - pickle/zip raise many kinds
         raise UserInputError(f"{path} is not a readable MACE model ({type(exc).__name__})") from None
+    if isinstance(model, torch.nn.Module) and hasattr(model, "atomic_numbers") and is_cueq_model(model):
+        model = from_cueq_layout(model, str(path))
     check_model(model, str(path))
     return model
+
+
+def from_cueq_layout(model: torch.nn.Module, name: str = "model") -> torch.nn.Module:
+    """A model trained with ``--enable_cueq`` back in e3nn layout, through MACE's own converter
+    (``mace.cli.convert_cueq_e3nn.run``): the remap gathers e3nn-layout element-indexed tensors.
+    The conversion needs cuEquivariance installed; without it the refusal says so in one line."""
+    try:
+        from mace.cli.convert_cueq_e3nn import run as cueq_to_e3nn
+
+        dtype = torch.get_default_dtype()
+        try:
+            converted = cueq_to_e3nn(model, device="cpu", return_model=True)
+        finally:
+            torch.set_default_dtype(dtype)  # MACE's converter sets the model's dtype as default
+    except Exception as exc:  # noqa: BLE001 - ImportError without cuEquivariance, shape errors
+        raise UserInputError(
+            f"{name} is in cuEquivariance layout and MACE's converter failed ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); convert it where cuEquivariance is "
+            "installed: python -m mace.cli.convert_cueq_e3nn IN.model --output_model OUT.model"
+        ) from None
+    logging.info("%s: converted from cuEquivariance to e3nn layout (mace.cli.convert_cueq_e3nn)", name)
+    return converted
 
 
 def is_cueq_model(model: torch.nn.Module) -> bool:
