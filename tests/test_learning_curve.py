@@ -390,10 +390,10 @@ def test_converged_budget_counts_patience_in_optimizer_steps(lc):
     budget = {"mode": "converged", "patience_steps": 600, "min_patience_epochs": 20, "max_steps": 20000,
               "max_epochs": 5000, "scheduler_patience_steps": 200}
     small = lc.converged_options(2, 5, budget)  # 1 step an epoch
-    large = lc.converged_options(292, 5, budget)  # 59 steps an epoch
+    large = lc.converged_options(292, 5, budget)  # 58 steps an epoch (MACE drops the partial batch)
     assert small == {"max_num_epochs": 5000, "early_stop_patience": 600, "scheduler_patience": 200,
                      "early_stop_min_epochs": 0}
-    assert large == {"max_num_epochs": math.ceil(20000 / 59), "early_stop_patience": 20,
+    assert large == {"max_num_epochs": math.ceil(20000 / 58), "early_stop_patience": 20,
                      "scheduler_patience": 4, "early_stop_min_epochs": 0}
 
 
@@ -438,3 +438,16 @@ def test_converged_sweep_chooses_each_lr_on_validation_and_stops_early(lc, tmp_p
     summary = (tmp_path / "res" / "summary.md").read_text()
     assert f"| scratch | {record['optimizer_steps_to_best']} (n=1), 1/1 converged |" in summary
     assert "| scratch | 4, 0 | 1e-12: " in summary and "| 0.01 |" in summary
+
+
+def test_converged_runs_below_one_batch_train_on_every_structure(lc, tmp_path):
+    """MACE drops the last partial batch: N = 2 at batch 5 would train on nothing (MACE then fails
+    in compute_avg_num_neighbors). A converged run takes batch = N below one batch."""
+    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
+              "data": {"source": "si.xyz", "target": "ge.xyz", "test": "t.xyz"}, "target_E0s": "{32: 0.0}",
+              "mace": {"batch_size": 5}, "strategies": {"scratch": {"lr": 0.01}},
+              "budget": {"mode": "converged", "patience_steps": 10, "min_patience_epochs": 2}}
+    sweep = lc.Sweep(config)
+    assert sweep.strategy_options("scratch", 2, 0)["batch_size"] == 2
+    assert sweep.strategy_options("scratch", 7, 0)["batch_size"] == 5
+    assert sweep.strategy_options("scratch", 7, 0)["early_stop_patience"] == 10  # 1 step an epoch (7 // 5)

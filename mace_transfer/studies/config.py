@@ -95,7 +95,8 @@ def _merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def converged_options(n_train: int, batch_size: int, budget: Dict[str, Any]) -> Dict[str, Any]:
-    """MACE options of the converged recipe at training size N (``budget.mode: converged``).
+    """MACE options of the converged recipe at training size N (``budget.mode: converged``);
+    ``batch_size`` is the run's (at most N: see ``runs.Sweep.strategy_options``).
 
     Patience and limits are given in optimizer steps, so a run at N = 2 (one step an epoch) and one at
     N = 292 (59 steps) wait as long for an improvement: ``patience_steps`` -> epochs without a lower
@@ -103,7 +104,7 @@ def converged_options(n_train: int, batch_size: int, budget: Dict[str, Any]) -> 
     -> MACE's plateau schedule patience (at least 3 epochs); ``max_steps`` -> the epoch cap (at most
     ``max_epochs``), which a converged run never reaches.
     """
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    steps_per_epoch = max(1, n_train // batch_size)  # MACE's training loader drops the last partial batch
 
     def epochs(key: str, default: int) -> int:
         return math.ceil(int(budget.get(key, default)) / steps_per_epoch)

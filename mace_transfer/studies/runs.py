@@ -8,7 +8,6 @@ import ast
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -271,6 +270,8 @@ class Sweep(StudyData):
         n_total, batch = n_train + len(self.extra_train_frames()), int(options.get("batch_size", 5))
         options.update(lr=float(spec["lr"] if lr is None else lr), seed=int(seed), E0s=self.config["target_E0s"],
                        restart_latest=False)
+        if budget.get("mode") == "converged" and n_total < batch:
+            batch = options["batch_size"] = n_total  # MACE drops a partial batch: N < batch would train on nothing
         if budget.get("mode") == "converged":
             options.update(converged_options(n_total, batch, budget))
         else:
@@ -338,7 +339,7 @@ class Sweep(StudyData):
                      n_total: int) -> Dict[str, Any]:
         """Optimizer steps run and to the kept (best-validation) epoch; for an early-stopping run,
         whether it stopped on its plateau criterion before the epoch cap (``converged``)."""
-        steps_per_epoch = math.ceil(n_total / int(options.get("batch_size", 5)))
+        steps_per_epoch = max(1, n_total // int(options.get("batch_size", 5)))  # MACE drops the partial batch
         extra: Dict[str, Any] = {"optimizer_steps_run": len(curve["epoch"]) * steps_per_epoch,
                                  "optimizer_steps_to_best": None if epoch is None else (epoch + 1) * steps_per_epoch}
         if options.get("early_stop_patience") is not None:
