@@ -102,6 +102,30 @@ def write_sw_si_dataset(path, n=6, seed=0, a=5.43, rattle=0.15):
     return frames
 
 
+def write_sw_ge_dataset(path, n, seed, stress=False):
+    """``n`` rattled 8-atom Ge cells (a within ±2 % of 5.65 Å) labelled by SW-Ge: REF_energy (eV),
+    REF_forces (eV/Å), with ``stress`` also REF_stress (eV/Å^3); config_type ``rattled``."""
+    from ase.io import write
+
+    from mace_transfer.datagen.classical import calculator
+
+    calc = calculator("Ge", "sw")
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Ge", "diamond", a=5.65 * (1 + 0.02 * rng.uniform(-1, 1)), cubic=True)
+        atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
+        atoms.calc = calc
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        if stress:
+            atoms.info["REF_stress"] = atoms.get_stress()
+        atoms.calc = None
+        atoms.info.update(REF_energy=energy, config_type="rattled")
+        atoms.arrays["REF_forces"] = forces
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+
+
 @pytest.fixture
 def si_model():
     return make_mace_model([14])

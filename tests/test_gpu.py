@@ -15,8 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_mace_model, rattled_diamond
-from test_matrix import _write_sw_ge  # the same SW-Ge data as the CPU matrix
+from conftest import make_mace_model, rattled_diamond, write_sw_ge_dataset
 
 from mace_transfer.transfer import remap, train
 
@@ -33,7 +32,7 @@ TINY = ["--num_channels", "8", "--max_L", "0", "--r_max", "4.0", "--num_radial_b
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu")
     torch.save(make_mace_model([14], r_max=4.0), root / "si.model")
-    _write_sw_ge(root / "ge.xyz", 6, seed=3)
+    write_sw_ge_dataset(root / "ge.xyz", 6, seed=3, stress=True)
     return root
 
 

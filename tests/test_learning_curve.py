@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from ase.build import bulk
 from ase.io import write
-from conftest import write_sw_si_dataset
+from conftest import write_sw_ge_dataset, write_sw_si_dataset
 from test_pipeline import TINY_MACE
 
 from mace_transfer import UserInputError
@@ -107,30 +106,12 @@ def test_read_results_curve_and_best_epoch(lc, tmp_path):
     assert lc.time_to_reach(curve, 100.0) is None
 
 
-def _write_sw_ge(path, n, seed):
-    """``n`` rattled 8-atom Ge cells labelled by SW-Ge (REF_ keys)."""
-    from mace_transfer.datagen.classical import calculator
-
-    calc = calculator("Ge", "sw")
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        atoms = bulk("Ge", "diamond", a=5.65 * (1 + 0.02 * rng.uniform(-1, 1)), cubic=True)
-        atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
-        atoms.calc = calc
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = None
-        atoms.info.update(REF_energy=energy, config_type="rattled")
-        atoms.arrays["REF_forces"] = forces
-        frames.append(atoms)
-    write(path, frames, format="extxyz")
-
 
 def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write_sw_si_dataset(tmp_path / "si.xyz", n=6)
-    _write_sw_ge(tmp_path / "ge.xyz", 9, seed=3)
-    _write_sw_ge(tmp_path / "ge_test.xyz", 3, seed=4)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 9, seed=3)
+    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 3, seed=4)
     mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
     config = {
         "out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
@@ -173,7 +154,7 @@ def test_tiny_sweep_end_to_end_and_resume(lc, tmp_path, monkeypatch, capsys):
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "res" / "records").glob("*.json")}
     with pytest.raises(UserInputError, match="classical"):
         run_cli(["--config", str(path), "--strategies", "classical_pretrain"])
-    _write_sw_ge(tmp_path / "ge_test.xyz", 4, seed=5)  # new test data: finished runs would mix two sets
+    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 4, seed=5)  # new test data: finished runs would mix two sets
     with pytest.raises(UserInputError, match="changed since"):
         run_cli(["--config", str(path), "--no-zero-shot"])
 
@@ -195,9 +176,9 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
 
     monkeypatch.chdir(tmp_path)
     write_sw_si_dataset(tmp_path / "si.xyz", n=6)
-    _write_sw_ge(tmp_path / "ge_classical.xyz", 6, seed=1)
-    _write_sw_ge(tmp_path / "ge_sw.xyz", 7, seed=3)
-    _write_sw_ge(tmp_path / "ge_sw_test.xyz", 3, seed=4)
+    write_sw_ge_dataset(tmp_path / "ge_classical.xyz", 6, seed=1)
+    write_sw_ge_dataset(tmp_path / "ge_sw.xyz", 7, seed=3)
+    write_sw_ge_dataset(tmp_path / "ge_sw_test.xyz", 3, seed=4)
     _shifted(tmp_path / "ge_sw.xyz", tmp_path / "ge.xyz", -100.0)
     _shifted(tmp_path / "ge_sw_test.xyz", tmp_path / "ge_test.xyz", -100.0)
     mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
@@ -248,8 +229,8 @@ def test_data_limits_take_a_fixed_prefix_of_a_growing_file(lc, tmp_path):
     """A study on the first K frames of a file still being labelled survives the file growing."""
     from ase.io import read
 
-    _write_sw_ge(tmp_path / "ge.xyz", 6, seed=3)
-    _write_sw_ge(tmp_path / "test.xyz", 2, seed=4)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 6, seed=3)
+    write_sw_ge_dataset(tmp_path / "test.xyz", 2, seed=4)
     config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
               "data": {"source": "si.xyz", "target": str(tmp_path / "ge.xyz"), "test": str(tmp_path / "test.xyz"),
                        "limits": {"target": 4}}}
@@ -278,8 +259,8 @@ def test_data_from_several_files_with_per_file_limits(lc, tmp_path):
     a list of limits takes a prefix of each file, an int a prefix of the concatenation."""
     from ase.io import read
 
-    _write_sw_ge(tmp_path / "a.xyz", 3, seed=5)
-    _write_sw_ge(tmp_path / "b.xyz", 4, seed=6)
+    write_sw_ge_dataset(tmp_path / "a.xyz", 3, seed=5)
+    write_sw_ge_dataset(tmp_path / "b.xyz", 4, seed=6)
     a, b = read(tmp_path / "a.xyz", ":"), read(tmp_path / "b.xyz", ":")
     for atoms in b:
         atoms.info["config_type"] = "hot"
@@ -324,7 +305,7 @@ def test_grouped_test_errors_partition_the_overall_error(lc, tmp_path):
 
     path = tmp_path / "ge.model"
     torch.save(make_mace_model([32]), path)
-    _write_sw_ge(tmp_path / "ge.xyz", 5, seed=7)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 5, seed=7)
     frames = read(tmp_path / "ge.xyz", ":")
     for i in (1, 3):  # two cells at another density (labels stay: only the grouping is tested)
         frames[i] = dft.scale_lengths(frames[i], 1.02)
@@ -363,8 +344,8 @@ def test_extra_train_frames_join_every_training_set_outside_n_and_validation(lc,
     step budget counts them; its file is fingerprinted with the rest of the data."""
     from ase.io import read
 
-    _write_sw_ge(tmp_path / "t.xyz", 12, seed=5)
-    _write_sw_ge(tmp_path / "x.xyz", 3, seed=7)
+    write_sw_ge_dataset(tmp_path / "t.xyz", 12, seed=5)
+    write_sw_ge_dataset(tmp_path / "x.xyz", 3, seed=7)
     config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
               "n_valid": 4, "valid_seed": 1, "mace": {"batch_size": 2}, "target_E0s": "{32: 0.0}",
               "budget": {"steps": 40, "min_epochs": 1, "max_epochs": 1000},
@@ -402,8 +383,8 @@ def test_converged_sweep_chooses_each_lr_on_validation_and_stops_early(lc, tmp_p
     selection run is reused as the sweep's record; every run stops on its plateau before the cap."""
     monkeypatch.chdir(tmp_path)
     write_sw_si_dataset(tmp_path / "si.xyz", n=6)
-    _write_sw_ge(tmp_path / "ge.xyz", 7, seed=3)
-    _write_sw_ge(tmp_path / "ge_test.xyz", 2, seed=4)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 7, seed=3)
+    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 2, seed=4)
     mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
     config = {
         "out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ase.build import bulk
-from ase.io import read, write
-from conftest import energy_forces, make_mace_model, rattled_diamond, write_sw_si_dataset
+from ase.io import read
+from conftest import (energy_forces, make_mace_model, rattled_diamond, write_sw_ge_dataset,
+                      write_sw_si_dataset)
 
 from mace_transfer.cli import _guarded, _train
 from mace_transfer.transfer import freeze, train
@@ -43,32 +43,13 @@ GE, SI = 32, 14
 
 
 # --------------------------------------------------------------------------- data and helpers
-def _write_sw_ge(path, n, seed):
-    """``n`` rattled 8-atom Ge cells labelled by SW-Ge: REF_energy, REF_forces, REF_stress."""
-    from mace_transfer.datagen.classical import calculator
-
-    calc = calculator("Ge", "sw")
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        atoms = bulk("Ge", "diamond", a=5.65 * (1 + 0.02 * rng.uniform(-1, 1)), cubic=True)
-        atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
-        atoms.calc = calc
-        energy, forces, stress = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-        atoms.calc = None
-        atoms.info.update(REF_energy=energy, REF_stress=stress, config_type="rattled")
-        atoms.arrays["REF_forces"] = forces
-        frames.append(atoms)
-    write(path, frames, format="extxyz")
-    return frames
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """si.model (tiny random ScaleShiftMACE for Si, r_max 4 Å), ge.xyz (6 SW-Ge cells), si.xyz."""
     root = tmp_path_factory.mktemp("matrix_data")
     torch.save(make_mace_model([SI], r_max=4.0), root / "si.model")
-    _write_sw_ge(root / "ge.xyz", 6, seed=3)
+    write_sw_ge_dataset(root / "ge.xyz", 6, seed=3, stress=True)
     write_sw_si_dataset(root / "si.xyz", n=6)
     return root
 

@@ -138,6 +138,16 @@ def _pm(stats, digits=1) -> str:
     return text + (f" (n={stats['n']})" if stats["n"] != 1 else " (n=1)")
 
 
+def _size_table(table, sizes, title: str, cell) -> List[str]:
+    """Markdown lines: ``title``, then one row per strategy, one column per N, ``cell(entry)`` each."""
+    lines = ["", title, "", "| strategy | " + " | ".join(f"N={n}" for n in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for strategy in _order(table):
+        cells = [cell(table[strategy].get(str(n), {})) for n in sizes]
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summary_markdown(summary) -> str:
     """Markdown tables: strategy x N (force MAE, energy MAE, wall, epochs), reach-scratch, extras."""
     table = summary["table"]
@@ -155,21 +165,17 @@ def summary_markdown(summary) -> str:
         for strategy in _order(table):
             cells = [_pm(table[strategy].get(str(n), {}).get(key), digits) for n in sizes]
             lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
-    lines += ["", "Epochs (and optimizer-step seconds) to reach scratch's final validation force "
-              "RMSE at the same N and seed (reached/runs):", "",
-              "| strategy | " + " | ".join(f"N={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
-    for strategy in _order(table):
-        cells = []
-        for n in sizes:
-            reach = table[strategy].get(str(n), {}).get("reach_scratch")
-            if not reach:
-                cells.append("–")
-            elif reach["epochs"]["mean"] is None:
-                cells.append(f"never ({reach['reached']}/{reach['of']})")
-            else:
-                cells.append(f"{reach['epochs']['mean']:.1f} ep, {reach['train_step_s']['mean']:.0f} s "
-                             f"({reach['reached']}/{reach['of']})")
-        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    def reach_cell(entry) -> str:
+        reach = entry.get("reach_scratch")
+        if not reach:
+            return "–"
+        if reach["epochs"]["mean"] is None:
+            return f"never ({reach['reached']}/{reach['of']})"
+        return (f"{reach['epochs']['mean']:.1f} ep, {reach['train_step_s']['mean']:.0f} s "
+                f"({reach['reached']}/{reach['of']})")
+
+    lines += _size_table(table, sizes, "Epochs (and optimizer-step seconds) to reach scratch's final validation "
+                         "force RMSE at the same N and seed (reached/runs):", reach_cell)
     for group, what in (("per_config_type", "config_type"), ("per_length_scale", "cell scale (1 = as sampled)")):
         key = f"force_mae_{group}"
         with_parts = [n for n in sizes if any(key in table[s].get(str(n), {}) for s in table)]
@@ -199,19 +205,15 @@ def summary_markdown(summary) -> str:
             lines.append(f"remap_rescale_known: s = {kn['length_scale']}, k = {kn['energy_scale']} "
                          f"({kn.get('source', 'given in the config')})")
     if any("converged" in e for s in table.values() for e in s.values()):
-        lines += ["", "Convergence (budget.mode converged): optimizer steps to the kept (best-validation) epoch, "
-                  "and runs that stopped on their plateau criterion before the step cap:", "",
-                  "| strategy | " + " | ".join(f"N={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
-        for strategy in _order(table):
-            cells = []
-            for n in sizes:
-                entry = table[strategy].get(str(n), {})
-                if "converged" not in entry:
-                    cells.append("–")
-                    continue
-                done = entry["converged"]
-                cells.append(f"{_pm(entry['optimizer_steps_to_best'], 0)}, {done['converged']}/{done['of']} converged")
-            lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+        def converged_cell(entry) -> str:
+            if "converged" not in entry:
+                return "–"
+            done = entry["converged"]
+            return f"{_pm(entry['optimizer_steps_to_best'], 0)}, {done['converged']}/{done['of']} converged"
+
+        lines += _size_table(table, sizes, "Convergence (budget.mode converged): optimizer steps to the kept "
+                             "(best-validation) epoch, and runs that stopped on their plateau criterion before "
+                             "the step cap:", converged_cell)
     if "lr_selection" in summary:
         lines += ["", "Learning rate of each start, chosen on the lowest best validation loss "
                   "(test force MAE recorded, not used):", "",
