@@ -432,3 +432,17 @@ def test_converged_runs_below_one_batch_train_on_every_structure(lc, tmp_path):
     assert sweep.strategy_options("scratch", 2, 0)["batch_size"] == 2
     assert sweep.strategy_options("scratch", 7, 0)["batch_size"] == 5
     assert sweep.strategy_options("scratch", 7, 0)["early_stop_patience"] == 10  # 1 step an epoch (7 // 5)
+
+
+def test_data_efficiency_solves_the_fitted_power_law(lc):
+    """Scratch MAE = 100 N^-1/2 exactly; transfer at N=10 equals scratch at N=40: ratio 4 (seed 0),
+    and 2 for a seed whose transfer equals scratch at N=20; beyond scratch's largest N: extrapolated."""
+    scratch = [_record("scratch", n, s, 100.0 * n ** -0.5) for n in (5, 10, 20, 50) for s in (0, 1)]
+    transfer = [_record("transfer", 10, 0, 100.0 * 40 ** -0.5), _record("transfer", 10, 1, 100.0 * 20 ** -0.5),
+                _record("transfer", 20, 0, 100.0 * 200 ** -0.5)]
+    result = lc.data_efficiency(scratch + transfer, "transfer", 10)
+    assert result["per_seed"]["0"]["ratio"] == pytest.approx(4.0) and result["per_seed"]["1"]["ratio"] == pytest.approx(2.0)
+    assert result["ratio"]["mean"] == pytest.approx(3.0) and result["extrapolated"] == 0
+    far = lc.data_efficiency(scratch + transfer, "transfer", 20)
+    assert far["n_equal"]["mean"] == pytest.approx(200.0) and far["extrapolated"] == 1
+    assert lc.data_efficiency(scratch, "transfer", 10) is None

@@ -138,3 +138,35 @@ def attach_reach_scratch(records: Sequence[Dict[str, Any]]) -> None:
         rec["reach_scratch"] = time_to_reach(rec["curve"], target)
         rec["reach_scratch_target_meV_A"] = target
 
+
+def data_efficiency(records: Sequence[Dict[str, Any]], strategy: str, n_ref: int,
+                    baseline: str = "scratch") -> Optional[Dict[str, Any]]:
+    """How many structures ``baseline`` needs to reach ``strategy``'s test force MAE at N = ``n_ref``.
+
+    Per seed: a power law log(MAE) = a + b log(N) fitted (least squares) to that seed's baseline runs
+    at every N it has, solved for the N where it equals that seed's ``strategy`` MAE at ``n_ref``;
+    the ratio is N_equal / n_ref. Returns {ratio: stats over seeds, n_equal: stats, per_seed, fit}
+    or None where no seed has both (at least two baseline sizes and the strategy at n_ref).
+    An N_equal beyond the largest baseline N is an extrapolation (``extrapolated`` counts them).
+    """
+    per_seed = {}
+    for seed in sorted({int(r["seed"]) for r in records}):
+        base = sorted((int(r["n_train"]), r["test"]["force_mae_meV_per_A"]) for r in records
+                      if r["strategy"] == baseline and int(r["seed"]) == seed)
+        target = [r["test"]["force_mae_meV_per_A"] for r in records
+                  if r["strategy"] == strategy and int(r["seed"]) == seed and int(r["n_train"]) == n_ref]
+        if len(base) < 2 or not target:
+            continue
+        slope, intercept = np.polyfit(np.log([n for n, _ in base]), np.log([m for _, m in base]), 1)
+        if slope >= 0:  # the baseline does not improve with N: no finite answer
+            continue
+        n_equal = float(np.exp((np.log(target[0]) - intercept) / slope))
+        per_seed[str(seed)] = {"n_equal": n_equal, "ratio": n_equal / n_ref, "slope": float(slope),
+                               "extrapolated": n_equal > max(n for n, _ in base)}
+    if not per_seed:
+        return None
+    rows = list(per_seed.values())
+    return {"strategy": strategy, "baseline": baseline, "n_ref": n_ref,
+            "ratio": _stats([r["ratio"] for r in rows]), "n_equal": _stats([r["n_equal"] for r in rows]),
+            "extrapolated": sum(r["extrapolated"] for r in rows), "per_seed": per_seed}
+

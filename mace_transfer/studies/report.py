@@ -10,7 +10,8 @@ from typing import Any, Dict, List
 import numpy as np
 
 from mace_transfer.studies.config import STRATEGIES, target_symbol
-from mace_transfer.studies.records import aggregate, attach_reach_scratch, load_runs, write_json
+from mace_transfer.studies.records import (aggregate, attach_reach_scratch, data_efficiency, load_runs,
+                                           write_json)
 
 
 def write_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
@@ -24,6 +25,11 @@ def write_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
         path = out / f"{name}.json"
         if path.is_file():
             summary[name] = json.loads(path.read_text())
+    efficiency = [data_efficiency(records, strategy, int(n))
+                  for n in (config.get("report") or {}).get("data_efficiency_at", [])
+                  for strategy in _order({r["strategy"] for r in records}) if strategy != "scratch"]
+    if any(efficiency):
+        summary["data_efficiency"] = [e for e in efficiency if e]
     lr_files = sorted((out / "lr_selection").glob("*.json"))
     if lr_files:
         summary["lr_selection"] = {p.stem: json.loads(p.read_text()) for p in lr_files}
@@ -214,6 +220,13 @@ def summary_markdown(summary) -> str:
         lines += _size_table(table, sizes, "Convergence (budget.mode converged): optimizer steps to the kept "
                              "(best-validation) epoch, and runs that stopped on their plateau criterion before "
                              "the step cap:", converged_cell)
+    if "data_efficiency" in summary:
+        lines += ["", "Data efficiency: the N scratch needs to reach a start's test force MAE at N_ref (a power "
+                  "law fitted per seed to scratch's errors over N; mean ± sample std over seeds):", "",
+                  "| start | N_ref | scratch needs N | ratio | seeds | extrapolated |", "|---|---|---|---|---|---|"]
+        for e in summary["data_efficiency"]:
+            lines.append(f"| {e['strategy']} | {e['n_ref']} | {_pm(e['n_equal'], 1)} | {_pm(e['ratio'], 2)} | "
+                         f"{e['ratio']['n']} | {e['extrapolated']} |")
     if "lr_selection" in summary:
         lines += ["", "Learning rate of each start, chosen on the lowest best validation loss "
                   "(test force MAE recorded, not used):", "",
