@@ -12,7 +12,11 @@ A pipeline file::
 
 Stage kinds: ``sample`` (classical configurations), ``train`` (``mace_transfer_train``; ``source``
 = a stage or ``.model`` to remap with ``element_map``, ``foundation`` = a same-element stage to
-continue from), ``classical_pretrain`` (sample + train on a classical potential), ``evaluate`` and
+continue from), ``classical_pretrain`` (sample + train on a classical potential), ``pretrain``
+(structures labelled by any ``teacher``: a stage or ``.model`` file, or ``sw-ge``/``tersoff-si``...;
+``structures`` = an extxyz file or a sampler spec ``{element, potential, n, options}``; then the
+student trains on the teacher's labels, with ``source``/``element_map``/``subset``/``mace`` as a
+``train`` stage; ``classical_pretrain`` is the case whose teacher is the sampler's own potential), ``evaluate`` and
 ``learning_curve`` (a whole study of :mod:`mace_transfer.studies.learning_curve`: ``config`` = its YAML,
 optional ``sizes``, ``seeds``, ``strategies``, ``md``, ``timing``, ``out``; resumable run by run).
 A stage whose output exists is skipped, so a cut run resumes; a training stage cut mid-way
@@ -34,7 +38,7 @@ from mace_transfer.studies.config import read_yaml_mapping
 from mace_transfer.transfer import train
 from mace_transfer.transfer.train import iter_mace_results, mace_argv
 
-STAGE_KINDS = ("sample", "train", "classical_pretrain", "evaluate", "learning_curve")
+STAGE_KINDS = ("sample", "train", "classical_pretrain", "pretrain", "evaluate", "learning_curve")
 log = logging.getLogger(__name__)
 
 
@@ -212,6 +216,51 @@ class Pipeline:
         else:
             stage = dict(stage, subset=dict(stage["subset"], file=str(data)))
         self._train(stage, extra)
+
+    def _teacher(self, stage):
+        """(ASE calculator, name, settings tag) of ``stage["teacher"]``."""
+        from mace_transfer import evaluate
+        from mace_transfer.datagen import classical, teacher
+
+        ref = stage.get("teacher")
+        if not ref:
+            raise UserInputError(f"stage {stage['name']!r} needs a 'teacher' (a stage, a .model file or "
+                                 f"one of {', '.join(evaluate.REFERENCE_NAMES)})")
+        if str(ref).lower() in evaluate.REFERENCE_NAMES:
+            potential, element = str(ref).lower().split("-")
+            return classical.calculator(element.capitalize(), potential), str(ref).lower(), \
+                teacher.teacher_settings_hash(str(ref).lower())
+        path = self.model_of(str(ref))
+        return evaluate.load_model(path).calc, path.name, teacher.file_identity(path)[:10]
+
+    def _structures(self, stage) -> List:
+        """The structures a teacher labels: an extxyz file, or the sampler's (``{element, potential, n}``)."""
+        from ase.io import read
+
+        spec = stage.get("structures")
+        if isinstance(spec, dict):
+            path = self._sample(dict(spec, name=stage["name"]), self.stage_dir(stage) / "structures.xyz")
+        elif spec:
+            path = self.path(spec)
+            if not path.is_file():
+                raise UserInputError(f"stage {stage['name']!r}: structures file {path} does not exist")
+        else:
+            raise UserInputError(f"stage {stage['name']!r} needs 'structures' (a file or a sampler spec)")
+        frames = [a for a in read(path, ":") if a.info.get("config_type") != "IsolatedAtom"]
+        return frames[: int(stage["n"])] if "n" in stage else frames
+
+    def run_pretrain(self, stage) -> None:
+        """A student trained on a teacher's labels: label ``structures`` with ``teacher``, then train."""
+        from mace_transfer.datagen import teacher
+
+        calc, name, settings = self._teacher(stage)
+        labelled = self.stage_dir(stage) / "teacher_labels.xyz"
+        teacher.label_with_teacher(self._structures(stage), calc, labelled, name=name, settings=settings,
+                                   progress=lambda message: print(message, flush=True))
+        if "subset" in stage:
+            self._train(dict(stage, subset=dict(stage["subset"], file=str(labelled))))
+        else:
+            self._train(stage, {"train_file": str(labelled)})
 
     def run_evaluate(self, stage) -> None:
         from mace_transfer import evaluate

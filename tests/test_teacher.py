@@ -1,0 +1,99 @@
+"""The teacher stage (issue 23): any calculator labels structures, a student trains on the labels."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase.calculators.calculator import Calculator, all_changes
+from ase.io import read
+from conftest import energy_forces, make_mace_model, rattled_diamond
+from test_pipeline import FAST_SAMPLING, TINY_MACE
+
+from mace_transfer import UserInputError
+from mace_transfer.datagen import classical
+from mace_transfer.datagen.teacher import label_with_teacher
+from mace_transfer.studies.pipeline import Pipeline, load_pipeline
+
+
+class Counting(Calculator):
+    """A teacher that counts its calls (SW inside)."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.calls = classical.calculator("Ge", "sw"), 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        self.inner.calculate(atoms, ["energy", "forces", "stress"], system_changes)
+        self.results = dict(self.inner.results)
+
+
+def _structures(n):
+    return [rattled_diamond("Ge", a=5.65, rattle=0.08, seed=i) for i in range(n)]
+
+
+def test_teacher_labels_are_exactly_what_the_teacher_returns(tmp_path):
+    structures = _structures(3)
+    frames = label_with_teacher(structures, classical.calculator("Ge", "sw"), tmp_path / "l.xyz",
+                                name="sw-ge", settings="abc", progress=lambda m: None)
+    sw = classical.calculator("Ge", "sw")
+    for frame in frames:  # the teacher again, on the geometry as stored
+        atoms = frame.copy()
+        atoms.calc = sw
+        assert frame.info["REF_energy"] == atoms.get_potential_energy()  # extxyz keeps an energy's bits
+        np.testing.assert_allclose(frame.arrays["REF_forces"], atoms.get_forces(), rtol=0, atol=5e-9)  # %16.8f
+        np.testing.assert_allclose(frame.info["REF_stress"], atoms.get_stress(), rtol=0, atol=1e-15)
+        assert (frame.info["teacher"], frame.info["teacher_settings"]) == ("sw-ge", "abc")
+    assert [f.info["teacher_index"] for f in frames] == [0, 1, 2]
+
+
+def test_a_mace_teacher_labels_with_its_own_predictions(tmp_path):
+    from mace.calculators import MACECalculator
+
+    model = make_mace_model([32])
+    torch.save(model, tmp_path / "t.model")
+    calc = MACECalculator(model_paths=str(tmp_path / "t.model"), device="cpu", default_dtype="float64")
+    frames = label_with_teacher(_structures(2), calc, tmp_path / "l.xyz", name="t", settings="x", progress=print)
+    for frame in frames:
+        energy, forces = energy_forces(model, frame)
+        assert frame.info["REF_energy"] == pytest.approx(energy, abs=1e-9)
+        np.testing.assert_allclose(frame.arrays["REF_forces"], forces, rtol=0, atol=5e-9)
+
+
+def test_teacher_labelling_resumes_and_refuses_another_teacher(tmp_path):
+    structures, out = _structures(4), tmp_path / "l.xyz"
+    first = Counting()
+    label_with_teacher(structures[:2], first, out, name="sw", settings="s1", progress=lambda m: None)
+    second = Counting()
+    frames = label_with_teacher(structures, second, out, name="sw", settings="s1", progress=lambda m: None)
+    assert first.calls == 2 and second.calls == 2  # only the two new structures
+    assert [f.info["teacher_index"] for f in frames] == [0, 1, 2, 3]
+    with pytest.raises(UserInputError, match="another teacher"):
+        label_with_teacher(structures, Counting(), out, name="x", settings="s2", progress=lambda m: None)
+
+
+def test_pretrain_stage_teacher_model_then_student(tmp_path, monkeypatch):
+    """A MACE teacher labels sampled SW-Ge structures; the student (another size) trains on them."""
+    monkeypatch.chdir(tmp_path)
+    teacher = make_mace_model([32], r_max=4.0)
+    torch.save(teacher, tmp_path / "teacher.model")
+    config = {"workdir": "runs/t", "mace": TINY_MACE, "stages": [
+        {"name": "student", "kind": "pretrain", "teacher": "teacher.model",
+         "structures": {"element": "Ge", "potential": "sw", "n": 6, "options": FAST_SAMPLING},
+         "mace": {"E0s": "{32: 0.0}", "valid_fraction": 0.34, "num_channels": 4}}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    outputs = Pipeline(load_pipeline(tmp_path / "p.yaml")).run()
+    student = torch.load(outputs["student"], map_location="cpu", weights_only=False)
+    assert [int(z) for z in student.atomic_numbers] == [32]
+    labels = read(tmp_path / "runs/t/student/teacher_labels.xyz", ":")
+    assert len(labels) == 6 and {a.info["teacher"] for a in labels} == {"teacher.model"}
+    for frame in labels:
+        energy, _ = energy_forces(teacher, frame)
+        assert frame.info["REF_energy"] == pytest.approx(energy, abs=1e-9)
+    bad = dict(config, stages=[dict(config["stages"][0], name="x", teacher=None)])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(UserInputError, match="needs a 'teacher'"):
+        Pipeline(load_pipeline(tmp_path / "bad.yaml")).run()
