@@ -135,3 +135,20 @@ def test_combinations_that_cannot_work_are_refused(files, tmp_path, capsys, extr
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_a_default_rescale_that_cannot_be_estimated_is_switched_off_not_refused(files, tmp_path, capsys):
+    """These Ge labels (forces 0.1 x positions) give no positive energy scale: asked for explicitly,
+    that is one error line; chosen by default, the plain remap goes on and the log says why."""
+    from mace_transfer.transfer import train
+
+    out = tmp_path / "out"
+    explicit = _train_argv(files, out, *SOURCE, "--energy_scale", "auto")
+    explicit = [a.replace("{root}", str(files)) for a in explicit]
+    assert _guarded(_train, explicit) == 2
+    assert "energy scale" in capsys.readouterr().err
+    args = train.parse_args([a.replace("{root}", str(files)) for a in _train_argv(files, out, *SOURCE)])
+    train.choose_defaults(args)
+    remapped = train.prepare_source_model(args)
+    assert "corresponding-states rescale off" in capsys.readouterr().out
+    assert float(remapped.r_max) == pytest.approx(float(torch.load(files / "si.model", weights_only=False).r_max))

@@ -188,6 +188,7 @@ def choose_defaults(args) -> List[str]:
     if args.length_scale is None and args.energy_scale is None:
         rescale = bool(args.source_model) and args.remap_mode == "replace" and args.corresponding_states
         args.length_scale = args.energy_scale = "auto" if rescale else "1.0"
+        args.rescale_by_default = rescale
         if rescale:
             said.append("corresponding-states rescale on (the default with --source_model; "
                         "--corresponding_states False turns it off)")
@@ -286,6 +287,8 @@ def prepare_source_model(args, spec=None):
     model = remap.load_model(args.source_model)
     if not args.element_map:
         raise UserInputError("--source_model needs --element_map (e.g. Si:Ge)")
+    if spec is not None and spec.active:
+        spec.check_model(model)  # the remap keeps every block: unknown names fail before any estimate
     element_map = remap.parse_element_map(args.element_map)
     length_scale = _parse_scale(args.length_scale, "--length_scale")
     energy_scale = _parse_scale(args.energy_scale, "--energy_scale")
@@ -296,15 +299,23 @@ def prepare_source_model(args, spec=None):
         atoms_list = _read_train_atoms(args)
         e0s = remap.average_e0s(atoms_list, energy_key=args.energy_key)
     if "auto" in (length_scale, energy_scale):
-        atoms_list = _read_train_atoms(args)
-        est = remap.estimate_corresponding_states(
-            model,
-            element_map,
-            atoms_list,
-            forces_key=args.forces_key,
-            length_scale=None if length_scale == "auto" else length_scale,
-        )
-        print(f"mace-transfer: corresponding states estimated: {est}", flush=True)
+        atoms_list = atoms_list or _read_train_atoms(args)
+        try:
+            est = remap.estimate_corresponding_states(
+                model,
+                element_map,
+                atoms_list,
+                forces_key=args.forces_key,
+                length_scale=None if length_scale == "auto" else length_scale,
+            )
+        except UserInputError as exc:
+            if not getattr(args, "rescale_by_default", False):
+                raise
+            # the user did not ask for it: say why it is off and go on with the plain remap
+            print(f"mace-transfer: corresponding-states rescale off: {exc}", flush=True)
+            est = {"length_scale": 1.0, "energy_scale": 1.0}
+        else:
+            print(f"mace-transfer: corresponding states estimated: {est}", flush=True)
         length_scale = est["length_scale"] if length_scale == "auto" else length_scale
         energy_scale = est["energy_scale"] if energy_scale == "auto" else energy_scale
     remapped = remap.remap_elements(
@@ -315,8 +326,6 @@ def prepare_source_model(args, spec=None):
         length_scale=length_scale,
         energy_scale=energy_scale,
     )
-    if spec is not None and spec.active:
-        spec.check_model(remapped)  # unknown block names fail before any data is read
     if args.refit_shift and args.train_file:
         atoms_list = atoms_list or _read_train_atoms(args)
         remapped, delta = remap.refit_energy_shift(remapped, atoms_list, energy_key=args.energy_key)
