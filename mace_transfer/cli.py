@@ -462,6 +462,9 @@ def _learning_curve(argv):
     parser.add_argument("--timing", action="store_true", help="mace_transfer_train vs mace_run_train")
     parser.add_argument("--no-zero-shot", action="store_true", help="skip the zero-shot errors")
     parser.add_argument("--report-only", action="store_true", help="only aggregate, plot and summarise")
+    parser.add_argument("--park", action="store_true",
+                        help="copy runs cut mid-training (their newest checkpoint) to <out>/partial/ to commit: "
+                        "a later session resumes them (converged studies)")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     learning_curve.run_study(
@@ -469,7 +472,7 @@ def _learning_curve(argv):
         sizes=_comma_numbers(args.sizes, int, "--sizes") if args.sizes else None,
         seeds=_comma_numbers(args.seeds, int, "--seeds") if args.seeds else None,
         strategies=names, max_runs=args.max_runs, md=args.md, timing=args.timing,
-        zero_shot=not args.no_zero_shot, report_only=args.report_only,
+        zero_shot=not args.no_zero_shot, report_only=args.report_only, park=args.park,
         progress=lambda message: print(message, flush=True),
     )
     return 0

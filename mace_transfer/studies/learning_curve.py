@@ -34,7 +34,7 @@ Usage (also a pipeline stage, ``kind: learning_curve``)::
 
     mace_transfer_learning_curve --config configs/learning_curve_sw.yaml \
         [--out DIR] [--sizes 5,10,25] [--seeds 0,1] [--strategies scratch,transfer] \
-        [--max-runs N] [--md] [--timing] [--report-only]
+        [--max-runs N] [--md] [--timing] [--report-only] [--park]
 
 Architecture: this module is the entry (:func:`run_study`); :mod:`~mace_transfer.studies.config`
 reads the YAML, :mod:`~mace_transfer.studies.data` the files and splits, :mod:`~mace_transfer.studies.runs`
@@ -57,11 +57,13 @@ from mace_transfer.studies.runs import Sweep, machine_info
 def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = None,
               seeds: Optional[Sequence[int]] = None, strategies: Optional[Sequence[str]] = None,
               max_runs: Optional[int] = None, md: bool = False, timing: bool = False,
-              zero_shot: bool = True, report_only: bool = False, progress=print) -> Dict[str, Any]:
+              zero_shot: bool = True, report_only: bool = False, park: bool = False,
+              progress=print) -> Dict[str, Any]:
     """Run (or resume) a learning-curve study and write its report; returns the summary.
 
     ``config`` is a YAML path or an already-loaded mapping; ``sizes``, ``seeds`` and ``strategies``
-    default to the config's. ``report_only`` only aggregates the finished runs.
+    default to the config's. ``report_only`` only aggregates the finished runs; ``park`` copies the
+    runs cut mid-training to ``<out>/partial/`` (:meth:`Sweep.park_runs`) and trains nothing.
     """
     if not isinstance(config, dict):
         config = load_config(config)
@@ -76,7 +78,9 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
     # TorchScript/e3nn UserWarnings on every model load would drown the one-line-per-run progress
     warnings.filterwarnings("ignore", category=UserWarning)
     sweep = Sweep(config, out, work, progress=progress)
-    if not report_only:
+    if park:
+        sweep.park_runs()
+    elif not report_only:
         write_json(sweep.out / "machine.json", machine_info(sweep.threads))
         sweep.check_data()
         sweep.source_model()

@@ -19,7 +19,8 @@ def read_results(results_dir) -> Dict[str, Any]:
     """Validation curve and step times from MACE's ``*_train.txt`` (one JSON object a line).
 
     ``epoch``/``valid_rmse_f_meV_A``/``valid_mae_f_meV_A``/``valid_loss`` per validated epoch;
-    ``train_step_s`` = summed optimizer-step seconds per epoch; ``initial_*`` before training.
+    ``train_step_s`` = summed optimizer-step seconds per epoch; ``initial_*`` before training. After a
+    resume, the epochs MACE trained again replace the cut run's from that epoch on (the log keeps both).
     """
     curve: Dict[str, Any] = {"epoch": [], "valid_rmse_f_meV_A": [], "valid_mae_f_meV_A": [],
                              "valid_loss": [], "initial_valid_rmse_f_meV_A": None}
@@ -30,9 +31,15 @@ def read_results(results_dir) -> Dict[str, Any]:
         elif row.get("mode") == "eval":
             rmse = 1000.0 * float(row["rmse_f"]) if row.get("rmse_f") is not None else None
             if row.get("epoch") is None:
-                curve["initial_valid_rmse_f_meV_A"] = rmse
+                if curve["initial_valid_rmse_f_meV_A"] is None:  # a resumed run logs its start again
+                    curve["initial_valid_rmse_f_meV_A"] = rmse
                 continue
-            curve["epoch"].append(int(row["epoch"]))
+            epoch = int(row["epoch"])
+            if epoch in curve["epoch"]:  # redone after a resume (MACE restarts at its checkpoint's epoch)
+                at = curve["epoch"].index(epoch)
+                for key in ("epoch", "valid_rmse_f_meV_A", "valid_mae_f_meV_A", "valid_loss"):
+                    del curve[key][at:]
+            curve["epoch"].append(epoch)
             curve["valid_rmse_f_meV_A"].append(rmse)
             curve["valid_mae_f_meV_A"].append(
                 1000.0 * float(row["mae_f"]) if row.get("mae_f") is not None else None)

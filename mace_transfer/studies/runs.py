@@ -16,7 +16,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -111,6 +111,30 @@ def _fmt_time(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+#: unfinished runs of a converged study, parked for a later session (see Sweep.park_runs)
+PARKED = "partial"
+#: a run folder's record of its training chunks (wall seconds of earlier, cut processes)
+CHUNKS = "chunks.json"
+
+
+def _checkpoints(folder: Path) -> List[Path]:
+    """MACE's checkpoints of a run folder, oldest epoch first (none when the folder is missing)."""
+    def epoch(path: Path) -> int:
+        match = re.search(r"_epoch-(\d+)", path.name)
+        return int(match.group(1)) if match else -1
+
+    return sorted((folder / "checkpoints").glob("*.pt"), key=epoch) if folder.is_dir() else []
+
+
+def _cut_chunk_s(folder: Path, chunks: Dict[str, Any]) -> float:
+    """Wall seconds of the last chunk of a cut run: from its start to MACE's last results line."""
+    logs = list((folder / "results").glob("*_train.txt"))
+    started = chunks.get("chunk_start_unix")
+    if not logs or not started:
+        return 0.0
+    return max(0.0, max(p.stat().st_mtime for p in logs) - float(started))
 
 
 class Sweep(StudyData):
@@ -298,13 +322,22 @@ class Sweep(StudyData):
         """Train one (strategy, N, seed), test it, write ``record_path``; the record."""
         name = record_path.stem
         folder = self.work / name
-        if folder.exists():  # a cut run starts again: its wall time must be whole
+        resumable = self.config["budget"].get("mode") == "converged"  # hours-long runs continue
+        parked = self.out / PARKED / name
+        if resumable and parked.is_dir() and not folder.exists():
+            shutil.copytree(parked, folder)  # a run cut in an earlier session (see park_runs)
+        done_before = self._chunks_wall(folder) if resumable and _checkpoints(folder) else None
+        if folder.exists() and done_before is None:  # a cut run starts again: its wall time must be whole
             shutil.rmtree(folder)
         subset = self.write_subset(folder, n_train, seed)
         options = self.strategy_options(strategy, n_train, seed, freeze_blocks, lr)
         options.update(train_file=subset["train_file"], valid_file=subset["valid_file"],
                        **run_dirs(folder, name))
-        wall = self._train(options, folder)
+        if done_before is not None:
+            options["restart_latest"] = True
+            self.say(f"{name}: resuming from its checkpoint ({_fmt_time(done_before)} trained before)")
+        write_json(folder / CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time()})
+        wall = (done_before or 0.0) + self._train(options, folder)
         model_path = folder / f"{name}.model"
         curve = read_results(folder / "results")
         epoch = best_epoch(curve)
@@ -332,7 +365,46 @@ class Sweep(StudyData):
         with contextlib.suppress(OSError):
             shutil.rmtree(folder / "checkpoints")
         write_json(record_path, record)
+        if parked.is_dir():
+            shutil.rmtree(parked)
         return record
+
+    @staticmethod
+    def _chunks_wall(folder: Path) -> float:
+        """Wall seconds a resumed run trained before (chunks of earlier, cut processes)."""
+        path = folder / CHUNKS
+        if not path.is_file():
+            return 0.0
+        chunks = json.loads(path.read_text())
+        if "parked_chunk_s" in chunks:
+            return float(chunks["wall_s_before"]) + float(chunks["parked_chunk_s"])
+        return float(chunks.get("wall_s_before", 0.0)) + _cut_chunk_s(folder, chunks)
+
+    def park_runs(self) -> List[str]:
+        """Copy every unfinished run that has a checkpoint (a process cut mid-run) from ``work`` to
+        ``<out>/partial/<run>/``: its newest checkpoint, MACE's results log, the subset files and the
+        wall time so far. Committed, it lets a later session or machine resume the run
+        (:meth:`train_run`) instead of starting it again. Returns the parked run names."""
+        parked = []
+        for folder in sorted(p for p in self.work.glob("*") if p.is_dir()):
+            newest = _checkpoints(folder)
+            if not newest or (self.out / RECORDS / f"{folder.name}.json").is_file() \
+                    or (self.out / "selection" / f"{folder.name}.json").is_file():
+                continue
+            target = self.out / PARKED / folder.name
+            if target.exists():
+                shutil.rmtree(target)
+            (target / "checkpoints").mkdir(parents=True)
+            shutil.copy(newest[-1], target / "checkpoints" / newest[-1].name)
+            shutil.copytree(folder / "results", target / "results")
+            for name in ("train.xyz", "valid.xyz"):
+                shutil.copy(folder / name, target / name)
+            chunks = json.loads((folder / CHUNKS).read_text()) if (folder / CHUNKS).is_file() else {}
+            write_json(target / CHUNKS, {"wall_s_before": chunks.get("wall_s_before", 0.0),
+                                         "parked_chunk_s": _cut_chunk_s(folder, chunks)})
+            parked.append(folder.name)
+            self.say(f"parked {folder.name}: {newest[-1].name} -> {target}")
+        return parked
 
     @staticmethod
     def _convergence(options: Dict[str, Any], curve: Dict[str, Any], epoch: Optional[int],
