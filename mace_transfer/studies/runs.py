@@ -132,6 +132,8 @@ def _cut_chunk_s(folder: Path, chunks: Dict[str, Any]) -> float:
     """Wall seconds of the last chunk of a cut run: from its start to MACE's last results line."""
     logs = list((folder / "results").glob("*_train.txt"))
     started = chunks.get("chunk_start_unix")
+    if started is None and (folder / "argv.json").is_file():  # a run begun before chunks were recorded
+        started = (folder / "argv.json").stat().st_mtime
     if not logs or not started:
         return 0.0
     return max(0.0, max(p.stat().st_mtime for p in logs) - float(started))
