@@ -1,0 +1,50 @@
+"""The tables of docs/RESULTS.md section 11, from the converged studies' summary.json only:
+
+    python scripts/converged_tables.py > /tmp/tables.md
+
+Per model size: test force MAE (meV/Å), test energy MAE (meV/atom), optimizer steps to the kept epoch,
+mean ± sample std over seeds (n = seeds), and the zero-shot remap.
+"""
+
+import json
+from pathlib import Path
+
+STUDIES = (("medium (64 ch, L=1, corr. 3, r_max 5 Å)", "docs/results/converged_medium"),
+           ("tiny (16 ch, L=0, corr. 2, r_max 4.5 Å)", "docs/results/converged_tiny"))
+STARTS = ("scratch", "transfer", "transfer_rescale")
+
+
+def cell(stats, digits):
+    if not stats or stats.get("mean") is None:
+        return "–"
+    text = f"{stats['mean']:.{digits}f}"
+    return text + (f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else "") + f" ({stats['n']})"
+
+
+def main() -> None:
+    for label, folder in STUDIES:
+        path = Path(folder) / "summary.json"
+        if not path.is_file():
+            continue
+        summary = json.loads(path.read_text())
+        table = summary["table"]
+        sizes = sorted({int(n) for s in table.values() for n in s})
+        print(f"**{label}** ({summary['n_runs']} runs; `{folder}/summary.md`)\n")
+        for key, digits, what in (("force_mae_meV_per_A", 1, "test force MAE (meV/Å)"),
+                                  ("energy_mae_meV_per_atom", 1, "test energy MAE (meV/atom)"),
+                                  ("optimizer_steps_to_best", 0, "optimizer steps to the kept epoch")):
+            print(f"| {what} | " + " | ".join(f"N={n}" for n in sizes) + " |")
+            print("|---|" + "---|" * len(sizes))
+            for start in STARTS:
+                row = table.get(start, {})
+                print(f"| {start} | " + " | ".join(cell(row.get(str(n), {}).get(key), digits) for n in sizes) + " |")
+            print()
+        zero = summary.get("zero_shot", {})
+        if zero:
+            print("zero-shot: " + ", ".join(f"{k} {v['force_mae_meV_per_A']:.1f} meV/Å / {v['energy_mae_meV_per_atom']:.0f} "
+                                              "meV/atom" for k, v in zero.items() if isinstance(v, dict) and "force_mae_meV_per_A" in v))
+            print()
+
+
+if __name__ == "__main__":
+    main()
