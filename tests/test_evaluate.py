@@ -397,3 +397,18 @@ def test_cohesive_energy_only_for_a_model_that_knows_the_lone_atom(si_model, tmp
     torch.save(si_model, path)
     calc = MACECalculator(model_paths=str(path), device="cpu", default_dtype="float64")
     assert props.lattice_and_bulk_modulus(calc, "Si", guess=5.43)["cohesive_energy_eV"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_report_has_no_row_for_a_property_every_model_declined():
+    from mace_transfer.evaluate.report import summary_markdown
+
+    note = "not reported: the model's lone Ge atom is -1.473 eV from its E0 (never trained on an isolated atom)"
+    result = {"element": "Ge", "reference": {"label": "sw-ge", "properties": {
+                  "lattice_constant_A": 5.654, "cohesive_energy_eV": 3.86}},
+              "models": {"transfer": {"source": "t.model", "properties": {
+                  "lattice_constant_A": 5.616, "cohesive_energy_note": note}}}}
+    text = summary_markdown(result)
+    assert "| lattice constant a0 |" in text and "| cohesive energy |" not in text
+    assert f"- transfer: cohesive energy {note}" in text
+    result["models"]["sw"] = {"source": "sw", "properties": {"lattice_constant_A": 5.654, "cohesive_energy_eV": 3.86}}
+    assert "| cohesive energy |" in summary_markdown(result)  # one model reports it: the row is back

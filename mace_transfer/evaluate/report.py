@@ -153,8 +153,12 @@ def summary_markdown(result: dict) -> str:
         lines.append("")
 
     ref_props = reference.get("properties", {})
-    keys = [k for k in PROPERTY_LABELS if k in ref_props
-            or any(k in models[m].get("properties", {}) for m in labels)]
+    def declined(key):  # every model left the property out and said why (e.g. no lone atom: no E_coh)
+        note = key.rsplit("_", 1)[0] + "_note"
+        return all(note in models[m].get("properties", {}) for m in labels)
+
+    keys = [k for k in PROPERTY_LABELS if any(k in models[m].get("properties", {}) for m in labels)
+            or (k in ref_props and not declined(k))]
     if keys:
         lines += ["## Crystal properties", "",
                   "Value (relative error vs reference). C44 is the relaxed one (internal "
@@ -172,6 +176,9 @@ def summary_markdown(result: dict) -> str:
                          + " | ".join(cells) + " |")
         notes = [(label, w) for label in labels
                  for w in models[label].get("properties", {}).get("warnings", [])]
+        notes += [(label, f"{PROPERTY_LABELS[k][0]} {v}") for label in labels
+                  for key, v in models[label].get("properties", {}).items() if key.endswith("_note")
+                  for k in PROPERTY_LABELS if k.rsplit("_", 1)[0] + "_note" == key]
         notes += [("reference", w) for w in ref_props.get("warnings", [])]
         if notes:
             lines += ["", "Warnings:", ""] + [f"- {label}: {w}" for label, w in notes]
