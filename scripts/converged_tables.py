@@ -33,6 +33,8 @@ def main() -> None:
         for key, digits, what in (("force_mae_meV_per_A", 1, "test force MAE (meV/Å)"),
                                   ("energy_mae_meV_per_atom", 1, "test energy MAE (meV/atom)"),
                                   ("optimizer_steps_to_best", 0, "optimizer steps to the kept epoch")):
+            if not sizes:
+                break
             print(f"| {what} | " + " | ".join(f"N={n}" for n in sizes) + " |")
             print("|---|" + "---|" * len(sizes))
             for start in STARTS:
