@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from mace_transfer.evaluate.report import pyplot, save_figure
 
@@ -29,6 +29,7 @@ def main(out: str = "docs/results/converged_sizes.png") -> None:
         if not path.is_file():
             continue
         table = json.loads(path.read_text())["table"]
+        sizes = sorted({int(n) for s in table.values() for n in s})
         for ax, (metric, ylabel) in zip(axes, METRICS):
             for strategy, colour in COLOURS.items():
                 rows = sorted((int(n), e[metric]) for n, e in table.get(strategy, {}).items()
@@ -39,6 +40,8 @@ def main(out: str = "docs/results/converged_sizes.png") -> None:
                             ls=style, marker="o", ms=3, capsize=2, color=colour, label=f"{strategy}, {label}")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            ax.set_xticks(sizes)
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0), numticks=30))
             for axis in (ax.xaxis, ax.yaxis):
                 axis.set_major_formatter(ScalarFormatter())
                 axis.set_minor_formatter(NullFormatter())
