@@ -188,19 +188,7 @@ class Pipeline:
         options.setdefault("restart_latest", True)
         argv = mace_argv(options)
         (folder / "argv.json").write_text(json.dumps(argv, indent=1))
-        args = train.parse_args(argv)
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-        try:
-            train.run(args)
-        finally:
-            # MACE's run() adds its console and file handlers to the root logger: drop them, so
-            # the next stage does not write into this stage's log file
-            for handler in list(root.handlers):
-                if handler not in handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            root.setLevel(level)
+        train.run(train.parse_args(argv))  # train.run drops the log handlers MACE's run() adds
 
     def run_train(self, stage) -> None:
         self._train(stage)

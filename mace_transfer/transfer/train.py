@@ -29,21 +29,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from mace_transfer import UserInputError
 
-#: Our flags, in the order ``--help`` lists them.
-TRANSFER_FLAGS = (
-    "--source_model",
-    "--element_map",
-    "--remap_mode",
-    "--length_scale",
-    "--energy_scale",
-    "--freeze_blocks",
-    "--block_lr_factors",
-    "--unfreeze_after",
-    "--early_stop_patience",
-    "--early_stop_min_epochs",
-    "--pipeline",
-)
-
 
 def build_parser():
     """MACE's default parser plus the ``mace-transfer`` argument group."""
@@ -258,15 +243,30 @@ def _remapped_model_path(args) -> Path:
 MAX_FRAMES_FOR_ESTIMATES = 200
 
 
+#: (path, size, mtime) -> the structures read: the key check, the scale estimate, the E0 average
+#: and the shift refit of one run share a single read of the training file
+_TRAIN_ATOMS_READ: Dict[tuple, list] = {}
+
+
 def _read_train_atoms(args):
+    """The first :data:`MAX_FRAMES_FOR_ESTIMATES` structures of ``--train_file`` (read once a run)."""
     from ase.io import read
 
     if not args.train_file:
         raise UserInputError("'auto' length/energy scale needs --train_file with target data")
+    path = Path(args.train_file)
+    stat = path.stat() if path.is_file() else None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
+    if key in _TRAIN_ATOMS_READ:
+        return _TRAIN_ATOMS_READ[key]
     try:
-        return read(args.train_file, index=f":{MAX_FRAMES_FOR_ESTIMATES}")
+        frames = read(args.train_file, index=f":{MAX_FRAMES_FOR_ESTIMATES}")
     except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
         raise UserInputError(f"cannot read --train_file {args.train_file}: {exc}") from None
+    if key is not None:
+        _TRAIN_ATOMS_READ.clear()  # one file at a time: a study trains many runs in one process
+        _TRAIN_ATOMS_READ[key] = frames
+    return frames
 
 
 def prepare_source_model(args, spec=None):
@@ -510,8 +510,19 @@ def run(args) -> None:
         args.freeze_blocks, args.block_lr_factors, args.unfreeze_after
     )
     prepare_source_model(args, spec)
-    with freeze.optimizer_seam(spec), early_stop_seam(args):
-        run_train.run(args)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with freeze.optimizer_seam(spec), early_stop_seam(args):
+            run_train.run(args)
+    finally:
+        # MACE's run() adds console and file handlers to the root logger on every call: drop them,
+        # so a later run (or our own log lines) in this process never writes into a closed file
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
 
 
 def run_mace_only(argv: Sequence[str]) -> None:
