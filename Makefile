@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow demo venv dft-setup pbe-data clean
+.PHONY: test test-slow demo venv dft-setup peers pbe-data clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 dft-setup:
 	bash scripts/dft_setup.sh
+
+# the peers' own environment (.venv-peers: SevenNet-0, CHGNet), never imported by the product (issue 22)
+peers:
+	bash scripts/peers_setup.sh
 
 # the shipped PBE datasets, merged from the labellers' files (SW density + PBE density)
 pbe-data: $(STAMP)

@@ -16,6 +16,8 @@ from mace_transfer import UserInputError
 STRATEGIES = ("scratch", "transfer", "transfer_freeze", "transfer_rescale", "mace_freeze",
               "classical_pretrain")
 INITS = ("scratch", "remap", "foundation", "classical")
+#: the peers of a ``kind: peers`` study (:mod:`~mace_transfer.studies.peers`) and how reports name them
+PEERS = {"sevenn": "SevenNet-0 (sevenn 0.13)", "chgnet": "CHGNet 0.3.0 (chgnet 0.4.2)"}
 #: per-run records live in <out>/records/ (not "runs/": the repository's .gitignore ignores runs/)
 RECORDS = "records"
 METRICS = ("force_mae_meV_per_A", "force_rmse_meV_per_A", "energy_mae_meV_per_atom",
@@ -80,7 +82,33 @@ def load_config(path) -> Dict[str, Any]:
     mode = config["budget"].get("mode", "steps")
     if mode not in ("steps", "converged"):
         raise UserInputError(f"{path}: budget.mode must be 'steps' (a fixed step budget) or 'converged', got {mode!r}")
+    kind = config.setdefault("kind", "learning_curve")
+    if kind not in ("learning_curve", "peers"):
+        raise UserInputError(f"{path}: kind must be 'learning_curve' or 'peers', got {kind!r}")
+    if kind == "peers":
+        _check_peers(config, path)
     return config
+
+
+#: what a ``peers.<name>`` block may hold (studies.peers.PEER_DEFAULTS gives the first four)
+PEER_KEYS = ("lr_grid", "max_epochs", "patience_epochs", "batch_size", "loss", "energy_weight",
+             "force_weight", "stress_weight")
+
+
+def _check_peers(config: Dict[str, Any], path: Path) -> None:
+    peers = config.get("peers")
+    if not isinstance(peers, dict) or not peers:
+        raise UserInputError(f"{path}: kind: peers needs a 'peers' mapping ({', '.join(PEERS)})")
+    for name, block in peers.items():
+        if name not in PEERS:
+            raise UserInputError(f"{path}: unknown peer {name!r}; choose from {', '.join(PEERS)}")
+        unknown = sorted(set(block or {}) - set(PEER_KEYS))
+        if unknown:
+            raise UserInputError(f"{path}: peers.{name}: unknown key {unknown[0]!r} ({', '.join(PEER_KEYS)})")
+        grid = (block or {}).get("lr_grid")
+        if grid is not None and (not isinstance(grid, list) or not grid or not all(
+                isinstance(v, (int, float)) and v > 0 for v in grid)):
+            raise UserInputError(f"{path}: peers.{name}.lr_grid must be a list of positive learning rates")
 
 
 def _merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:

@@ -67,6 +67,12 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
     """
     if not isinstance(config, dict):
         config = load_config(config)
+    if config.get("kind") == "peers":  # the yardstick: fine-tuned universal potentials (studies.peers)
+        from mace_transfer.studies.peers import run_peers
+
+        return run_peers(config, out=out, work=work, sizes=sizes, seeds=seeds, peers=strategies,
+                         max_runs=max_runs, timing=timing, zero_shot=zero_shot, report_only=report_only,
+                         progress=progress)
     names = list(strategies) if strategies else list(config["strategies"])
     for name in names:
         if name not in config["strategies"]:
