@@ -202,3 +202,26 @@ def test_real_peer_predicts_and_finetunes(tmp_path, peer, monkeypatch):
     for atoms in read(tmp_path / "p.xyz", ":"):
         assert abs(atoms.info["peer_energy"] - atoms.info["REF_energy"]) / len(atoms) < 0.5
         assert np.isfinite(atoms.arrays["peer_forces"]).all()
+
+
+def test_a_peer_teaches_exactly_what_it_predicts(tmp_path, monkeypatch):
+    """A peer as a pretraining teacher: the labels are the peer's predictions (plus the asked energy
+    shift) for the stored geometry, and the frames carry the peer's identity."""
+    from mace_transfer.datagen.teacher import label_with_teacher
+
+    monkeypatch.setattr(peers_module, "run_job", _fake_run_job)
+    write_sw_ge_dataset(tmp_path / "structures.xyz", 3, seed=5)
+    structures = read(tmp_path / "structures.xyz", ":")
+    calc, name, settings = peers_module.peer_teacher({"peer": "chgnet", "model": None,
+                                                      "energy_shift_eV_per_atom": {"Ge": 50.0}},
+                                                     structures, tmp_path / "teacher")
+    frames = label_with_teacher(structures, calc, tmp_path / "labels.xyz", name=name, settings=settings,
+                                progress=lambda *_: None)
+    for atoms, frame in zip(structures, frames):
+        atoms.positions = np.round(atoms.positions, 8)
+        atoms.calc = _lj(0.3)
+        assert frame.info["REF_energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+        assert np.allclose(frame.arrays["REF_forces"], atoms.get_forces(), atol=1e-8)
+        assert frame.info["teacher"] == "chgnet:zero-shot"
+    with pytest.raises(UserInputError, match="teacher.peer"):
+        peers_module.peer_teacher({"peer": "mace"}, structures, tmp_path / "x")

@@ -334,6 +334,42 @@ class PeerSweep(StudyData):
         write(path, atoms, format="extxyz")
 
 
+def peer_teacher(spec: Dict[str, Any], structures, folder: Path, threads: int = 1):
+    """A peer as the teacher of a ``pretrain`` stage: ``spec`` = ``{peer, model (a checkpoint of a
+    peers study, or null: the zero-shot weights), energy_shift_eV_per_atom}``. The peer predicts every
+    structure once, in its own environment; returns (ASE calculator answering from those predictions,
+    teacher name, settings tag) for :func:`mace_transfer.datagen.teacher.label_with_teacher`."""
+    import hashlib
+
+    from ase.io import read, write
+
+    from mace_transfer.datagen import teacher
+
+    peer = spec.get("peer")
+    if peer not in PEERS:
+        raise UserInputError(f"teacher.peer must be one of {', '.join(PEERS)}, got {peer!r}")
+    model = spec.get("model")
+    if model is not None and not Path(model).is_file():
+        raise UserInputError(f"teacher.model: checkpoint {model} not found")
+    shift = {str(k): float(v) for k, v in (spec.get("energy_shift_eV_per_atom") or {}).items()}
+    identity = teacher.file_identity(model) if model else f"{peer} zero-shot"
+    teacher_settings = hashlib.sha256(
+        json.dumps([peer, identity, shift], sort_keys=True).encode()).hexdigest()[:10]
+    folder.mkdir(parents=True, exist_ok=True)
+    rounded = []
+    for atoms in structures:  # label_with_teacher labels the stored (8-decimal) geometry
+        atoms = atoms.copy()
+        atoms.positions = np.round(atoms.positions, 8)
+        rounded.append(atoms)
+    write(folder / "teacher_frames.xyz", rounded, format="extxyz")
+    run_job({"peer": peer, "task": "predict", "model": model, "energy_shift_eV_per_atom": {},
+             "frames": str(folder / "teacher_frames.xyz"), "out": str(folder / "teacher_predicted.xyz")},
+            folder, threads)
+    predicted = read(folder / "teacher_predicted.xyz", ":")
+    name = f"{peer}:{Path(model).name if model else 'zero-shot'}"
+    return PredictedCalculator(predicted, shift), name, teacher_settings
+
+
 def mace_md_speed(model_path, cell_path, steps: int, threads: int) -> float:
     """atom-steps/s of a MACE ``.model`` in the peers' MD protocol, in a fresh process (torch's
     thread count is set once per process)."""

@@ -13,7 +13,8 @@ A pipeline file::
 Stage kinds: ``sample`` (classical configurations), ``train`` (``mace_transfer_train``; ``source``
 = a stage or ``.model`` to remap with ``element_map``, ``foundation`` = a same-element stage to
 continue from), ``classical_pretrain`` (sample + train on a classical potential), ``pretrain``
-(structures labelled by any ``teacher``: a stage or ``.model`` file, or ``sw-ge``/``tersoff-si``...;
+(structures labelled by any ``teacher``: a stage or ``.model`` file, ``sw-ge``/``tersoff-si``..., or a
+peer ``{peer: sevenn|chgnet, model: <checkpoint or null>}`` run in its own environment (``make peers``);
 ``structures`` = an extxyz file or a sampler spec ``{element, potential, n, options}``; then the
 student trains on the teacher's labels, with ``source``/``element_map``/``subset``/``mace`` as a
 ``train`` stage; ``classical_pretrain`` is the case whose teacher is the sampler's own potential), ``evaluate`` and
@@ -211,6 +212,10 @@ class Pipeline:
         from mace_transfer.datagen import classical, teacher
 
         ref = stage.get("teacher")
+        if isinstance(ref, dict):  # a universal potential in its own environment (studies.peers)
+            from mace_transfer.studies.peers import peer_teacher
+
+            return peer_teacher(ref, self._structures(stage), self.stage_dir(stage) / "peer_teacher")
         if not ref:
             raise UserInputError(f"stage {stage['name']!r} needs a 'teacher' (a stage, a .model file or "
                                  f"one of {', '.join(evaluate.REFERENCE_NAMES)})")
