@@ -14,7 +14,7 @@ from mace_transfer import UserInputError
 
 
 STRATEGIES = ("scratch", "transfer", "transfer_freeze", "transfer_rescale", "mace_freeze",
-              "classical_pretrain")
+              "classical_pretrain", "teacher_pretrain")
 INITS = ("scratch", "remap", "foundation", "classical")
 #: the peers of a ``kind: peers`` study (:mod:`~mace_transfer.studies.peers`) and how reports name them
 PEERS = {"sevenn": "SevenNet-0 (sevenn 0.13)", "chgnet": "CHGNet 0.3.0 (chgnet 0.4.2)"}

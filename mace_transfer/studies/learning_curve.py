@@ -28,7 +28,9 @@ Strategies: ``scratch``; ``transfer`` (remap the source, fine-tune); ``transfer_
 frozen block set); ``transfer_rescale`` (+ corresponding-states s, k); ``mace_freeze`` (MACE's own
 ``--freeze N`` on the remapped file as ``--foundation_model``); ``classical_pretrain`` (a target
 model trained once on ``data.classical``, a classical potential's labels, then re-referenced to
-the target E0s and fine-tuned; only meaningful when the target labels are not classical).
+the target E0s and fine-tuned; only meaningful when the target labels are not classical);
+``teacher_pretrain`` (the same route when ``data.classical`` holds an accurate model's labels, e.g.
+scripts/make_teacher_labels.py: a fast student taught by a slow teacher, issue 23).
 
 Usage (also a pipeline stage, ``kind: learning_curve``)::
 

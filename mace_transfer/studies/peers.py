@@ -40,6 +40,7 @@ import numpy as np
 from mace_transfer import UserInputError
 from ase.calculators.calculator import Calculator, all_changes
 
+from mace_transfer.studies import selection
 from mace_transfer.studies.config import METRICS, PEERS, RECORDS, run_name
 from mace_transfer.studies.data import StudyData
 from mace_transfer.studies.records import write_json
@@ -214,31 +215,21 @@ class PeerSweep(StudyData):
         return record
 
     def lr_choice(self, peer: str) -> float:
-        """The grid value with the lowest best validation loss at ``peers_select`` (N, seed); every
-        try kept in ``<out>/lr_selection/<peer>.json`` (resumable), its run reused by the sweep."""
-        grid = [float(v) for v in self.settings(peer)["lr_grid"]]
+        """The grid value with the lowest best validation loss at ``peers_select`` (N, seed)
+        (:func:`selection.choose_lr`: ``<out>/lr_selection/<peer>.json``, resumable; the chosen
+        run is reused by the sweep)."""
         select = self.config.get("peers_select") or {"n": 20, "seed": 0}
         n_train, seed = int(select["n"]), int(select["seed"])
-        path = self.out / "lr_selection" / f"{peer}.json"
-        entry = json.loads(path.read_text()) if path.is_file() else {}
-        entry.update(strategy=peer, n_train=n_train, seed=seed, grid=grid)
-        tries = entry.setdefault("tries", {})
-        for lr in grid:
-            key = f"{lr:g}"
-            if key in tries:
-                continue
-            record_path = self.out / "selection" / f"lr-{peer}-{key}_N{n_train:04d}_s{seed}.json"
-            record = (json.loads(record_path.read_text()) if record_path.is_file()
-                      else self.train_run(peer, n_train, seed, record_path, lr))
-            tries[key] = {"best_valid_loss": record["best_valid_loss"],
-                          "best_valid_mae_f_meV_A": record["best_valid_mae_f_meV_A"],
-                          "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
-                          "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
-            write_json(path, entry)
-        chosen = min(grid, key=lambda lr: tries[f"{lr:g}"]["best_valid_loss"])
-        entry.update(chosen=chosen, rule="lowest best validation loss (the test error is recorded, not used)")
-        write_json(path, entry)
-        return chosen
+
+        def summarise(record):
+            return {"best_valid_loss": record["best_valid_loss"],
+                    "best_valid_mae_f_meV_A": record["best_valid_mae_f_meV_A"],
+                    "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
+                    "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
+
+        return selection.choose_lr(self.out, peer, [float(v) for v in self.settings(peer)["lr_grid"]],
+                                   n_train, seed, lambda lr, path: self.train_run(peer, n_train, seed, path, lr),
+                                   summarise, self.say)
 
     def sweep(self, sizes: Sequence[int], seeds: Sequence[int], peers: Sequence[str],
               max_runs: Optional[int] = None) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from mace_transfer import UserInputError
+from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
 from mace_transfer.studies.data import StudyData, file_sha256
 from mace_transfer.studies.records import (best_epoch, load_runs, read_results, valid_rmse_at,
@@ -111,32 +112,6 @@ def _fmt_time(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
-#: unfinished runs of a converged study, parked for a later session (see Sweep.park_runs)
-PARKED = "partial"
-#: a run folder's record of its training chunks (wall seconds of earlier, cut processes)
-CHUNKS = "chunks.json"
-
-
-def _checkpoints(folder: Path) -> List[Path]:
-    """MACE's checkpoints of a run folder, oldest epoch first (none when the folder is missing)."""
-    def epoch(path: Path) -> int:
-        match = re.search(r"_epoch-(\d+)", path.name)
-        return int(match.group(1)) if match else -1
-
-    return sorted((folder / "checkpoints").glob("*.pt"), key=epoch) if folder.is_dir() else []
-
-
-def _cut_chunk_s(folder: Path, chunks: Dict[str, Any]) -> float:
-    """Wall seconds of the last chunk of a cut run: from its start to MACE's last results line."""
-    logs = list((folder / "results").glob("*_train.txt"))
-    started = chunks.get("chunk_start_unix")
-    if started is None and (folder / "argv.json").is_file():  # a run begun before chunks were recorded
-        started = (folder / "argv.json").stat().st_mtime
-    if not logs or not started:
-        return 0.0
-    return max(0.0, max(p.stat().st_mtime for p in logs) - float(started))
 
 
 class Sweep(StudyData):
@@ -325,10 +300,9 @@ class Sweep(StudyData):
         name = record_path.stem
         folder = self.work / name
         resumable = self.config["budget"].get("mode") == "converged"  # hours-long runs continue
-        parked = self.out / PARKED / name
-        if resumable and parked.is_dir() and not folder.exists():
-            shutil.copytree(parked, folder)  # a run cut in an earlier session (see park_runs)
-        done_before = self._chunks_wall(folder) if resumable and _checkpoints(folder) else None
+        if resumable:
+            parking.unpark(self.out, name, folder)  # a run cut in an earlier session (see park_runs)
+        done_before = parking.chunks_wall(folder) if resumable and parking.checkpoints(folder) else None
         if folder.exists() and done_before is None:  # a cut run starts again: its wall time must be whole
             shutil.rmtree(folder)
         subset = self.write_subset(folder, n_train, seed)
@@ -338,7 +312,7 @@ class Sweep(StudyData):
         if done_before is not None:
             options["restart_latest"] = True
             self.say(f"{name}: resuming from its checkpoint ({_fmt_time(done_before)} trained before)")
-        write_json(folder / CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time()})
+        write_json(folder / parking.CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time()})
         wall = (done_before or 0.0) + self._train(options, folder)
         model_path = folder / f"{name}.model"
         curve = read_results(folder / "results")
@@ -367,46 +341,12 @@ class Sweep(StudyData):
         with contextlib.suppress(OSError):
             shutil.rmtree(folder / "checkpoints")
         write_json(record_path, record)
-        if parked.is_dir():
-            shutil.rmtree(parked)
+        parking.drop_parked(self.out, name)
         return record
 
-    @staticmethod
-    def _chunks_wall(folder: Path) -> float:
-        """Wall seconds a resumed run trained before (chunks of earlier, cut processes)."""
-        path = folder / CHUNKS
-        if not path.is_file():
-            return 0.0
-        chunks = json.loads(path.read_text())
-        if "parked_chunk_s" in chunks:
-            return float(chunks["wall_s_before"]) + float(chunks["parked_chunk_s"])
-        return float(chunks.get("wall_s_before", 0.0)) + _cut_chunk_s(folder, chunks)
-
     def park_runs(self) -> List[str]:
-        """Copy every unfinished run that has a checkpoint (a process cut mid-run) from ``work`` to
-        ``<out>/partial/<run>/``: its newest checkpoint, MACE's results log, the subset files and the
-        wall time so far. Committed, it lets a later session or machine resume the run
-        (:meth:`train_run`) instead of starting it again. Returns the parked run names."""
-        parked = []
-        for folder in sorted(p for p in self.work.glob("*") if p.is_dir()):
-            newest = _checkpoints(folder)
-            if not newest or (self.out / RECORDS / f"{folder.name}.json").is_file() \
-                    or (self.out / "selection" / f"{folder.name}.json").is_file():
-                continue
-            target = self.out / PARKED / folder.name
-            if target.exists():
-                shutil.rmtree(target)
-            (target / "checkpoints").mkdir(parents=True)
-            shutil.copy(newest[-1], target / "checkpoints" / newest[-1].name)
-            shutil.copytree(folder / "results", target / "results")
-            for name in ("train.xyz", "valid.xyz"):
-                shutil.copy(folder / name, target / name)
-            chunks = json.loads((folder / CHUNKS).read_text()) if (folder / CHUNKS).is_file() else {}
-            write_json(target / CHUNKS, {"wall_s_before": chunks.get("wall_s_before", 0.0),
-                                         "parked_chunk_s": _cut_chunk_s(folder, chunks)})
-            parked.append(folder.name)
-            self.say(f"parked {folder.name}: {newest[-1].name} -> {target}")
-        return parked
+        """Park every run of ``work`` cut mid-training (:func:`parking.park_runs`)."""
+        return parking.park_runs(self.work, self.out, self.say)
 
     @staticmethod
     def _convergence(options: Dict[str, Any], curve: Dict[str, Any], epoch: Optional[int],
@@ -426,37 +366,24 @@ class Sweep(StudyData):
     # -------------------------------------------------------------- learning-rate selection
     def lr_choice(self, strategy: str) -> Optional[float]:
         """The learning rate of ``strategy``: its ``lr`` without ``lr_grid.<strategy>``, else the grid
-        value with the lowest best validation loss at ``lr_grid.select`` (N, seed); the test error
-        is recorded, never used. Resumable: ``<out>/lr_selection/<strategy>.json`` keeps every
-        finished try (one file per strategy, so strategies can be selected in parallel processes)."""
+        value with the lowest best validation loss at ``lr_grid.select`` (N, seed)
+        (:func:`selection.choose_lr`; ``<out>/lr_selection/<strategy>.json``, one file per strategy,
+        so strategies can be selected in parallel processes)."""
         grid = (self.config.get("lr_grid") or {}).get(strategy)
         if not grid:
             return None
-        path = self.out / "lr_selection" / f"{strategy}.json"
         select = (self.config.get("lr_grid") or {}).get("select", {"n": 20, "seed": 0})
         n_train, seed = int(select["n"]), int(select["seed"])
-        entry = json.loads(path.read_text()) if path.is_file() else {}
-        entry.update(strategy=strategy, n_train=n_train, seed=seed, grid=[float(v) for v in grid])
-        tries = entry.setdefault("tries", {})
-        for lr in grid:
-            key = f"{float(lr):g}"
-            if key in tries:
-                continue
-            self.say(f"lr selection: {strategy} lr={key} at N={n_train} seed={seed}")
-            record_path = self.out / "selection" / f"lr-{strategy}-{key}_N{n_train:04d}_s{seed}.json"
-            if record_path.is_file():  # trained by a process cut before it wrote this file
-                record = json.loads(record_path.read_text())
-            else:
-                record = self.train_run(strategy, n_train, seed, record_path, lr=float(lr))
-            tries[key] = {"best_valid_loss": min(v for v in record["curve"]["valid_loss"] if v is not None),
-                          "best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
-                          "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
-                          "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
-            write_json(path, entry)
-        chosen = min(grid, key=lambda lr: tries[f"{float(lr):g}"]["best_valid_loss"])
-        entry.update(chosen=float(chosen), rule="lowest best validation loss (the test error is recorded, not used)")
-        write_json(path, entry)
-        return float(chosen)
+
+        def summarise(record):
+            return {"best_valid_loss": min(v for v in record["curve"]["valid_loss"] if v is not None),
+                    "best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
+                    "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
+                    "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
+
+        return selection.choose_lr(self.out, strategy, [float(v) for v in grid], n_train, seed,
+                                   lambda lr, path: self.train_run(strategy, n_train, seed, path, lr=lr),
+                                   summarise, self.say)
 
     @staticmethod
     def _scales_from_log(folder: Path) -> Optional[Dict[str, float]]:
@@ -523,7 +450,7 @@ class Sweep(StudyData):
             path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
             blocks = freeze if strategy == "transfer_freeze" else None
             selected = strategy == "transfer_freeze" or lrs[strategy] is not None
-            record = self._selected_run(strategy, n_train, seed, blocks, lrs[strategy]) if selected else None
+            record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lrs[strategy]) if selected else None
             if record is not None:
                 record["name"] = path.stem
                 write_json(path, record)
@@ -538,17 +465,6 @@ class Sweep(StudyData):
                      f"{record['epochs_run']} epochs (best {record['best_epoch']}), "
                      f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
         return len(todo)
-
-    def _selected_run(self, strategy: str, n_train: int, seed: int, freeze: Optional[str],
-                      lr: Optional[float] = None):
-        """The selection run (freeze blocks or learning rate) of the chosen setting when it is this
-        (N, seed), else None: it is not trained twice."""
-        for path in sorted((self.out / "selection").glob(f"*_N{n_train:04d}_s{seed}.json")):
-            record = json.loads(path.read_text())
-            if (record.get("strategy") == strategy and record.get("freeze_blocks") == freeze
-                    and (lr is None or record.get("lr") == lr)):
-                return dict(record, reused_from=str(path))
-        return None
 
     @staticmethod
     def _guess_wall(walls, strategy: str, n_train: int) -> float:
