@@ -83,8 +83,8 @@ def load_config(path) -> Dict[str, Any]:
     if mode not in ("steps", "converged"):
         raise UserInputError(f"{path}: budget.mode must be 'steps' (a fixed step budget) or 'converged', got {mode!r}")
     kind = config.setdefault("kind", "learning_curve")
-    if kind not in ("learning_curve", "peers"):
-        raise UserInputError(f"{path}: kind must be 'learning_curve' or 'peers', got {kind!r}")
+    if kind not in ("learning_curve", "peers", "alloy"):
+        raise UserInputError(f"{path}: kind must be 'learning_curve', 'peers' or 'alloy', got {kind!r}")
     if kind == "peers":
         _check_peers(config, path)
     return config

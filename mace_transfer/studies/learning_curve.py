@@ -75,6 +75,11 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
         return run_peers(config, out=out, work=work, sizes=sizes, seeds=seeds, peers=strategies,
                          max_runs=max_runs, timing=timing, zero_shot=zero_shot, report_only=report_only,
                          progress=progress)
+    if config.get("kind") == "alloy":  # Si -> SiGe by extension (studies.alloy); sizes = alloy counts M
+        from mace_transfer.studies.alloy import run_alloy
+
+        return run_alloy(config, out=out, work=work, sizes=sizes, seeds=seeds, strategies=strategies,
+                         max_runs=max_runs, report_only=report_only, progress=progress)
     names = list(strategies) if strategies else list(config["strategies"])
     for name in names:
         if name not in config["strategies"]:
