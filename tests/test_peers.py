@@ -225,3 +225,21 @@ def test_a_peer_teaches_exactly_what_it_predicts(tmp_path, monkeypatch):
         assert frame.info["teacher"] == "chgnet:zero-shot"
     with pytest.raises(UserInputError, match="teacher.peer"):
         peers_module.peer_teacher({"peer": "mace"}, structures, tmp_path / "x")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PEERS_PYTHON.is_file(), reason="the peers' environment is not installed (make peers)")
+def test_live_peer_calculator_answers_as_the_batch_prediction(tmp_path, monkeypatch):
+    """The served peer (for MD and E-V) gives exactly the batch worker's numbers, and its stress is
+    the strain derivative of its energy."""
+    monkeypatch.setenv("MACE_TRANSFER_PEERS_PYTHON", str(PEERS_PYTHON))
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 2, seed=6)
+    frames = read(tmp_path / "ge.xyz", ":")
+    peers_module.run_job({"peer": "chgnet", "task": "predict", "model": None, "frames": str(tmp_path / "ge.xyz"),
+                          "out": str(tmp_path / "p.xyz"), "energy_shift_eV_per_atom": {}}, tmp_path / "job")
+    batch = read(tmp_path / "p.xyz", ":")
+    with peers_module.PeerCalculator("chgnet") as calc:
+        for atoms, predicted in zip(frames, batch):
+            atoms.calc = calc
+            assert atoms.get_potential_energy() == pytest.approx(predicted.info["peer_energy"], abs=1e-4)
+            assert np.allclose(atoms.get_forces(), predicted.arrays["peer_forces"], atol=1e-4)

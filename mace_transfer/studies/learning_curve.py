@@ -73,7 +73,7 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
         from mace_transfer.studies.peers import run_peers
 
         return run_peers(config, out=out, work=work, sizes=sizes, seeds=seeds, peers=strategies,
-                         max_runs=max_runs, timing=timing, zero_shot=zero_shot, report_only=report_only,
+                         max_runs=max_runs, timing=timing, md=md, zero_shot=zero_shot, report_only=report_only,
                          progress=progress)
     if config.get("kind") == "alloy":  # Si -> SiGe by extension (studies.alloy); sizes = alloy counts M
         from mace_transfer.studies.alloy import run_alloy

@@ -111,6 +111,65 @@ class PredictedCalculator(Calculator):
             self.results["stress"] = np.asarray(found.info["peer_stress"], dtype=float)
 
 
+class PeerCalculator(Calculator):
+    """A peer as a live ASE calculator: a worker process in the peers' environment answers each
+    configuration (energy eV, forces eV/Å, stress eV/Å³), so the product's MD ladder, E-V and
+    close-contact code runs on a peer unchanged. ``model``: a fine-tuned checkpoint, or None for
+    the shipped weights; ``shift_eV_per_atom`` moves the energy zero. Close it (or use ``with``)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, peer: str, model=None, shift_eV_per_atom: Optional[Dict[str, float]] = None,
+                 threads: int = 1, log=None):
+        super().__init__()
+        if peer not in PEERS:
+            raise UserInputError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+        import tempfile
+
+        self.label = f"{peer}:{Path(model).name if model else 'zero-shot'}"
+        self._folder = Path(tempfile.mkdtemp(prefix="peer_calc_"))
+        job = self._folder / "serve.json"
+        job.write_text(json.dumps({"peer": peer, "model": None if model is None else str(model),
+                                   "energy_shift_eV_per_atom": dict(shift_eV_per_atom or {}), "threads": threads}))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self._log = open(log or self._folder / "serve.log", "w")
+        self._process = subprocess.Popen([str(peers_python()), str(WORKER), "--serve", str(job)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                         text=True, env=env)
+        self._read()  # {"ready": true} once the peer's model is loaded
+
+    def _read(self) -> Dict[str, Any]:
+        line = self._process.stdout.readline()
+        if not line:
+            self._log.flush()
+            raise RuntimeError(f"peer worker stopped: {self._log.name}")
+        return json.loads(line)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        request = {"numbers": self.atoms.numbers.tolist(), "positions": self.atoms.positions.tolist(),
+                   "cell": self.atoms.cell.array.tolist(), "pbc": self.atoms.pbc.tolist()}
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        answer = self._read()
+        self.results = {"energy": answer["energy"], "free_energy": answer["energy"],
+                        "forces": np.asarray(answer["forces"], dtype=float)}
+        if answer["stress"] is not None:
+            self.results["stress"] = np.asarray(answer["stress"], dtype=float)
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait(timeout=60)
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def fit_energy_shift(frames, predicted_energies: Sequence[float], energy_key: str = "REF_energy") -> Dict[str, float]:
     """One constant per element (eV/atom) that moves predicted energies onto the labels' zero:
     least squares of (E_label - E_predicted) on the element counts (exact for one element: the
@@ -256,6 +315,27 @@ class PeerSweep(StudyData):
                      f"(best {record['best_epoch']}), {record['wall_s']:.0f} s")
         return len(todo)
 
+    # -------------------------------------------------------------- MD ladder, a0, B
+    def md_and_properties(self, peers: Sequence[str]) -> None:
+        """The MD stability ladder and a0/B of each peer's fine-tuned (``md.sizes`` N, ``md.seeds``)
+        checkpoints, by the product's own evaluation code through a live :class:`PeerCalculator`;
+        records in ``<out>/md/`` of the learning curve's shape."""
+        from mace_transfer.studies.records import load_runs
+        from mace_transfer.studies.runs import write_md_record
+
+        spec = self.config.get("md") or {}
+        sizes = {int(n) for n in spec.get("sizes", [20])}
+        seeds = {int(s) for s in spec.get("seeds", [0])}
+        for rec in load_runs(self.out):
+            if rec["strategy"] not in peers or int(rec["n_train"]) not in sizes or int(rec["seed"]) not in seeds:
+                continue
+            path = self.out / "md" / f"{rec['name']}.json"
+            if path.is_file():
+                continue
+            self.say(f"md: {rec['name']} (live {PEERS[rec['strategy']]})")
+            with PeerCalculator(rec["strategy"], rec["checkpoint"], threads=self.threads) as calc:
+                write_md_record(path, rec, calc, spec)
+
     # -------------------------------------------------------------- MD speed
     def md_speed(self, peers: Sequence[str], seed: int = 0) -> Dict[str, Any]:
         """atom-steps/s of NVE MD (1 fs, 300 K start) on diamond cells of ``md_speed.atoms`` atoms
@@ -382,7 +462,7 @@ def mace_md_speed(model_path, cell_path, steps: int, threads: int) -> float:
 
 
 def run_peers(config: Dict[str, Any], *, out=None, work=None, sizes=None, seeds=None, peers=None,
-              max_runs: Optional[int] = None, timing: bool = False, zero_shot: bool = True,
+              max_runs: Optional[int] = None, timing: bool = False, md: bool = False, zero_shot: bool = True,
               report_only: bool = False, progress=print) -> Dict[str, Any]:
     """Run (or resume) a peers study (``kind: peers``) and write its report; the summary."""
     from mace_transfer.studies.peers_report import write_peers_report
@@ -401,6 +481,8 @@ def run_peers(config: Dict[str, Any], *, out=None, work=None, sizes=None, seeds=
         sweep.sweep(sweep.sizes(sizes), [int(s) for s in (seeds or config["seeds"])], names, max_runs)
         if timing:
             sweep.md_speed(names)
+        if md:
+            sweep.md_and_properties(names)
     summary = write_peers_report(config, sweep.out)
     progress(f"report: {sweep.out}/summary.md ({summary['n_runs']} peer runs)")
     return summary

@@ -114,6 +114,28 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def write_md_record(path: Path, rec: Dict[str, Any], model, spec: Dict[str, Any]) -> None:
+    """The MD stability ladder and a0/B of one run's ``model`` (a .model path or an ASE calculator)
+    against ``spec["reference"]`` (config ``md``), written to ``path`` beside the run's identity."""
+    from mace_transfer import evaluate
+
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = evaluate.evaluate(
+            model, reference=spec.get("reference", "sw-ge"), labels=[rec["name"]],
+            temperatures=spec.get("temperatures"), seeds=spec.get("md_seeds"),
+            md_steps=spec.get("md_steps"), skip=["errors", "structure", "elastic", "vacancy", "phonons"],
+            progress=False)
+    entry = metrics["models"][rec["name"]]
+    write_json(path, {
+        "strategy": rec["strategy"], "n_train": rec["n_train"], "seed": rec["seed"],
+        "max_stable_temperature_K": entry["md_stability"].get("max_stable_temperature_K"),
+        "properties": entry.get("properties"), "comparison": entry.get("comparison"),
+        "reference": metrics["reference"]["properties"], "md_settings": metrics["settings"]["md"],
+        "wall_s": time.time() - start})
+
+
 class Sweep(StudyData):
     """One learning-curve study's work on its data: source model, zero-shot, selection, runs, extras."""
 
@@ -478,8 +500,6 @@ class Sweep(StudyData):
     # -------------------------------------------------------------- extras
     def md_and_properties(self, seeds: Sequence[int]) -> None:
         """MD stability ladder, a0 and B vs ``md.reference`` (default SW-Ge) for the finished ``seeds`` runs."""
-        from mace_transfer import evaluate
-
         import fcntl
 
         import torch
@@ -508,21 +528,8 @@ class Sweep(StudyData):
                 lock.close()
                 continue
             self.say(f"md: {rec['name']}")
-            start = time.time()
-            with lock, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                metrics = evaluate.evaluate(
-                    rec["model"], reference=spec.get("reference", "sw-ge"), labels=[rec["name"]],
-                    temperatures=spec.get("temperatures"), seeds=spec.get("md_seeds"),
-                    md_steps=spec.get("md_steps"), skip=["errors", "structure", "elastic", "vacancy",
-                                                         "phonons"], progress=False)
-                entry = metrics["models"][rec["name"]]
-                write_json(path, {
-                    "strategy": rec["strategy"], "n_train": rec["n_train"], "seed": rec["seed"],
-                    "max_stable_temperature_K": entry["md_stability"].get("max_stable_temperature_K"),
-                    "properties": entry.get("properties"), "comparison": entry.get("comparison"),
-                    "reference": metrics["reference"]["properties"], "md_settings": metrics["settings"]["md"],
-                    "wall_s": time.time() - start})
+            with lock:
+                write_md_record(path, rec, rec["model"], spec)
 
     def timing(self) -> Dict[str, Any]:
         """Seconds per epoch: mace_transfer_train vs MACE's own run_train, same argv (scratch)."""

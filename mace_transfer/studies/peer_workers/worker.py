@@ -28,6 +28,12 @@ zero first, trains with the peer's own trainer, keeps the best-validation checkp
 "train_loss", "valid_loss", "valid_force_mae_meV_A", "valid_energy_mae_meV_atom", "wall_s"},
 "route": {what the peer's code was asked}}``.
 
+``serve`` (``worker.py --serve JOB.json``): ``model``, ``energy_shift_eV_per_atom``; then one JSON
+line per request on stdin (``numbers``, ``positions`` Å, ``cell`` Å, ``pbc``), one JSON line per answer
+on stdout (``energy`` eV, ``forces`` eV/Å, ``stress`` eV/Å³ or null), until stdin closes: a live
+calculator for the product's MD, E-V and close-contact code
+(:class:`mace_transfer.studies.peers.PeerCalculator`). Anything the peer's code prints goes to stderr.
+
 ``md_speed``: ``model``, ``energy_shift_eV_per_atom``, ``frames`` (the first frame is run),
 ``steps``, ``warmup_steps``, ``timestep_fs``, ``temperature_K``, ``seed``: NVE velocity Verlet
 through the peer's ASE calculator. Result: ``{"atoms", "steps", "seconds", "atom_steps_per_s"}``.
@@ -108,16 +114,42 @@ def finetune(job: dict) -> dict:
 TASKS = {"predict": predict, "finetune": finetune, "md_speed": md_speed}
 
 
+def serve(job: dict) -> int:
+    """Answer energy/forces/stress requests, one JSON line each, until stdin closes."""
+    import numpy as np
+    from ase import Atoms
+
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr  # the peer's own prints must not corrupt the answers
+    calc = route(job["peer"]).calculator(job.get("model"), job.get("energy_shift_eV_per_atom") or {})
+    answers.write(json.dumps({"ready": True}) + "\n")
+    answers.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        atoms = Atoms(numbers=request["numbers"], positions=request["positions"], cell=request["cell"],
+                      pbc=request["pbc"])
+        atoms.calc = calc
+        answer = {"energy": float(atoms.get_potential_energy()), "forces": atoms.get_forces().tolist(),
+                  "stress": atoms.get_stress(voigt=True).tolist() if atoms.pbc.all() else None}
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    serving = bool(argv) and argv[0] == "--serve"
+    argv = argv[1:] if serving else argv
     if len(argv) != 1:
-        raise SystemExit("usage: worker.py JOB.json")
+        raise SystemExit("usage: worker.py [--serve] JOB.json")
     job = json.loads(Path(argv[0]).read_text())
     threads = int(job.get("threads", 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
 
     torch.set_num_threads(threads)
+    if serving:
+        return serve(job)
     task = TASKS.get(job.get("task"))
     if task is None:
         raise SystemExit(f"error: unknown task {job.get('task')!r} ({', '.join(TASKS)})")
