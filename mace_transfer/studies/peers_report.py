@@ -110,9 +110,10 @@ def peers_markdown(summary: Dict[str, Any], config: Dict[str, Any]) -> str:
         lines.append(f"| {name} | {errors['force_mae_meV_per_A']:.1f} | {errors['energy_mae_meV_per_atom']:.1f} |")
     lines += _rows_table("Test force MAE (meV/Å):", {**peers, **ours}, sizes, "force_mae_meV_per_A", 1)
     lines += _rows_table("Test energy MAE (meV/atom):", {**peers, **ours}, sizes, "energy_mae_meV_per_atom", 2)
-    lines += _rows_table("Peers: epochs run (early stop on validation loss) and wall seconds:", peers, sizes,
-                         "epochs_run", 0)
-    lines += _rows_table("", peers, sizes, "wall_s", 0)[2:]
+    lines += _rows_table("Peers: epochs run (early stop after `patience_epochs` without a lower validation loss, "
+                         "or the `max_epochs` cap):", peers, sizes, "epochs_run", 0)
+    lines += _rows_table("Peers: wall seconds per fine-tune (one thread, test evaluation not included):", peers,
+                         sizes, "wall_s", 0)
     if summary.get("lr_selection"):
         lines += ["", "Learning rate (lowest best validation loss at the selection N, seed; the test error is "
                   "recorded, not used):", "", "| peer | grid | chosen | best validation loss per lr |", "|---|---|---|---|"]
