@@ -38,8 +38,9 @@ def compared_zero_shot(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
         if path.is_file():
             zero = json.loads(path.read_text())
             for key in ("remap", "remap_rescale"):
-                if key in zero:
-                    found[f"MACE {_study_label(folder)} {key.replace('_', ' + ')}"] = zero[key]
+                seen = {(v["force_mae_meV_per_A"], v["energy_mae_meV_per_atom"]) for v in found.values()}
+                if key in zero and (zero[key]["force_mae_meV_per_A"], zero[key]["energy_mae_meV_per_atom"]) not in seen:
+                    found[f"MACE {_study_label(folder)} {key.replace('_', ' + ')}"] = zero[key]  # same source: once
     return found
 
 
