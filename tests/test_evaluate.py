@@ -412,3 +412,38 @@ def test_report_has_no_row_for_a_property_every_model_declined():
     assert f"- transfer: cohesive energy {note}" in text
     result["models"]["sw"] = {"source": "sw", "properties": {"lattice_constant_A": 5.654, "cohesive_energy_eV": 3.86}}
     assert "| cohesive energy |" in summary_markdown(result)  # one model reports it: the row is back
+
+
+def test_stress_error_is_the_strain_derivative_and_exact_in_voigt_order():
+    """The stress the error code compares is ASE's (1/V) dE/dε in Voigt order xx yy zz yz xz xy:
+    a reference built from a central finite difference of the SW energy gives a stress MAE of
+    ~0, one shifted by 1 meV/Å³ in one component gives exactly 1/6 meV/Å³, and frames without a
+    reference stress count for energy and forces only."""
+    import numpy as np
+
+    sw_ge = calculator("Ge", "sw")
+    atoms = labelled_frames(sw_ge, n=1)[0]
+    volume, h = atoms.get_volume(), 1e-5
+    pairs = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
+    reference = []
+    for i, j in pairs:
+        energies = []
+        for sign in (1, -1):
+            strained = atoms.copy()
+            strain = np.eye(3)
+            strain[i, j] += sign * h / (1 if i == j else 2)
+            strain[j, i] += 0 if i == j else sign * h / 2
+            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+            strained.calc = sw_ge
+            energies.append(strained.get_potential_energy())
+        reference.append((energies[0] - energies[1]) / (2 * h) / volume)
+    atoms.info["REF_stress"] = np.array(reference)
+    exact = ev.test_errors(sw_ge, [atoms], progress=False)["overall"]
+    assert exact["stress_mae_meV_per_A3"] < 1e-3 and exact["n_stress_configs"] == 1
+    shifted = atoms.copy()
+    shifted.info["REF_stress"] = np.array(reference) + np.array([0, 0, 0, 1e-3, 0, 0])
+    off = ev.test_errors(sw_ge, [shifted], progress=False)["overall"]
+    assert off["stress_mae_meV_per_A3"] == pytest.approx(1 / 6, abs=1e-3)
+    del shifted.info["REF_stress"]
+    none = ev.test_errors(sw_ge, [shifted], progress=False)["overall"]
+    assert none["stress_mae_meV_per_A3"] is None and none["n_stress_configs"] == 0

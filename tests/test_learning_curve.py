@@ -215,7 +215,20 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     assert md == ["scratch_N0003_s0.json"]  # md.strategies: only scratch
     md_record = json.loads((tmp_path / "res" / "md" / md[0]).read_text())
     assert md_record["md_settings"]["temperatures_K"] == [300] and "max_stable_temperature_K" in md_record
+    assert md_record["retrained"] is False
     (tmp_path / "res" / "md" / md[0]).unlink()
+    # a fresh clone has the record, not the model (work folders are not committed): --md trains the
+    # run again with the record's lr and seed and notes how closely it reproduces the recorded errors
+    Path(records["scratch"]["model"]).unlink()
+    lc.Sweep(dict(config, work=str(tmp_path / "work_again"))).md_and_properties([0])
+    again = json.loads((tmp_path / "res" / "md" / md[0]).read_text())
+    assert again["retrained"] is True and Path(again["model"]).is_file()
+    assert again["retrained_test_force_mae_meV_per_A"] == pytest.approx(
+        records["scratch"]["test"]["force_mae_meV_per_A"], rel=1e-3)  # same seed, same data, same lr
+    (tmp_path / "res" / "md" / md[0]).unlink()
+    for leftover in (tmp_path / "res" / "md" / "retrained").glob("*"):
+        leftover.unlink()
+    (tmp_path / "res" / "md" / "retrained").rmdir()
     other_sizes = dict(config, md=dict(config["md"], sizes=[4]), work=str(tmp_path / "work_md"))
     lc.Sweep(other_sizes).md_and_properties([0])  # md.sizes: no run at N=3 qualifies
     assert not list((tmp_path / "res" / "md").glob("*.json"))

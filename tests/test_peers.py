@@ -157,6 +157,7 @@ def test_peers_config_is_checked(tmp_path):
     for body, message in (("peers: {mace: {}}", "unknown peer 'mace'"),
                           ("peers: {sevenn: {lr_grid: [-1]}}", "positive learning rates"),
                           ("peers: {sevenn: {epochs: 3}}", "unknown key 'epochs'"),
+                          ("peers: {sevenn: {max_steps: 0}}", "max_steps must be a positive integer"),
                           ("", "needs a 'peers' mapping")):
         path = tmp_path / "peers.yaml"
         path.write_text(f"base: {base}\nkind: peers\n{body}\n")
@@ -165,6 +166,18 @@ def test_peers_config_is_checked(tmp_path):
     path.write_text(f"base: {base}\nkind: peer\n")
     with pytest.raises(UserInputError, match="kind must be"):
         load_config(path)
+
+
+def test_peer_step_budgets_bind_only_at_large_n():
+    """max_steps / patience_steps shorten the epoch cap and patience where an epoch holds many
+    optimizer steps (N = 292: 59 steps at batch 5) and leave small N as configured."""
+    spec = {"max_epochs": 120, "patience_epochs": 20, "batch_size": 5, "max_steps": 1500, "patience_steps": 400}
+    assert peers_module.peer_epochs(20 + 0, spec) == {"max_epochs": 120, "patience_epochs": 20}
+    assert peers_module.peer_epochs(50, spec) == {"max_epochs": 120, "patience_epochs": 20}
+    assert peers_module.peer_epochs(292, spec) == {"max_epochs": 26, "patience_epochs": 7}  # ceil(1500/59)
+    assert peers_module.peer_epochs(292, dict(spec, patience_steps=1)) == {"max_epochs": 26, "patience_epochs": 3}
+    plain = {k: spec[k] for k in ("max_epochs", "patience_epochs", "batch_size")}
+    assert peers_module.peer_epochs(292, plain) == {"max_epochs": 120, "patience_epochs": 20}
 
 
 def test_peer_workers_import_nothing_of_the_product():

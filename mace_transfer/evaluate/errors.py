@@ -1,8 +1,11 @@
-"""Energy and force errors of a calculator against a labelled extxyz test file.
+"""Energy, force and stress errors of a calculator against a labelled extxyz test file.
 
 Part of :mod:`mace_transfer.evaluate`. The test file uses MACE's keys (``REF_energy`` in eV,
-``REF_forces`` in eV/Å, ``config_type``); errors are reported as MAE/RMSE in meV/atom
-(energy) and meV/Å (force components), overall, per ``config_type`` and optionally per group.
+``REF_forces`` in eV/Å, ``REF_stress`` in eV/Å³ as ASE's Voigt six-vector xx yy zz yz xz xy,
+``config_type``); errors are reported as MAE/RMSE in meV/atom (energy), meV/Å (force components)
+and meV/Å³ (stress components; 1 meV/Å³ = 0.1602 GPa), overall, per ``config_type`` and optionally
+per group. Stress counts only where the frame has ``REF_stress``, the cell is periodic and the
+calculator implements stress.
 """
 
 from __future__ import annotations
@@ -50,10 +53,13 @@ def read_test_file(path: Union[str, os.PathLike]) -> List[Atoms]:
     return frames
 
 
-def _error_stats(energy_errors: np.ndarray, force_errors: np.ndarray) -> Dict[str, object]:
-    """MAE/RMSE of per-atom energy errors (meV/atom) and force components (meV/Å)."""
+def _error_stats(energy_errors: np.ndarray, force_errors: np.ndarray,
+                 stress_errors: Optional[np.ndarray] = None) -> Dict[str, object]:
+    """MAE/RMSE of per-atom energy errors (meV/atom), force components (meV/Å) and stress
+    components (meV/Å³; None when no frame had a stress to compare)."""
     energy_errors = energy_errors[np.isfinite(energy_errors)] * 1000
     force_errors = force_errors.ravel() * 1000
+    stress_errors = np.zeros(0) if stress_errors is None else np.asarray(stress_errors, dtype=float).ravel() * 1000
 
     def mae(x):
         return float(np.mean(np.abs(x))) if x.size else None
@@ -64,7 +70,29 @@ def _error_stats(energy_errors: np.ndarray, force_errors: np.ndarray) -> Dict[st
     return {"energy_mae_meV_per_atom": mae(energy_errors),
             "energy_rmse_meV_per_atom": rmse(energy_errors),
             "force_mae_meV_per_A": mae(force_errors), "force_rmse_meV_per_A": rmse(force_errors),
-            "n_configs": int(len(energy_errors)), "n_force_components": int(force_errors.size)}
+            "stress_mae_meV_per_A3": mae(stress_errors), "stress_rmse_meV_per_A3": rmse(stress_errors),
+            "n_configs": int(len(energy_errors)), "n_force_components": int(force_errors.size),
+            "n_stress_configs": int(stress_errors.size // 6)}
+
+
+def _stress_error(atoms: Atoms, reference) -> Optional[np.ndarray]:
+    """Predicted minus reference stress (eV/Å³, Voigt); None when the calculator has none here."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    try:
+        predicted = atoms.get_stress(voigt=True)
+    except PropertyNotImplementedError:
+        return None
+    reference = np.asarray(reference, dtype=float).reshape(-1)
+    if reference.size == 9:  # a full 3x3 matrix
+        reference = reference.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return np.asarray(predicted, dtype=float) - reference
+
+
+def _stacked(stress_errors) -> np.ndarray:
+    """The available stress error rows (eV/Å³) as one array (empty when none)."""
+    rows = [e for e in stress_errors if e is not None]
+    return np.concatenate(rows) if rows else np.zeros(0)
 
 
 def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
@@ -72,14 +100,16 @@ def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
     """Energy/force errors of ``calc`` against ``frames`` (``REF_energy``, ``REF_forces``).
 
     Overall and per ``config_type`` ("Default" when absent); frames without ``REF_energy``
-    count for forces only. ``group_by`` (a frame -> key function) adds ``per_group``, the same
+    count for forces only; stress (Voigt, eV/Å³) where the frame has ``REF_stress``, the cell is
+    periodic and ``calc`` implements stress. ``group_by`` (a frame -> key function) adds ``per_group``, the same
     statistics per key, from the same single evaluation. ``_parity`` holds reference and
     predicted force components (eV/Å).
     """
     from tqdm.auto import tqdm
 
-    energy_errors, force_errors, kinds = [], [], []
+    energy_errors, force_errors, stress_errors, kinds = [], [], [], []
     reference_forces, predicted_forces = [], []
+    has_stress = "stress" in getattr(calc, "implemented_properties", ())
     for atoms in tqdm(frames, desc=f"errors {label}".strip(), disable=not progress, leave=False):
         copy = atoms.copy()
         copy.calc = calc
@@ -89,6 +119,9 @@ def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
         energy_errors.append(np.nan if ref_energy is None else
                              (copy.get_potential_energy() - float(ref_energy)) / len(atoms))
         force_errors.append(predicted - reference)
+        ref_stress = atoms.info.get("REF_stress")
+        stress_errors.append(_stress_error(copy, ref_stress) if has_stress and ref_stress is not None
+                             and all(atoms.pbc) else None)
         kinds.append(str(atoms.info.get("config_type", "Default")))
         reference_forces.append(reference.ravel())
         predicted_forces.append(predicted.ravel())
@@ -99,10 +132,12 @@ def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
         for key in sorted(set(keys)):
             chosen = [i for i, k in enumerate(keys) if k == key]
             stats[key] = _error_stats(energy_errors[chosen],
-                                      np.concatenate([force_errors[i].ravel() for i in chosen]))
+                                      np.concatenate([force_errors[i].ravel() for i in chosen]),
+                                      _stacked([stress_errors[i] for i in chosen]))
         return stats
 
-    result = {"overall": _error_stats(energy_errors, np.concatenate([f.ravel() for f in force_errors])),
+    result = {"overall": _error_stats(energy_errors, np.concatenate([f.ravel() for f in force_errors]),
+                                      _stacked(stress_errors)),
               "per_config_type": per_key(kinds)}
     if group_by is not None:
         result["per_group"] = per_key([str(group_by(atoms)) for atoms in frames])

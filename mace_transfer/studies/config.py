@@ -21,7 +21,7 @@ PEERS = {"sevenn": "SevenNet-0 (sevenn 0.13)", "chgnet": "CHGNet 0.3.0 (chgnet 0
 #: per-run records live in <out>/records/ (not "runs/": the repository's .gitignore ignores runs/)
 RECORDS = "records"
 METRICS = ("force_mae_meV_per_A", "force_rmse_meV_per_A", "energy_mae_meV_per_atom",
-           "energy_rmse_meV_per_atom")
+           "energy_rmse_meV_per_atom", "stress_mae_meV_per_A3")  # stress: None where not measured
 
 
 def read_yaml_mapping(path, what: str = "config file") -> Dict[str, Any]:
@@ -91,8 +91,8 @@ def load_config(path) -> Dict[str, Any]:
 
 
 #: what a ``peers.<name>`` block may hold (studies.peers.PEER_DEFAULTS gives the first four)
-PEER_KEYS = ("lr_grid", "max_epochs", "patience_epochs", "batch_size", "loss", "energy_weight",
-             "force_weight", "stress_weight")
+PEER_KEYS = ("lr_grid", "max_epochs", "patience_epochs", "batch_size", "max_steps", "patience_steps", "loss",
+             "energy_weight", "force_weight", "stress_weight")
 
 
 def _check_peers(config: Dict[str, Any], path: Path) -> None:
@@ -109,6 +109,10 @@ def _check_peers(config: Dict[str, Any], path: Path) -> None:
         if grid is not None and (not isinstance(grid, list) or not grid or not all(
                 isinstance(v, (int, float)) and v > 0 for v in grid)):
             raise UserInputError(f"{path}: peers.{name}.lr_grid must be a list of positive learning rates")
+        for key in ("max_epochs", "patience_epochs", "batch_size", "max_steps", "patience_steps"):
+            value = (block or {}).get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserInputError(f"{path}: peers.{name}.{key} must be a positive integer, got {value!r}")
 
 
 def _merged(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:

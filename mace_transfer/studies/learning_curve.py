@@ -103,7 +103,8 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
         if timing:
             sweep.timing()
         if md:
-            sweep.md_and_properties([int(s) for s in config.get("md", {}).get("seeds", [0])])
+            sweep.md_and_properties([int(s) for s in config.get("md", {}).get("seeds", [0])],
+                                    only=names if strategies else None)
     summary = write_report(config, sweep.out)
     progress(f"report: {sweep.out}/summary.md, {sweep.out}/summary.json ({summary['n_runs']} runs)")
     return summary

@@ -28,6 +28,7 @@ Usage (a learning-curve config with ``kind: peers``)::
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,6 +51,22 @@ PEERS_PYTHON_VARIABLE = "MACE_TRANSFER_PEERS_PYTHON"
 WORKER = Path(__file__).resolve().parent / "peer_workers" / "worker.py"
 #: what a peer's block may hold, with the defaults
 PEER_DEFAULTS = {"lr_grid": [1e-3, 3e-4], "max_epochs": 300, "patience_epochs": 30, "batch_size": 5}
+#: optional step budgets (binding only at large N, where an epoch holds many optimizer steps)
+PEER_STEP_BUDGETS = ("max_steps", "patience_steps")
+
+
+def peer_epochs(n_cells: int, spec: Dict[str, Any]) -> Dict[str, int]:
+    """Epoch cap and early-stop patience (epochs) at ``n_cells`` training cells: ``max_epochs`` and
+    ``patience_epochs``, each shortened to ``max_steps`` / ``patience_steps`` optimizer steps when
+    those are given (as the MACE study budgets in steps, so N = 292 does not wait 120 epochs of
+    59 steps); patience never below 3 epochs."""
+    steps_per_epoch = math.ceil(n_cells / int(spec["batch_size"]))
+    max_epochs, patience = int(spec["max_epochs"]), int(spec["patience_epochs"])
+    if spec.get("max_steps") is not None:
+        max_epochs = max(1, min(max_epochs, math.ceil(int(spec["max_steps"]) / steps_per_epoch)))
+    if spec.get("patience_steps") is not None:
+        patience = max(3, min(patience, math.ceil(int(spec["patience_steps"]) / steps_per_epoch)))
+    return {"max_epochs": max_epochs, "patience_epochs": patience}
 
 
 def peers_python() -> Path:
@@ -220,8 +237,8 @@ class PeerSweep(StudyData):
         path = self.out / "zero_shot.json"
         result = json.loads(path.read_text()) if path.is_file() else {}
         for peer in peers:
-            if peer in result:
-                continue
+            if peer in result and "stress_mae_meV_per_A3" in result[peer]:
+                continue  # (a record from before stress was measured is redone: same weights, same forces)
             self.say(f"zero-shot {peer}: predicting {len(self.valid_frames())} validation and "
                      f"{len(self.frames('test'))} test configurations")
             folder = self.work / "zero_shot" / peer
@@ -229,6 +246,7 @@ class PeerSweep(StudyData):
             shift = fit_energy_shift(self.valid_frames(), [a.info["peer_energy"] for a in valid])
             test = self.predict(peer, None, self.frames("test"), folder / "test")
             errors = self.errors(test, self.frames("test"), shift)
+            result = json.loads(path.read_text()) if path.is_file() else {}  # another process may have added a peer
             result[peer] = dict(errors["overall"], per_config_type=errors["per_config_type"],
                                 energy_shift_eV_per_atom=shift, fitted_on="validation cells")
             write_json(path, result)
@@ -243,10 +261,10 @@ class PeerSweep(StudyData):
         folder = self.work / name
         subset = self.write_subset(folder, n_train, seed)
         spec = self.settings(peer)
-        settings = {"lr": float(lr), "max_epochs": int(spec["max_epochs"]), "seed": int(seed),
-                    "patience_epochs": int(spec["patience_epochs"]),
-                    "batch_size": min(int(spec["batch_size"]), n_train + subset["n_extra_train"])}
-        settings.update({k: v for k, v in spec.items() if k not in PEER_DEFAULTS})
+        n_cells = n_train + subset["n_extra_train"]
+        settings = {"lr": float(lr), "seed": int(seed), "batch_size": min(int(spec["batch_size"]), n_cells),
+                    **peer_epochs(n_cells, dict(spec, batch_size=min(int(spec["batch_size"]), n_cells)))}
+        settings.update({k: v for k, v in spec.items() if k not in PEER_DEFAULTS and k not in PEER_STEP_BUDGETS})
         self.say(f"{name}: fine-tuning {PEERS[peer]}, lr {lr:g}, up to {settings['max_epochs']} epochs")
         start = time.time()
         result = run_job({"peer": peer, "task": "finetune", "train": subset["train_file"],
@@ -332,9 +350,30 @@ class PeerSweep(StudyData):
             path = self.out / "md" / f"{rec['name']}.json"
             if path.is_file():
                 continue
+            checkpoint, extra = self.checkpoint_of(rec)
             self.say(f"md: {rec['name']} (live {PEERS[rec['strategy']]})")
-            with PeerCalculator(rec["strategy"], rec["checkpoint"], threads=self.threads) as calc:
-                write_md_record(path, rec, calc, spec)
+            with PeerCalculator(rec["strategy"], checkpoint, threads=self.threads) as calc:
+                write_md_record(path, rec, calc, spec, extra)
+
+    def checkpoint_of(self, rec: Dict[str, Any]):
+        """The fine-tuned checkpoint of ``rec`` and a note for the MD record. Checkpoints live in
+        the work folder (not committed); when it is gone (a fresh clone), the run is trained again
+        with the record's lr and seed (``<out>/md/retrained/``) and both test force MAEs are noted,
+        so a reader sees how closely the retrained model reproduces the recorded one."""
+        checkpoint = rec.get("checkpoint")
+        if checkpoint and Path(checkpoint).exists():
+            return checkpoint, {"checkpoint": checkpoint, "retrained": False}
+        again_path = self.out / "md" / "retrained" / f"{rec['name']}.json"
+        if again_path.is_file() and Path(json.loads(again_path.read_text())["checkpoint"]).exists():
+            again = json.loads(again_path.read_text())
+        else:
+            self.say(f"md: {rec['name']}: checkpoint {checkpoint} is gone; training it again (lr {rec['lr']:g}, "
+                     f"seed {rec['seed']})")
+            again = self.train_run(rec["strategy"], int(rec["n_train"]), int(rec["seed"]), again_path, rec["lr"])
+        return again["checkpoint"], {
+            "checkpoint": again["checkpoint"], "retrained": True,
+            "recorded_test_force_mae_meV_per_A": rec["test"]["force_mae_meV_per_A"],
+            "retrained_test_force_mae_meV_per_A": again["test"]["force_mae_meV_per_A"]}
 
     # -------------------------------------------------------------- MD speed
     def md_speed(self, peers: Sequence[str], seed: int = 0) -> Dict[str, Any]:
