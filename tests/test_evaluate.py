@@ -447,3 +447,19 @@ def test_stress_error_is_the_strain_derivative_and_exact_in_voigt_order():
     del shifted.info["REF_stress"]
     none = ev.test_errors(sw_ge, [shifted], progress=False)["overall"]
     assert none["stress_mae_meV_per_A3"] is None and none["n_stress_configs"] == 0
+
+
+def test_fitted_energy_zero_removes_exactly_a_constant_per_atom():
+    """A model whose energies sit 0.7 eV/atom off the labels (another code's energy zero) has an
+    energy MAE of 700 meV/atom raw and 0 once its zero is fitted on other cells."""
+    from mace_transfer.evaluate.errors import energy_mae_with_fitted_zero
+
+    sw_ge = calculator("Ge", "sw")
+    frames = labelled_frames(sw_ge, n=4)
+    for atoms in frames:
+        atoms.info["REF_energy"] = float(atoms.info["REF_energy"]) + 0.7 * len(atoms)
+    raw = ev.test_errors(sw_ge, frames[2:], progress=False)["overall"]["energy_mae_meV_per_atom"]
+    assert raw == pytest.approx(700.0, abs=1e-3)
+    fitted = energy_mae_with_fitted_zero(sw_ge, frames[:2], frames[2:])
+    assert fitted["shift_eV_per_atom"]["Ge"] == pytest.approx(0.7, abs=1e-7)
+    assert fitted["energy_mae_meV_per_atom"] < 1e-3

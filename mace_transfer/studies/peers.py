@@ -45,6 +45,7 @@ from mace_transfer.studies import selection
 from mace_transfer.studies.config import METRICS, PEERS, RECORDS, run_name
 from mace_transfer.studies.data import StudyData
 from mace_transfer.studies.records import write_json
+from mace_transfer.evaluate.errors import fit_energy_shift  # noqa: F401 (re-exported)
 
 #: the environment variable naming the peers' Python (default: ./.venv-peers/bin/python)
 PEERS_PYTHON_VARIABLE = "MACE_TRANSFER_PEERS_PYTHON"
@@ -185,17 +186,6 @@ class PeerCalculator(Calculator):
 
     def __exit__(self, *exc):
         self.close()
-
-
-def fit_energy_shift(frames, predicted_energies: Sequence[float], energy_key: str = "REF_energy") -> Dict[str, float]:
-    """One constant per element (eV/atom) that moves predicted energies onto the labels' zero:
-    least squares of (E_label - E_predicted) on the element counts (exact for one element: the
-    mean per-atom difference)."""
-    symbols = sorted({s for a in frames for s in a.get_chemical_symbols()})
-    counts = np.array([[a.get_chemical_symbols().count(s) for s in symbols] for a in frames], dtype=float)
-    residual = np.array([float(a.info[energy_key]) - e for a, e in zip(frames, predicted_energies)])
-    solution, *_ = np.linalg.lstsq(counts, residual, rcond=None)
-    return {s: float(v) for s, v in zip(symbols, solution)}
 
 
 class PeerSweep(StudyData):

@@ -38,10 +38,64 @@ def compared_zero_shot(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
         if path.is_file():
             zero = json.loads(path.read_text())
             for key in ("remap", "remap_rescale"):
-                seen = {(v["force_mae_meV_per_A"], v["energy_mae_meV_per_atom"]) for v in found.values()}
+                seen = {(v["force_mae_meV_per_A"], v["_raw_energy"]) for v in found.values()}
                 if key in zero and (zero[key]["force_mae_meV_per_A"], zero[key]["energy_mae_meV_per_atom"]) not in seen:
-                    found[f"MACE {_study_label(folder)} {key.replace('_', ' + ')}"] = zero[key]  # same source: once
+                    entry = dict(zero[key])  # the peers' energy protocol (zero fitted on validation) where measured
+                    if "energy_zero_fitted" in entry:
+                        entry["energy_mae_meV_per_atom"] = entry["energy_zero_fitted"]["energy_mae_meV_per_atom"]
+                    entry["_raw_energy"] = zero[key]["energy_mae_meV_per_atom"]
+                    found[f"MACE {_study_label(folder)} {key.replace('_', ' + ')}"] = entry  # same source: once
     return found
+
+
+def md_rows(config: Dict[str, Any], out: Path) -> Dict[str, Dict[str, Any]]:
+    """{"<model> N=<n> s<seed>": MD record} of the peers' ``<out>/md/`` and every ``compare_with``
+    study's ``md/`` (MD ladder, a0/B vs the PBE reference, close-contact wall)."""
+    rows = {}
+    for folder, label in [(out, None)] + [(Path(p), f"MACE {_study_label(Path(p))}")
+                                          for p in config.get("compare_with") or []]:
+        for path in sorted((folder / "md").glob("*.json")):
+            record = json.loads(path.read_text())
+            name = PEERS.get(record["strategy"], record["strategy"]) if label is None else f"{label} {record['strategy']}"
+            rows[f"{name}, N={record['n_train']} s{record['seed']}"] = record
+    return rows
+
+
+def _md_markdown(rows: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The MD ladder, a0/B and close-contact wall of each model with an MD record."""
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    temps = (first.get("md_settings") or {}).get("temperatures_K")
+    ref = first.get("reference") or {}
+    lines = ["", f"MD ladder (Langevin, 64-atom diamond Ge, highest stable temperature of {temps} K), "
+             f"a0 and B from an E-V fit against PBE (a0 {ref.get('lattice_constant_A', float('nan')):.3f} Å, "
+             f"B {ref.get('bulk_modulus_GPa', float('nan')):.1f} GPa), and the close-contact wall "
+             "(energy as one bond closes, eV above the 2.50 Å frame; PBE in the header):", ""]
+    wall = next((r["close_contact"] for r in rows.values() if r.get("close_contact")), None)
+    marks = [1.9, 1.5, 1.3]
+    picks = []
+    if wall:
+        distances = np.array(wall["distance_A"])
+        picks = [int(np.argmin(np.abs(distances - d))) for d in marks]
+        reference = wall.get("reference_eV") or [float("nan")] * len(distances)
+        heads = [f"E({distances[i]:.2f} Å), PBE {reference[i]:.2f}" for i in picks]
+    else:
+        heads = []
+    lines += ["| model | stable to (K) | a0 (Å) | B (GPa) | " + " | ".join(heads + ["max abs error (eV)"] if wall else []) +
+              (" |" if wall else ""), "|---|---|---|---|" + "---|" * ((len(heads) + 1) if wall else 0)]
+    for name, record in rows.items():
+        props = record.get("properties") or {}
+        cells = [f"{record.get('max_stable_temperature_K') or 0:.0f}" if record.get("max_stable_temperature_K")
+                 else "none", f"{props.get('lattice_constant_A', float('nan')):.3f}",
+                 f"{props.get('bulk_modulus_GPa', float('nan')):.1f}"]
+        if wall:
+            curve = record.get("close_contact")
+            cells += ([f"{curve['energy_eV'][i]:.2f}" for i in picks] + [f"{curve.get('max_abs_error_eV', float('nan')):.1f}"]
+                      if curve else ["–"] * (len(picks) + 1))
+        retrained = " (retrained)" if record.get("retrained") else ""
+        lines.append(f"| {name}{retrained} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def goal_check(peers: Dict[str, Dict[str, Any]], ours: Dict[str, Dict[str, Any]],
@@ -80,6 +134,7 @@ def write_peers_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
         summary["lr_selection"] = {p.stem: json.loads(p.read_text()) for p in lr_files}
     sizes = sorted({int(n) for s in peers.values() for n in s})
     summary["goal"] = goal_check(peers, ours, [n for n in sizes if 5 <= n <= 50])
+    summary["md"] = md_rows(config, out)
     write_json(out / "summary.json", summary)
     if records:
         plot_peers_vs_n(peers, ours, out / "peers_vs_n.png")
@@ -102,15 +157,24 @@ def peers_markdown(summary: Dict[str, Any], config: Dict[str, Any]) -> str:
     ours = summary["compared"]
     sizes = sorted({int(n) for s in list(peers.values()) + list(ours.values()) for n in s})
     lines = ["Peers: universal potentials fine-tuned on the learning curve's own subsets, beside our MACE "
-             "starts (test set, mean ± sample std over seeds).", "", "Zero-shot (no Ge training; the peers' "
-             "energy zero fitted on the 8 validation cells, ours from the Ge E0):", "",
-             "| model | force MAE (meV/Å) | energy MAE (meV/atom) |", "|---|---|---|"]
+             "starts (test set, mean ± sample std over seeds).", "", "Zero-shot (no Ge training; every model's "
+             "energy zero fitted on the 8 validation cells, one constant per element):", "",
+             "| model | force MAE (meV/Å) | energy MAE (meV/atom; * = the Ge E0 alone, zero not yet fitted) | stress MAE (meV/Å³) |", "|---|---|---|---|"]
     zero = {PEERS.get(k, k): v for k, v in (summary.get("zero_shot") or {}).items()}
     zero.update(summary.get("compared_zero_shot") or {})
     for name, errors in zero.items():
-        lines.append(f"| {name} | {errors['force_mae_meV_per_A']:.1f} | {errors['energy_mae_meV_per_atom']:.1f} |")
+        stress = errors.get("stress_mae_meV_per_A3")
+        star = "*" if "_raw_energy" in errors and "energy_zero_fitted" not in errors else ""
+        lines.append(f"| {name} | {errors['force_mae_meV_per_A']:.1f} | {errors['energy_mae_meV_per_atom']:.1f}{star} | "
+                     f"{'–' if stress is None else f'{stress:.2f}'} |")
     lines += _rows_table("Test force MAE (meV/Å):", {**peers, **ours}, sizes, "force_mae_meV_per_A", 1)
     lines += _rows_table("Test energy MAE (meV/atom):", {**peers, **ours}, sizes, "energy_mae_meV_per_atom", 2)
+    stressed = {k: v for k, v in {**peers, **ours}.items()
+                if any((e.get("stress_mae_meV_per_A3") or {}).get("n") for e in v.values())}
+    if stressed:
+        lines += _rows_table("Test stress MAE (meV/Å³, six Voigt components; 1 meV/Å³ = 0.160 GPa; only runs "
+                             "recorded since the metric was added, `n` in summary.json):", stressed, sizes,
+                             "stress_mae_meV_per_A3", 2)
     lines += _rows_table("Peers: epochs run (early stop after `patience_epochs` without a lower validation loss, "
                          "or the `max_epochs` cap):", peers, sizes, "epochs_run", 0)
     lines += _rows_table("Peers: wall seconds per fine-tune (one thread, test evaluation not included):", peers,
@@ -131,6 +195,7 @@ def peers_markdown(summary: Dict[str, Any], config: Dict[str, Any]) -> str:
         for model in models:
             cells = [f"{speed[f'{model}|{a}|{t}']:.0f}" if f"{model}|{a}|{t}" in speed else "–" for a, t in columns]
             lines.append(f"| {PEERS.get(model, model)} | " + " | ".join(cells) + " |")
+    lines += _md_markdown(summary.get("md") or {})
     if summary.get("goal"):
         lines += ["", "Goal (issue 22): our best force MAE ≤ 0.6× and energy MAE ≤ 0.5× the best fine-tuned "
                   "peer's at every N from 5 to 50:", "",
