@@ -173,6 +173,7 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     """A learning_curve pipeline stage; classical_pretrain starts from an SW-Ge model re-referenced
     to the target's E0 (target = SW-Ge with its energy zero moved by -100 eV/atom)."""
     from mace_transfer.studies import pipeline
+    from mace_transfer.studies.md_runs import md_and_properties
 
     monkeypatch.chdir(tmp_path)
     write_sw_si_dataset(tmp_path / "si.xyz", n=6)
@@ -220,7 +221,7 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     # a fresh clone has the record, not the model (work folders are not committed): --md trains the
     # run again with the record's lr and seed and notes how closely it reproduces the recorded errors
     Path(records["scratch"]["model"]).unlink()
-    lc.Sweep(dict(config, work=str(tmp_path / "work_again"))).md_and_properties([0])
+    md_and_properties(lc.Sweep(dict(config, work=str(tmp_path / "work_again"))), [0])
     again = json.loads((tmp_path / "res" / "md" / md[0]).read_text())
     assert again["retrained"] is True and Path(again["model"]).is_file()
     assert again["retrained_test_force_mae_meV_per_A"] == pytest.approx(
@@ -230,7 +231,7 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
         leftover.unlink()
     (tmp_path / "res" / "md" / "retrained").rmdir()
     other_sizes = dict(config, md=dict(config["md"], sizes=[4]), work=str(tmp_path / "work_md"))
-    lc.Sweep(other_sizes).md_and_properties([0])  # md.sizes: no run at N=3 qualifies
+    md_and_properties(lc.Sweep(other_sizes), [0])  # md.sizes: no run at N=3 qualifies
     assert not list((tmp_path / "res" / "md").glob("*.json"))
     (tmp_path / "res" / "md").rmdir()
     capsys.readouterr()

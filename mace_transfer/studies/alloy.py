@@ -26,7 +26,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -91,9 +91,12 @@ class AlloySweep(Sweep):
 
     # -------------------------------------------------------------- data
     def test_sets(self) -> Dict[str, list]:
+        """{name: frames} of ``data.test_sets`` (alloy, Ge, Si), read once per study."""
         from mace_transfer.studies.data import read_frames
 
-        return {name: read_frames(path) for name, path in self.config["data"]["test_sets"].items()}
+        if not hasattr(self, "_test_sets"):
+            self._test_sets = {name: read_frames(path) for name, path in self.config["data"]["test_sets"].items()}
+        return self._test_sets
 
     def alloy_split(self):
         return split_target(len(self.frames("alloy")), int(self.config.get("n_valid_alloy", 6)),
@@ -101,9 +104,11 @@ class AlloySweep(Sweep):
 
     def si_frames(self) -> list:
         """The ``n_si`` Si structures replayed or mixed in (a fixed draw, seed 0)."""
-        frames = self.frames("si")
-        order = training_indices(range(len(frames)), min(int(self.config.get("n_si", 50)), len(frames)), 0)
-        return [frames[i] for i in order]
+        if not hasattr(self, "_si_frames"):
+            frames = self.frames("si")
+            order = training_indices(range(len(frames)), min(int(self.config.get("n_si", 50)), len(frames)), 0)
+            self._si_frames = [frames[i] for i in order]
+        return self._si_frames
 
     def write_alloy_subset(self, folder: Path, route: str, m_alloy: int, seed: int) -> Dict[str, Any]:
         from ase.io import write
@@ -245,7 +250,7 @@ def alloy_markdown(summary: Dict[str, Any]) -> str:
                    and not k.startswith(("a0_", "mixing_"))})
     for metric, title in (("force_mae_meV_per_A", "test force MAE (meV/Å)"),
                           ("energy_mae_meV_per_atom", "test energy MAE (meV/atom)")):
-        lines += [f"| route, M | " + " | ".join(f"{s} {title}" for s in sets) + " |", "|---|" + "---|" * len(sets)]
+        lines += ["| route, M | " + " | ".join(f"{s} {title}" for s in sets) + " |", "|---|" + "---|" * len(sets)]
         for route in [r for r in ROUTES if r in table]:
             for m in sorted(table[route], key=int):
                 entry = table[route][m]

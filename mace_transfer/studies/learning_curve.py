@@ -50,6 +50,7 @@ import warnings
 from typing import Any, Dict, Optional, Sequence
 
 from mace_transfer import UserInputError
+from mace_transfer.studies import md_runs
 from mace_transfer.studies.config import load_config
 from mace_transfer.studies.records import write_json
 from mace_transfer.studies.report import write_report
@@ -103,8 +104,8 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
         if timing:
             sweep.timing()
         if md:
-            sweep.md_and_properties([int(s) for s in config.get("md", {}).get("seeds", [0])],
-                                    only=names if strategies else None)
+            md_runs.md_and_properties(sweep, [int(s) for s in config.get("md", {}).get("seeds", [0])],
+                                      only=names if strategies else None)
     summary = write_report(config, sweep.out)
     progress(f"report: {sweep.out}/summary.md, {sweep.out}/summary.json ({summary['n_runs']} runs)")
     return summary

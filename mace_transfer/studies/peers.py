@@ -329,7 +329,7 @@ class PeerSweep(StudyData):
         checkpoints, by the product's own evaluation code through a live :class:`PeerCalculator`;
         records in ``<out>/md/`` of the learning curve's shape."""
         from mace_transfer.studies.records import load_runs
-        from mace_transfer.studies.runs import write_md_record
+        from mace_transfer.studies.md_runs import write_md_record
 
         spec = self.config.get("md") or {}
         sizes = {int(n) for n in spec.get("sizes", [20])}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -46,6 +46,23 @@ def compared_zero_shot(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
                     entry["_raw_energy"] = zero[key]["energy_mae_meV_per_atom"]
                     found[f"MACE {_study_label(folder)} {key.replace('_', ' + ')}"] = entry  # same source: once
     return found
+
+
+def late_drop(records, window: int = 20) -> Dict[str, Dict[str, Any]]:
+    """{peer: {N: stats}} of how far each run was from a plateau when it stopped: the % its best
+    validation loss fell during its last ``window`` epochs (0 when it stopped early on patience)."""
+    drops: Dict[tuple, List[float]] = {}
+    for rec in records:
+        losses = (rec.get("curve") or {}).get("valid_loss") or []
+        if len(losses) <= window:
+            continue
+        before = min(losses[:-window])
+        drops.setdefault((rec["strategy"], int(rec["n_train"])), []).append(100.0 * (before - min(losses)) / before)
+    table: Dict[str, Dict[str, Any]] = {}
+    for (peer, n), values in sorted(drops.items()):
+        table.setdefault(peer, {})[str(n)] = {"mean": float(np.mean(values)), "max": float(np.max(values)),
+                                             "n": len(values)}
+    return table
 
 
 def md_rows(config: Dict[str, Any], out: Path) -> Dict[str, Dict[str, Any]]:
@@ -135,6 +152,7 @@ def write_peers_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
     sizes = sorted({int(n) for s in peers.values() for n in s})
     summary["goal"] = goal_check(peers, ours, [n for n in sizes if 5 <= n <= 50])
     summary["md"] = md_rows(config, out)
+    summary["late_drop"] = late_drop(records)
     write_json(out / "summary.json", summary)
     if records:
         plot_peers_vs_n(peers, ours, out / "peers_vs_n.png")
@@ -177,6 +195,14 @@ def peers_markdown(summary: Dict[str, Any], config: Dict[str, Any]) -> str:
                              "stress_mae_meV_per_A3", 2)
     lines += _rows_table("Peers: epochs run (early stop after `patience_epochs` without a lower validation loss, "
                          "or the `max_epochs` cap):", peers, sizes, "epochs_run", 0)
+    if summary.get("late_drop"):
+        lines += ["", "Peers: how far from a plateau each fine-tune stopped: % its best validation loss fell in its "
+                  "last 20 epochs (mean, max over seeds; ~0 = a plateau):", "",
+                  "| peer | " + " | ".join(f"N={n}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for peer, by_n in summary["late_drop"].items():
+            cells = [f"{by_n[str(n)]['mean']:.1f} (max {by_n[str(n)]['max']:.1f})" if str(n) in by_n else "–"
+                     for n in sizes]
+            lines.append(f"| {PEERS.get(peer, peer)} | " + " | ".join(cells) + " |")
     lines += _rows_table("Peers: wall seconds per fine-tune (one thread, test evaluation not included):", peers,
                          sizes, "wall_s", 0)
     if summary.get("lr_selection"):
