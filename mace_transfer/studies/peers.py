@@ -324,7 +324,7 @@ class PeerSweep(StudyData):
         return len(todo)
 
     # -------------------------------------------------------------- MD ladder, a0, B
-    def md_and_properties(self, peers: Sequence[str]) -> None:
+    def md_and_properties(self, peers: Sequence[str], seeds: Optional[Sequence[int]] = None) -> None:
         """The MD stability ladder and a0/B of each peer's fine-tuned (``md.sizes`` N, ``md.seeds``)
         checkpoints, by the product's own evaluation code through a live :class:`PeerCalculator`;
         records in ``<out>/md/`` of the learning curve's shape."""
@@ -333,9 +333,11 @@ class PeerSweep(StudyData):
 
         spec = self.config.get("md") or {}
         sizes = {int(n) for n in spec.get("sizes", [20])}
-        seeds = {int(s) for s in spec.get("seeds", [0])}
+        wanted = {int(s) for s in spec.get("seeds", [0])}
+        if seeds:  # the command line's seeds narrow md.seeds
+            wanted &= {int(s) for s in seeds}
         for rec in load_runs(self.out):
-            if rec["strategy"] not in peers or int(rec["n_train"]) not in sizes or int(rec["seed"]) not in seeds:
+            if rec["strategy"] not in peers or int(rec["n_train"]) not in sizes or int(rec["seed"]) not in wanted:
                 continue
             path = self.out / "md" / f"{rec['name']}.json"
             if path.is_file():
@@ -511,7 +513,7 @@ def run_peers(config: Dict[str, Any], *, out=None, work=None, sizes=None, seeds=
         if timing:
             sweep.md_speed(names)
         if md:
-            sweep.md_and_properties(names)
+            sweep.md_and_properties(names, seeds)  # md.seeds, narrowed to the command line's seeds
     summary = write_peers_report(config, sweep.out)
     progress(f"report: {sweep.out}/summary.md ({summary['n_runs']} peer runs)")
     return summary
