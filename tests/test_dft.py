@@ -242,7 +242,7 @@ class StarvedEMT(EMT):
     def calculate(self, atoms=None, properties=("energy",), system_changes=()):
         t0 = time.perf_counter()
         super().calculate(atoms, properties, system_changes)
-        time.sleep(0.02)
+        time.sleep(0.3)  # the engine's time dominates the labeller's own (writing, bookkeeping) even on a busy machine
         self.last_cpu_s = self.share * self.settings.nprocs * (time.perf_counter() - t0)
 
 
@@ -253,7 +253,7 @@ def test_label_reports_core_usage_and_warns_once_when_starved(tmp_path):
                          settings_tag="t", log=logs.append)
     lines = [m for m in logs if "index" in m]
     assert len(lines) == 3 and all(" of 2 cores)" in m for m in lines)
-    assert all(45 <= float(m.split("(")[-1].split(" %")[0]) <= 50 for m in lines)
+    assert all(40 <= float(m.split("(")[-1].split(" %")[0]) <= 50 for m in lines)  # half a core, not all of one
     assert sum("warning" in m for m in logs) == 1
     logs = []
     dft.label_structures(_structures(3), StarvedEMT(nprocs=1, share=1.0), tmp_path / "b.xyz",
