@@ -76,6 +76,23 @@ def rattled_diamond(symbol="Si", a=5.43, rattle=0.1, seed=1, repeat=(1, 1, 1)):
     return atoms
 
 
+def labelled(frames, calc, stress=False, **info):
+    """Copies of ``frames`` labelled by ``calc``: REF_energy (eV), REF_forces (eV/Å), with
+    ``stress`` also REF_stress (eV/Å^3, Voigt); ``info`` added to every frame's info."""
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        atoms.info["REF_energy"] = atoms.get_potential_energy()
+        atoms.arrays["REF_forces"] = atoms.get_forces()
+        if stress:
+            atoms.info["REF_stress"] = atoms.get_stress()
+        atoms.calc = None
+        atoms.info.update(info)
+        out.append(atoms)
+    return out
+
+
 def write_sw_si_dataset(path, n=6, seed=0, a=5.43, rattle=0.15):
     """``n`` rattled 8-atom Si cells labelled by matscipy's Stillinger-Weber (REF_ keys)."""
     from ase.io import write
@@ -87,17 +104,12 @@ def write_sw_si_dataset(path, n=6, seed=0, a=5.43, rattle=0.15):
 
     calc = Manybody(**StillingerWeber(Stillinger_Weber_PRB_31_5262_Si))
     rng = np.random.default_rng(seed)
-    frames = []
+    cells = []
     for i in range(n):
         atoms = bulk("Si", "diamond", a=a * (1 + 0.02 * rng.uniform(-1, 1)), cubic=True)
         atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
-        atoms.calc = calc
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = None
-        atoms.info["REF_energy"] = energy
-        atoms.arrays["REF_forces"] = forces
-        atoms.info["config_type"] = "rattled"
-        frames.append(atoms)
+        cells.append(atoms)
+    frames = labelled(cells, calc, config_type="rattled")
     write(path, frames, format="extxyz")
     return frames
 
@@ -111,18 +123,12 @@ def write_sw_ge_dataset(path, n, seed, stress=False):
 
     calc = calculator("Ge", "sw")
     rng = np.random.default_rng(seed)
-    frames = []
+    cells = []
     for _ in range(n):
         atoms = bulk("Ge", "diamond", a=5.65 * (1 + 0.02 * rng.uniform(-1, 1)), cubic=True)
         atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
-        atoms.calc = calc
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        if stress:
-            atoms.info["REF_stress"] = atoms.get_stress()
-        atoms.calc = None
-        atoms.info.update(REF_energy=energy, config_type="rattled")
-        atoms.arrays["REF_forces"] = forces
-        frames.append(atoms)
+        cells.append(atoms)
+    frames = labelled(cells, calc, stress=stress, config_type="rattled")
     write(path, frames, format="extxyz")
 
 

@@ -9,22 +9,13 @@ import pytest
 from ase.build import bulk
 from ase.io import read, write
 
+from conftest import labelled
 from mace_transfer.datagen import alloy
 from mace_transfer.studies.alloy import ev_properties, run_alloy
 
 
 def _labelled(frames):
-    calc = alloy.tersoff_sige_calculator()
-    out = []
-    for atoms in frames:
-        atoms = atoms.copy()
-        atoms.calc = calc
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = None
-        atoms.info["REF_energy"] = energy
-        atoms.arrays["REF_forces"] = forces
-        out.append(atoms)
-    return out
+    return labelled(frames, alloy.tersoff_sige_calculator())
 
 
 def _cells(x, n, seed, a=None):

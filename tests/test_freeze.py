@@ -16,6 +16,7 @@ from mace import modules
 from mace.tools import build_default_arg_parser
 
 import mace.cli.run_train as run_train
+from conftest import labelled
 from mace_transfer import UserInputError
 from mace_transfer.transfer import freeze
 
@@ -310,16 +311,12 @@ def write_si_dataset(path: Path, n_frames: int = 6) -> None:
     )
 
     calc = Manybody(**StillingerWeber(Stillinger_Weber_PRB_31_5262_Si))
-    frames = []
+    cells = []
     for seed in range(n_frames):
         atoms = bulk("Si", "diamond", a=5.43, cubic=True)
         atoms.rattle(0.1, seed=seed)
-        atoms.calc = calc
-        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        atoms.calc = None
-        atoms.info["REF_energy"] = energy
-        atoms.arrays["REF_forces"] = forces
-        frames.append(atoms)
+        cells.append(atoms)
+    frames = labelled(cells, calc)
     write(path, frames, format="extxyz")
 
 

@@ -173,13 +173,13 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     """A learning_curve pipeline stage; classical_pretrain starts from an SW-Ge model re-referenced
     to the target's E0 (target = SW-Ge with its energy zero moved by -100 eV/atom)."""
     from mace_transfer.studies import pipeline
-    from mace_transfer.studies.md_runs import md_and_properties
+    from mace_transfer.studies.md_runs import add_missing_stress, md_and_properties
 
     monkeypatch.chdir(tmp_path)
     write_sw_si_dataset(tmp_path / "si.xyz", n=6)
     write_sw_ge_dataset(tmp_path / "ge_classical.xyz", 6, seed=1)
     write_sw_ge_dataset(tmp_path / "ge_sw.xyz", 7, seed=3)
-    write_sw_ge_dataset(tmp_path / "ge_sw_test.xyz", 3, seed=4)
+    write_sw_ge_dataset(tmp_path / "ge_sw_test.xyz", 3, seed=4, stress=True)
     _shifted(tmp_path / "ge_sw.xyz", tmp_path / "ge.xyz", -100.0)
     _shifted(tmp_path / "ge_sw_test.xyz", tmp_path / "ge_test.xyz", -100.0)
     mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
@@ -212,6 +212,16 @@ def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsy
     assert zero["energy_mae_meV_per_atom"] == pytest.approx(direct["energy_mae_meV_per_atom"], abs=1e-3)
     # the fine-tuned model knows the target's energy zero: errors of meV, not 100 eV, per atom
     assert records["classical_pretrain"]["test"]["energy_mae_meV_per_atom"] < 5000
+    # a record from before the stress metric gets it from its model, still at hand, with --md
+    stress = records["classical_pretrain"]["test"]["stress_mae_meV_per_A3"]
+    assert stress > 0
+    path = tmp_path / "res" / "records" / "classical_pretrain_N0003_s0.json"
+    path.write_text(json.dumps(dict(records["classical_pretrain"], test=dict(
+        records["classical_pretrain"]["test"], stress_mae_meV_per_A3=None))))
+    assert add_missing_stress(lc.Sweep(dict(config, work=str(tmp_path / "work_stress")))) == 1
+    refreshed = json.loads(path.read_text())
+    assert refreshed["test"]["stress_mae_meV_per_A3"] == pytest.approx(stress, rel=1e-6)
+    assert abs(refreshed["test_errors_refreshed"]["force_mae_change_meV_per_A"]) < 1e-3
     md = sorted(p.name for p in (tmp_path / "res" / "md").glob("*.json"))
     assert md == ["scratch_N0003_s0.json"]  # md.strategies: only scratch
     md_record = json.loads((tmp_path / "res" / "md" / md[0]).read_text())

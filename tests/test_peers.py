@@ -180,6 +180,42 @@ def test_peer_step_budgets_bind_only_at_large_n():
     assert peers_module.peer_epochs(292, plain) == {"max_epochs": 120, "patience_epochs": 20}
 
 
+def test_a_gone_checkpoint_is_trained_again_once_and_both_errors_noted(tmp_path):
+    """On a fresh clone the work folders (checkpoints) are gone: the MD path trains the run again
+    with its record's lr and seed, once, and notes the recorded and the retrained test error."""
+    from mace_transfer.studies.md_runs import trained_model
+
+    class Study:
+        out = tmp_path / "res"
+        calls = []
+
+        def say(self, text):
+            pass
+
+        def train_run(self, strategy, n_train, seed, path, lr=None):
+            self.calls.append((strategy, n_train, seed, lr))
+            checkpoint = tmp_path / "again.pth"
+            checkpoint.write_text("weights")
+            record = {"checkpoint": str(checkpoint), "test": {"force_mae_meV_per_A": 31.0}}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record))
+            return record
+
+    study = Study()
+    present = tmp_path / "kept.pth"
+    present.write_text("weights")
+    rec = {"name": "chgnet_N0020_s1", "strategy": "chgnet", "n_train": 20, "seed": 1, "lr": 3e-4,
+           "checkpoint": str(present), "test": {"force_mae_meV_per_A": 30.0}}
+    assert trained_model(study, rec, key="checkpoint") == (str(present), {"checkpoint": str(present),
+                                                                          "retrained": False})
+    present.unlink()
+    path, note = trained_model(study, rec, key="checkpoint")
+    assert study.calls == [("chgnet", 20, 1, 3e-4)] and path == str(tmp_path / "again.pth")
+    assert note["retrained"] and note["recorded_test_force_mae_meV_per_A"] == 30.0
+    assert note["retrained_test_force_mae_meV_per_A"] == 31.0
+    assert trained_model(study, rec, key="checkpoint")[0] == path and len(study.calls) == 1  # reused
+
+
 def test_peer_workers_import_nothing_of_the_product():
     """The worker runs in the peers' environment: no mace, no mace_transfer import."""
     import ast

@@ -103,12 +103,12 @@ def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
     count for forces only; stress (Voigt, eV/Å³) where the frame has ``REF_stress``, the cell is
     periodic and ``calc`` implements stress. ``group_by`` (a frame -> key function) adds ``per_group``, the same
     statistics per key, from the same single evaluation. ``_parity`` holds reference and
-    predicted force components (eV/Å).
+    predicted force components (eV/Å), ``_energies`` the predicted energy of each frame (eV).
     """
     from tqdm.auto import tqdm
 
     energy_errors, force_errors, stress_errors, kinds = [], [], [], []
-    reference_forces, predicted_forces = [], []
+    reference_forces, predicted_forces, predicted_energies = [], [], []
     has_stress = "stress" in getattr(calc, "implemented_properties", ())
     for atoms in tqdm(frames, desc=f"errors {label}".strip(), disable=not progress, leave=False):
         copy = atoms.copy()
@@ -116,8 +116,8 @@ def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
         predicted = np.asarray(copy.get_forces(), dtype=float)
         reference = np.asarray(atoms.arrays["REF_forces"], dtype=float)
         ref_energy = atoms.info.get("REF_energy")
-        energy_errors.append(np.nan if ref_energy is None else
-                             (copy.get_potential_energy() - float(ref_energy)) / len(atoms))
+        predicted_energies.append(float(copy.get_potential_energy()))
+        energy_errors.append(np.nan if ref_energy is None else (predicted_energies[-1] - float(ref_energy)) / len(atoms))
         force_errors.append(predicted - reference)
         ref_stress = atoms.info.get("REF_stress")
         stress_errors.append(_stress_error(copy, ref_stress) if has_stress and ref_stress is not None
@@ -143,6 +143,7 @@ def test_errors(calc, frames: Sequence[Atoms], progress: bool = True,
         result["per_group"] = per_key([str(group_by(atoms)) for atoms in frames])
     result["_parity"] = {"reference": np.concatenate(reference_forces),
                          "predicted": np.concatenate(predicted_forces)}
+    result["_energies"] = np.asarray(predicted_energies)  # eV per frame, for a refit of the zero
     return result
 
 
@@ -158,10 +159,13 @@ def fit_energy_shift(frames, predicted_energies: Sequence[float], energy_key: st
 
 
 def energy_mae_with_fitted_zero(calc, fit_frames: Sequence[Atoms], test_frames: Sequence[Atoms],
-                                energy_key: str = "REF_energy") -> Dict[str, object]:
+                                energy_key: str = "REF_energy",
+                                test_energies: Optional[Sequence[float]] = None) -> Dict[str, object]:
     """Test energy MAE (meV/atom) once ``calc``'s energy zero is moved by one constant per element
     fitted on ``fit_frames`` (:func:`fit_energy_shift`): the energy error left after the zero is
-    refit on a few cells, as the peers' zero is fitted (``studies.peers``) and as fine-tuning does."""
+    refit on a few cells, as the peers' zero is fitted (``studies.peers``) and as fine-tuning does.
+    ``test_energies``: ``calc``'s energies of ``test_frames`` (eV) when already predicted
+    (:func:`test_errors` ``["_energies"]``), so the test set is not evaluated twice."""
 
     def energies(frames):
         found = []
@@ -173,6 +177,7 @@ def energy_mae_with_fitted_zero(calc, fit_frames: Sequence[Atoms], test_frames: 
 
     shift = fit_energy_shift(fit_frames, energies(fit_frames), energy_key)
     errors = [(e + sum(shift.get(s, 0.0) for s in a.get_chemical_symbols()) - float(a.info[energy_key])) / len(a)
-              for a, e in zip(test_frames, energies(test_frames)) if energy_key in a.info]
+              for a, e in zip(test_frames, energies(test_frames) if test_energies is None else test_energies)
+              if energy_key in a.info]
     return {"energy_mae_meV_per_atom": float(np.mean(np.abs(errors)) * 1000), "shift_eV_per_atom": shift,
             "n_fit_configs": len(fit_frames)}

@@ -12,7 +12,7 @@ Reproduces the set-up of Röcken & Zavadlav (arXiv 2502.13522), on Stillinger-We
    MAE/RMSE meV/Å, energy MAE meV/atom, wall seconds, epochs run, best epoch, validation curve)
    and is skipped when that file exists;
 5. optional: ``--md`` (MD stability, a0 and B vs ``md.reference``, SW-Ge by default, for the
-   ``md.seeds`` runs) and
+   ``md.seeds`` runs; first the stress MAE of runs recorded before that metric, where the model is at hand) and
    ``--timing`` (``mace_transfer_train`` vs MACE's own ``run_train`` per epoch);
 6. ``summary.json``, ``summary.md``, ``learning_curve.png`` (and ``stability.png``) from every
    finished run.
@@ -104,6 +104,7 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
         if timing:
             sweep.timing()
         if md:
+            md_runs.add_missing_stress(sweep)  # runs recorded before the stress metric, model at hand
             md_runs.md_and_properties(sweep, [int(s) for s in config.get("md", {}).get("seeds", [0])],
                                       only=names if strategies else None)
     summary = write_report(config, sweep.out)

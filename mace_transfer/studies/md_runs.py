@@ -9,9 +9,11 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
+from mace_transfer.studies.config import RECORDS
 from mace_transfer.studies.records import load_runs, write_json
+from mace_transfer.studies.runs import model_errors
 
 
 def write_md_record(path: Path, rec: Dict[str, Any], model, spec: Dict[str, Any],
@@ -39,6 +41,37 @@ def write_md_record(path: Path, rec: Dict[str, Any], model, spec: Dict[str, Any]
         "close_contact": entry.get("close_contact"),
         "reference": metrics["reference"]["properties"], "md_settings": metrics["settings"]["md"],
         "wall_s": time.time() - start, **(extra or {})})
+
+
+def add_missing_stress(sweep) -> int:
+    """Stress MAE (meV/Å³) for the finished runs recorded before the metric existed, where the
+    trained model is still at hand (its work folder or ``<out>/models/``; nothing is retrained):
+    the test set predicted again, ``test``, ``test_per_config_type`` and ``test_per_length_scale``
+    rewritten, and the change of the recorded force MAE noted (``test_errors_refreshed``: it is
+    ~1e-4 meV/Å, float32 summation order). Returns how many records were completed."""
+    done = 0
+    for rec in load_runs(sweep.out):
+        if rec.get("test", {}).get("stress_mae_meV_per_A3") is not None:
+            continue
+        kept = sweep.out / "models" / f"{rec['name']}.model"
+        model = rec.get("model") if rec.get("model") and Path(rec["model"]).is_file() else (
+            str(kept) if kept.is_file() else None)
+        path = sweep.out / RECORDS / f"{rec['name']}.json"
+        if model is None or not path.is_file():
+            continue
+        grouped = model_errors(model, sweep.frames("test"), groups=True)
+        if grouped["overall"]["stress_mae_meV_per_A3"] is None:  # a test set without stress labels
+            continue
+        record = json.loads(path.read_text())
+        before = record["test"]["force_mae_meV_per_A"]
+        record.update(test=grouped["overall"], test_per_config_type=grouped["per_config_type"],
+                      test_per_length_scale=grouped["per_length_scale"],
+                      test_errors_refreshed={"model": model, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                             "force_mae_change_meV_per_A": grouped["overall"]["force_mae_meV_per_A"] - before})
+        write_json(path, record)
+        sweep.say(f"stress: {rec['name']}: {grouped['overall']['stress_mae_meV_per_A3']:.2f} meV/Å³ ({model})")
+        done += 1
+    return done
 
 
 def md_and_properties(sweep, seeds: Sequence[int], only: Optional[Sequence[str]] = None) -> None:
@@ -80,22 +113,26 @@ def md_and_properties(sweep, seeds: Sequence[int], only: Optional[Sequence[str]]
 
 
 
-def trained_model(sweep, rec: Dict[str, Any]):
-    """The trained ``.model`` of ``rec`` and a note for the MD record: the run's own file
-    (work folder, not committed), else a committed copy ``<out>/models/<name>.model``, else
-    the run trained again with its record's lr and seed (``<out>/md/retrained/``; both test
-    force MAEs noted, so a reader sees how closely it reproduces the recorded model)."""
-    if Path(rec["model"]).is_file():
-        return rec["model"], {"model": rec["model"], "retrained": False}
-    kept = sweep.out / "models" / f"{rec['name']}.model"
-    if kept.is_file():
-        return str(kept), {"model": str(kept), "retrained": False}
-    again_path = sweep.out / "md" / "retrained" / f"{rec['name']}.json"
+def trained_model(study, rec: Dict[str, Any], key: str = "model") -> Tuple[str, Dict[str, Any]]:
+    """The trained file of ``rec`` (``rec[key]``: a MACE ``.model``, or a peer's ``checkpoint``) and
+    a note for the MD record. Work folders are not committed, so on a fresh clone it looks for a
+    committed copy ``<out>/models/<name>.model`` (MACE), else trains the run again with its record's
+    lr and seed (``<out>/md/retrained/<name>.json``, reused while its file exists) and notes both
+    test force MAEs, so a reader sees how closely it reproduces the recorded run. ``study`` is a
+    :class:`~mace_transfer.studies.runs.Sweep` or a :class:`~mace_transfer.studies.peers.PeerSweep`
+    (anything with ``out``, ``say`` and ``train_run(strategy, n, seed, path, lr=...)``)."""
+    own = rec.get(key)
+    if own and Path(own).exists():
+        return own, {key: own, "retrained": False}
+    kept = study.out / "models" / f"{rec['name']}.model"
+    if key == "model" and kept.is_file():
+        return str(kept), {key: str(kept), "retrained": False}
+    again_path = study.out / "md" / "retrained" / f"{rec['name']}.json"
     again = json.loads(again_path.read_text()) if again_path.is_file() else None
-    if again is None or not Path(again["model"]).is_file():
-        sweep.say(f"md: {rec['name']}: model {rec['model']} is gone; training it again (lr {rec['lr']:g})")
-        again = sweep.train_run(rec["strategy"], int(rec["n_train"]), int(rec["seed"]), again_path, lr=rec["lr"])
-    return again["model"], {
-        "model": again["model"], "retrained": True,
+    if again is None or not Path(again[key]).exists():
+        study.say(f"md: {rec['name']}: {key} {own} is gone; training it again (lr {rec['lr']:g}, seed {rec['seed']})")
+        again = study.train_run(rec["strategy"], int(rec["n_train"]), int(rec["seed"]), again_path, lr=rec["lr"])
+    return again[key], {
+        key: again[key], "retrained": True,
         "recorded_test_force_mae_meV_per_A": rec["test"]["force_mae_meV_per_A"],
         "retrained_test_force_mae_meV_per_A": again["test"]["force_mae_meV_per_A"]}

@@ -329,7 +329,7 @@ class PeerSweep(StudyData):
         checkpoints, by the product's own evaluation code through a live :class:`PeerCalculator`;
         records in ``<out>/md/`` of the learning curve's shape."""
         from mace_transfer.studies.records import load_runs
-        from mace_transfer.studies.md_runs import write_md_record
+        from mace_transfer.studies.md_runs import trained_model, write_md_record
 
         spec = self.config.get("md") or {}
         sizes = {int(n) for n in spec.get("sizes", [20])}
@@ -342,30 +342,10 @@ class PeerSweep(StudyData):
             path = self.out / "md" / f"{rec['name']}.json"
             if path.is_file():
                 continue
-            checkpoint, extra = self.checkpoint_of(rec)
+            checkpoint, extra = trained_model(self, rec, key="checkpoint")
             self.say(f"md: {rec['name']} (live {PEERS[rec['strategy']]})")
             with PeerCalculator(rec["strategy"], checkpoint, threads=self.threads) as calc:
                 write_md_record(path, rec, calc, spec, extra)
-
-    def checkpoint_of(self, rec: Dict[str, Any]):
-        """The fine-tuned checkpoint of ``rec`` and a note for the MD record. Checkpoints live in
-        the work folder (not committed); when it is gone (a fresh clone), the run is trained again
-        with the record's lr and seed (``<out>/md/retrained/``) and both test force MAEs are noted,
-        so a reader sees how closely the retrained model reproduces the recorded one."""
-        checkpoint = rec.get("checkpoint")
-        if checkpoint and Path(checkpoint).exists():
-            return checkpoint, {"checkpoint": checkpoint, "retrained": False}
-        again_path = self.out / "md" / "retrained" / f"{rec['name']}.json"
-        if again_path.is_file() and Path(json.loads(again_path.read_text())["checkpoint"]).exists():
-            again = json.loads(again_path.read_text())
-        else:
-            self.say(f"md: {rec['name']}: checkpoint {checkpoint} is gone; training it again (lr {rec['lr']:g}, "
-                     f"seed {rec['seed']})")
-            again = self.train_run(rec["strategy"], int(rec["n_train"]), int(rec["seed"]), again_path, rec["lr"])
-        return again["checkpoint"], {
-            "checkpoint": again["checkpoint"], "retrained": True,
-            "recorded_test_force_mae_meV_per_A": rec["test"]["force_mae_meV_per_A"],
-            "retrained_test_force_mae_meV_per_A": again["test"]["force_mae_meV_per_A"]}
 
     # -------------------------------------------------------------- MD speed
     def md_speed(self, peers: Sequence[str], seed: int = 0) -> Dict[str, Any]:
@@ -377,16 +357,19 @@ class PeerSweep(StudyData):
         path = self.out / "md_speed.json"
         result = json.loads(path.read_text()) if path.is_file() else {}
         steps = int(spec.get("steps", 20))
+        from mace_transfer.studies.md_runs import trained_model
+
         for atoms_n in [int(a) for a in spec.get("atoms", [64, 512])]:
-            cell = self.work / "md_speed" / f"diamond_{atoms_n}.xyz"
-            self._write_diamond(cell, atoms_n)
+            a0 = float(spec.get("lattice_constant_A", 5.76))  # in the name: a changed a0 is a new cell
+            cell = self.work / "md_speed" / f"diamond_{atoms_n}_a{a0:g}.xyz"
             for threads in [int(t) for t in spec.get("threads", [1, 2])]:
                 for peer in peers:
                     key = f"{peer}|{atoms_n}|{threads}"
                     record = self.out / RECORDS / f"{run_name(peer, n_train, seed)}.json"
                     if key in result or not record.is_file():
                         continue
-                    checkpoint = json.loads(record.read_text())["checkpoint"]
+                    self._write_diamond(cell, atoms_n)
+                    checkpoint, _ = trained_model(self, json.loads(record.read_text()), key="checkpoint")
                     got = run_job({"peer": peer, "task": "md_speed", "model": checkpoint, "frames": str(cell),
                                    "steps": steps, "warmup_steps": 3, "timestep_fs": 1.0, "temperature_K": 300.0,
                                    "seed": 0}, self.work / "md_speed" / key.replace("|", "_"), threads)
@@ -397,6 +380,7 @@ class PeerSweep(StudyData):
                     key = f"{label}|{atoms_n}|{threads}"
                     if key in result:
                         continue
+                    self._write_diamond(cell, atoms_n)
                     result[key] = mace_md_speed(self._speed_model(label, model), cell, steps, threads)
                     write_json(path, result)
                     self.say(f"MD speed {label}, {atoms_n} atoms, {threads} threads: {result[key]:.0f} atom-steps/s")
@@ -422,10 +406,13 @@ class PeerSweep(StudyData):
         return remapped
 
     def _write_diamond(self, path: Path, n_atoms: int) -> None:
-        """A cubic diamond supercell of the target element at the PBE lattice constant (Å)."""
+        """A cubic diamond supercell of the target element at the PBE lattice constant (Å), written
+        once (the work folder keeps it for every later timing)."""
         from ase.build import bulk
         from ase.io import write
 
+        if path.is_file():
+            return
         repeat = round((n_atoms / 8) ** (1 / 3))
         if 8 * repeat**3 != n_atoms:
             raise UserInputError(f"md_speed.atoms: {n_atoms} is not 8 k^3 (64, 216, 512, ...)")

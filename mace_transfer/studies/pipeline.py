@@ -206,8 +206,9 @@ class Pipeline:
             stage = dict(stage, subset=dict(stage["subset"], file=str(data)))
         self._train(stage, extra)
 
-    def _teacher(self, stage):
-        """(ASE calculator, name, settings tag) of ``stage["teacher"]``."""
+    def _teacher(self, stage, structures: List):
+        """(ASE calculator, name, settings tag) of ``stage["teacher"]``; ``structures`` (the frames it
+        will label) are what a peer teacher predicts in its own environment."""
         from mace_transfer import evaluate
         from mace_transfer.datagen import classical, teacher
 
@@ -215,10 +216,7 @@ class Pipeline:
         if isinstance(ref, dict):  # a universal potential in its own environment (studies.peers)
             from mace_transfer.studies.peers import peer_teacher
 
-            return peer_teacher(ref, self._structures(stage), self.stage_dir(stage) / "peer_teacher")
-        if not ref:
-            raise UserInputError(f"stage {stage['name']!r} needs a 'teacher' (a stage, a .model file or "
-                                 f"one of {', '.join(evaluate.REFERENCE_NAMES)})")
+            return peer_teacher(ref, structures, self.stage_dir(stage) / "peer_teacher")
         if str(ref).lower() in evaluate.REFERENCE_NAMES:
             potential, element = str(ref).lower().split("-")
             return classical.calculator(element.capitalize(), potential), str(ref).lower(), \
@@ -246,9 +244,15 @@ class Pipeline:
         """A student trained on a teacher's labels: label ``structures`` with ``teacher``, then train."""
         from mace_transfer.datagen import teacher
 
-        calc, name, settings = self._teacher(stage)
+        if not stage.get("teacher"):  # before any sampling
+            from mace_transfer import evaluate
+
+            raise UserInputError(f"stage {stage['name']!r} needs a 'teacher' (a stage, a .model file or "
+                                 f"one of {', '.join(evaluate.REFERENCE_NAMES)})")
+        structures = self._structures(stage)
+        calc, name, settings = self._teacher(stage, structures)
         labelled = self.stage_dir(stage) / "teacher_labels.xyz"
-        teacher.label_with_teacher(self._structures(stage), calc, labelled, name=name, settings=settings,
+        teacher.label_with_teacher(structures, calc, labelled, name=name, settings=settings,
                                    progress=lambda message: print(message, flush=True))
         if "subset" in stage:
             self._train(dict(stage, subset=dict(stage["subset"], file=str(labelled))))

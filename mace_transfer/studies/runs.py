@@ -237,15 +237,13 @@ class Sweep(StudyData):
                 model, self.config["element_map"], self.valid_frames(),
                 forces_key=self.config["mace"].get("forces_key", "REF_forces"))
             rescaled = self.remapped_model(scales["length_scale"], scales["energy_scale"], "_rescaled")
-            result.update(remap=model_errors(self.remapped_model(), self.frames("test")),
-                          remap_rescale=model_errors(rescaled, self.frames("test")),
-                          scales_from_validation_set=scales)
+            result.update(remap=self._zero_shot_errors(self.remapped_model()),
+                          remap_rescale=self._zero_shot_errors(rescaled), scales_from_validation_set=scales)
         for key, scales in (("remap", None), ("remap_rescale", result.get("scales_from_validation_set"))):
             if key in result and not {"energy_zero_fitted", "stress_mae_meV_per_A3"} <= set(result[key]):
                 model = self.remapped_model() if scales is None else self.remapped_model(
                     scales["length_scale"], scales["energy_scale"], "_rescaled")
-                result[key].update(model_errors(model, self.frames("test")))  # (records from before stress)
-                result[key]["energy_zero_fitted"] = self._energy_with_fitted_zero(model)  # the peers' protocol
+                result[key].update(self._zero_shot_errors(model))  # (records from before stress)
         if known:
             s, k = float(known["length_scale"]), float(known["energy_scale"])
             result["remap_rescale_known"] = model_errors(self.remapped_model(s, k, "_rescaled_known"),
@@ -268,17 +266,20 @@ class Sweep(StudyData):
                 self.say(f"zero-shot {key}: test force MAE {result[key]['force_mae_meV_per_A']:.1f} meV/Å")
         return result
 
-    def _energy_with_fitted_zero(self, model_path) -> Dict[str, Any]:
-        """Test energy MAE of ``model_path`` with its energy zero fitted on the validation cells
-        (one constant per element), as the peers' zero-shot energies are measured."""
+    def _zero_shot_errors(self, model_path) -> Dict[str, Any]:
+        """Test errors of one zero-shot model and, from the same predictions, its test energy MAE
+        with the energy zero fitted on the validation cells (one constant per element): the
+        protocol of the peers' zero-shot energies (``energy_zero_fitted``)."""
         from mace_transfer import evaluate
         from mace_transfer.evaluate.errors import energy_mae_with_fitted_zero
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             calc = evaluate.load_model(model_path).calc
-            return dict(energy_mae_with_fitted_zero(calc, self.valid_frames(), self.frames("test")),
-                        fitted_on="validation cells")
+            errors = evaluate.test_errors(calc, self.frames("test"), progress=False)
+            fitted = energy_mae_with_fitted_zero(calc, self.valid_frames(), self.frames("test"),
+                                                 test_energies=errors["_energies"])
+        return dict(errors["overall"], energy_zero_fitted=dict(fitted, fitted_on="validation cells"))
 
     # -------------------------------------------------------------- one run
     def strategy_options(self, strategy: str, n_train: int, seed: int,
