@@ -43,19 +43,27 @@ def write_md_record(path: Path, rec: Dict[str, Any], model, spec: Dict[str, Any]
         "wall_s": time.time() - start, **(extra or {})})
 
 
+def file_at_hand(out: Path, rec: Dict[str, Any], key: str = "model") -> Optional[str]:
+    """``rec[key]`` (a run's ``.model`` or a peer's ``checkpoint``) when it still exists, else for a
+    MACE model its committed copy ``<out>/models/<name>.model``, else None (nothing is trained)."""
+    own = rec.get(key)
+    if own and Path(own).exists():
+        return str(own)
+    kept = Path(out) / "models" / f"{rec['name']}.model"
+    return str(kept) if key == "model" and kept.is_file() else None
+
+
 def add_missing_stress(sweep) -> int:
     """Stress MAE (meV/Å³) for the finished runs recorded before the metric existed, where the
     trained model is still at hand (its work folder or ``<out>/models/``; nothing is retrained):
     the test set predicted again, ``test``, ``test_per_config_type`` and ``test_per_length_scale``
-    rewritten, and the change of the recorded force MAE noted (``test_errors_refreshed``: it is
-    ~1e-4 meV/Å, float32 summation order). Returns how many records were completed."""
+    rewritten, and the change of the recorded force MAE noted (``test_errors_refreshed``: zero to
+    rounding for the same model on the same frames). Returns how many records were completed."""
     done = 0
     for rec in load_runs(sweep.out):
         if rec.get("test", {}).get("stress_mae_meV_per_A3") is not None:
             continue
-        kept = sweep.out / "models" / f"{rec['name']}.model"
-        model = rec.get("model") if rec.get("model") and Path(rec["model"]).is_file() else (
-            str(kept) if kept.is_file() else None)
+        model = file_at_hand(sweep.out, rec)
         path = sweep.out / RECORDS / f"{rec['name']}.json"
         if model is None or not path.is_file():
             continue
@@ -122,11 +130,9 @@ def trained_model(study, rec: Dict[str, Any], key: str = "model") -> Tuple[str, 
     :class:`~mace_transfer.studies.runs.Sweep` or a :class:`~mace_transfer.studies.peers.PeerSweep`
     (anything with ``out``, ``say`` and ``train_run(strategy, n, seed, path, lr=...)``)."""
     own = rec.get(key)
-    if own and Path(own).exists():
-        return own, {key: own, "retrained": False}
-    kept = study.out / "models" / f"{rec['name']}.model"
-    if key == "model" and kept.is_file():
-        return str(kept), {key: str(kept), "retrained": False}
+    at_hand = file_at_hand(study.out, rec, key)
+    if at_hand is not None:
+        return at_hand, {key: at_hand, "retrained": False}
     again_path = study.out / "md" / "retrained" / f"{rec['name']}.json"
     again = json.loads(again_path.read_text()) if again_path.is_file() else None
     if again is None or not Path(again[key]).exists():
