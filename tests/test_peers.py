@@ -214,6 +214,13 @@ def test_a_gone_checkpoint_is_trained_again_once_and_both_errors_noted(tmp_path)
     assert note["retrained"] and note["recorded_test_force_mae_meV_per_A"] == 30.0
     assert note["retrained_test_force_mae_meV_per_A"] == 31.0
     assert trained_model(study, rec, key="checkpoint")[0] == path and len(study.calls) == 1  # reused
+    # a MACE run whose work folder is gone but whose model was kept in <out>/models: no training
+    kept = study.out / "models" / "transfer_rescale_N0020_s0.model"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("weights")
+    mace_rec = dict(rec, name="transfer_rescale_N0020_s0", model=str(tmp_path / "gone.model"))
+    assert trained_model(study, mace_rec) == (str(kept), {"model": str(kept), "retrained": False})
+    assert len(study.calls) == 1
 
 
 def test_peer_workers_import_nothing_of_the_product():
