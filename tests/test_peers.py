@@ -223,6 +223,20 @@ def test_a_gone_checkpoint_is_trained_again_once_and_both_errors_noted(tmp_path)
     assert len(study.calls) == 1
 
 
+def test_goal_verdict_says_met_only_when_every_n_is_within_the_limit():
+    from mace_transfer.studies.peers_report import goal_verdict
+
+    rows = [{"n_train": 5, "force_ratio": 0.31, "energy_ratio": 1.42},
+            {"n_train": 20, "force_ratio": 0.42, "energy_ratio": 0.4},
+            {"n_train": 50, "force_ratio": 0.48, "energy_ratio": None}]
+    assert goal_verdict(rows, [5, 20, 50]) == (
+        "Forces (≤ 0.6×): met at every N (5, 20, 50; largest ratio 0.48). "
+        "Energies (≤ 0.5×): not met (ratio > 0.5 at N = 5; smallest 0.40).")
+    assert goal_verdict(rows[1:2], [5, 20]) == (
+        "Forces (≤ 0.6×): not decided (no comparison at N = 5). "
+        "Energies (≤ 0.5×): not decided (no comparison at N = 5).")
+
+
 def test_peer_workers_import_nothing_of_the_product():
     """The worker runs in the peers' environment: no mace, no mace_transfer import."""
     import ast

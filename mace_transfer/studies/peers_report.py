@@ -135,6 +135,28 @@ def goal_check(peers: Dict[str, Dict[str, Any]], ours: Dict[str, Dict[str, Any]]
     return rows
 
 
+def goal_verdict(rows: List[Dict[str, Any]], sizes: List[int], force_limit: float = 0.6,
+                 energy_limit: float = 0.5) -> str:
+    """One line saying plainly whether the goal is met at every N of ``sizes``: met only when every
+    N has a row and every ratio is within its limit; an N with no run of ours or no peer is "not decided"."""
+    by_n = {row["n_train"]: row for row in rows}
+    missing = [n for n in sizes if n not in by_n]
+    parts = []
+    for label, key, limit in (("Forces", "force_ratio", force_limit), ("Energies", "energy_ratio", energy_limit)):
+        ratios = {n: by_n[n][key] for n in sizes if n in by_n and by_n[n][key] is not None}
+        over = [n for n, r in ratios.items() if r > limit]
+        unknown = missing + [n for n in sizes if n in by_n and by_n[n][key] is None]
+        if over:
+            verdict = (f"not met (ratio > {limit:g} at N = {', '.join(map(str, over))}; "
+                       f"smallest {min(ratios.values()):.2f})")
+        elif unknown:
+            verdict = f"not decided (no comparison at N = {', '.join(map(str, sorted(unknown)))})"
+        else:
+            verdict = f"met at every N ({', '.join(map(str, sizes))}; largest ratio {max(ratios.values()):.2f})"
+        parts.append(f"{label} (≤ {limit:g}×): {verdict}.")
+    return " ".join(parts)
+
+
 def write_peers_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
     """summary.json, summary.md, peers_vs_n.png, pareto.png in ``out`` from its records."""
     out = Path(out or config["out"])
@@ -150,7 +172,9 @@ def write_peers_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
     if lr_files:
         summary["lr_selection"] = {p.stem: json.loads(p.read_text()) for p in lr_files}
     sizes = sorted({int(n) for s in peers.values() for n in s})
-    summary["goal"] = goal_check(peers, ours, [n for n in sizes if 5 <= n <= 50])
+    goal_sizes = [n for n in sizes if 5 <= n <= 50]
+    summary["goal"] = goal_check(peers, ours, goal_sizes)
+    summary["goal_verdict"] = goal_verdict(summary["goal"], goal_sizes)
     summary["md"] = md_rows(config, out)
     summary["late_drop"] = late_drop(records)
     write_json(out / "summary.json", summary)
@@ -234,6 +258,7 @@ def peers_markdown(summary: Dict[str, Any], config: Dict[str, Any]) -> str:
             lines.append(f"| {row['n_train']} | {name(row['best_peer_force'])} | {name(row['ours_force'])} | "
                          f"{row['force_ratio']:.2f} | {name(row['best_peer_energy'])} | {name(row['ours_energy'])} "
                          f"| {energy_ratio} |")
+        lines += ["", summary["goal_verdict"]]
     return "\n".join(lines) + "\n"
 
 
