@@ -64,19 +64,17 @@ def add_missing_stress(sweep) -> int:
         if rec.get("test", {}).get("stress_mae_meV_per_A3") is not None:
             continue
         model = file_at_hand(sweep.out, rec)
-        path = sweep.out / RECORDS / f"{rec['name']}.json"
-        if model is None or not path.is_file():
+        if model is None:
             continue
         grouped = model_errors(model, sweep.frames("test"), groups=True)
         if grouped["overall"]["stress_mae_meV_per_A3"] is None:  # a test set without stress labels
             continue
-        record = json.loads(path.read_text())
-        before = record["test"]["force_mae_meV_per_A"]
-        record.update(test=grouped["overall"], test_per_config_type=grouped["per_config_type"],
-                      test_per_length_scale=grouped["per_length_scale"],
-                      test_errors_refreshed={"model": model, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                             "force_mae_change_meV_per_A": grouped["overall"]["force_mae_meV_per_A"] - before})
-        write_json(path, record)
+        change = grouped["overall"]["force_mae_meV_per_A"] - rec["test"]["force_mae_meV_per_A"]
+        write_json(sweep.out / RECORDS / f"{rec['name']}.json", dict(
+            rec, test=grouped["overall"], test_per_config_type=grouped["per_config_type"],
+            test_per_length_scale=grouped["per_length_scale"],
+            test_errors_refreshed={"model": model, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   "force_mae_change_meV_per_A": change}))
         sweep.say(f"stress: {rec['name']}: {grouped['overall']['stress_mae_meV_per_A3']:.2f} meV/Å³ ({model})")
         done += 1
     return done

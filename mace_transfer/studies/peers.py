@@ -352,15 +352,15 @@ class PeerSweep(StudyData):
         """atom-steps/s of NVE MD (1 fs, 300 K start) on diamond cells of ``md_speed.atoms`` atoms
         (64, 512) at ``md_speed.threads`` (1, 2): each peer's (N, seed) fine-tuned checkpoint, and
         the MACE models named in ``md_speed.mace`` (label: .model path), the same protocol in-process."""
+        from mace_transfer.studies.md_runs import trained_model
+
         spec = self.config.get("md_speed") or {}
         n_train = int(spec.get("n_train", 20))
         path = self.out / "md_speed.json"
         result = json.loads(path.read_text()) if path.is_file() else {}
         steps = int(spec.get("steps", 20))
-        from mace_transfer.studies.md_runs import trained_model
-
+        a0 = float(spec.get("lattice_constant_A", 5.76))  # Å; in the cell's name: a changed a0 is a new cell
         for atoms_n in [int(a) for a in spec.get("atoms", [64, 512])]:
-            a0 = float(spec.get("lattice_constant_A", 5.76))  # in the name: a changed a0 is a new cell
             cell = self.work / "md_speed" / f"diamond_{atoms_n}_a{a0:g}.xyz"
             for threads in [int(t) for t in spec.get("threads", [1, 2])]:
                 for peer in peers:
@@ -368,7 +368,7 @@ class PeerSweep(StudyData):
                     record = self.out / RECORDS / f"{run_name(peer, n_train, seed)}.json"
                     if key in result or not record.is_file():
                         continue
-                    self._write_diamond(cell, atoms_n)
+                    self._write_diamond(cell, atoms_n, a0)
                     checkpoint, _ = trained_model(self, json.loads(record.read_text()), key="checkpoint")
                     got = run_job({"peer": peer, "task": "md_speed", "model": checkpoint, "frames": str(cell),
                                    "steps": steps, "warmup_steps": 3, "timestep_fs": 1.0, "temperature_K": 300.0,
@@ -380,7 +380,7 @@ class PeerSweep(StudyData):
                     key = f"{label}|{atoms_n}|{threads}"
                     if key in result:
                         continue
-                    self._write_diamond(cell, atoms_n)
+                    self._write_diamond(cell, atoms_n, a0)
                     result[key] = mace_md_speed(self._speed_model(label, model), cell, steps, threads)
                     write_json(path, result)
                     self.say(f"MD speed {label}, {atoms_n} atoms, {threads} threads: {result[key]:.0f} atom-steps/s")
@@ -405,8 +405,8 @@ class PeerSweep(StudyData):
             torch.save(remap.remap_elements(model, self.config["element_map"]), remapped)
         return remapped
 
-    def _write_diamond(self, path: Path, n_atoms: int) -> None:
-        """A cubic diamond supercell of the target element at the PBE lattice constant (Å), written
+    def _write_diamond(self, path: Path, n_atoms: int, a0: float) -> None:
+        """A cubic diamond supercell of the target element at lattice constant ``a0`` (Å), written
         once (the work folder keeps it for every later timing)."""
         from ase.build import bulk
         from ase.io import write
@@ -416,7 +416,6 @@ class PeerSweep(StudyData):
         repeat = round((n_atoms / 8) ** (1 / 3))
         if 8 * repeat**3 != n_atoms:
             raise UserInputError(f"md_speed.atoms: {n_atoms} is not 8 k^3 (64, 216, 512, ...)")
-        a0 = float(self.config.get("md_speed", {}).get("lattice_constant_A", 5.76))
         atoms = bulk(self.target_symbol(), "diamond", a=a0, cubic=True).repeat(repeat)
         atoms.rattle(0.01, seed=0)
         path.parent.mkdir(parents=True, exist_ok=True)
