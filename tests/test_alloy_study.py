@@ -105,3 +105,24 @@ def test_ev_reference_is_the_labels_own_fit(study):
     again = ev_properties(lambda a: float(a.info["REF_energy"]), frames)
     assert again["0.5"]["a0_A"] == pytest.approx(reference["0.5"]["a0_A"], rel=1e-12)
     assert 5.3 < reference["0"]["a0_A"] < 5.6  # Tersoff Si near 5.43 Å, from E-V points around Vegard's a
+
+
+def test_zero_alloy_case_validates_on_ge_only_and_a_partial_pool_is_refused(study, tmp_path):
+    """M = 0 sees no alloy, not even for its best epoch; M > 0 waits for the whole pool, since its
+    validation cells are drawn from all of it (a growing pool would move them)."""
+    from mace_transfer import UserInputError
+    from mace_transfer.studies.alloy import AlloySweep
+
+    _, config, _ = study
+    config = dict(config, out=str(tmp_path / "out"), work=str(tmp_path / "work"))
+    sweep = AlloySweep(config, progress=lambda *_: None)
+    subset = sweep.write_alloy_subset(tmp_path / "m0", "plain", 0, 0)
+    valid = read(subset["files"]["valid_file"], ":")
+    assert subset["n_valid_alloy"] == 0 and len(valid) == config["n_valid"]
+    assert all(set(a.get_chemical_symbols()) == {"Ge"} for a in valid)
+    subset = sweep.write_alloy_subset(tmp_path / "m4", "plain", 4, 0)
+    assert len(read(subset["files"]["valid_file"], ":")) == config["n_valid"] + config["n_valid_alloy"]
+    partial = AlloySweep(dict(config, alloy_pool_size=9), progress=lambda *_: None)
+    partial.write_alloy_subset(tmp_path / "m0_partial", "plain", 0, 0)  # M = 0 needs no pool
+    with pytest.raises(UserInputError, match="8 of 9 structures labelled"):
+        partial.write_alloy_subset(tmp_path / "m4_partial", "plain", 4, 0)

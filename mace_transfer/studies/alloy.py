@@ -14,7 +14,9 @@ Each run is tested on three sets (alloy, Ge, Si: ``data.test_sets``), its Si err
 source's (forgetting), and, when ``data.ev`` holds E-V scans of one cell per composition, on a0(x)
 and the mixing energy against PBE (Birch-Murnaghan fits of the same cells). The Ge subsets and
 validation cells are the learning curve's (same ``n_valid``, ``valid_seed``, seeds); the alloy pool
-has its own fixed validation cells (``n_valid_alloy``). Records: ``<out>/records/<route>_M<M>_s<seed>.json``.
+has its own fixed validation cells (``n_valid_alloy``, drawn once the pool is complete:
+``alloy_pool_size``), used only when M > 0: the zero-alloy-data case (M = 0) sees no alloy at all.
+Records: ``<out>/records/<route>_M<M>_s<seed>.json``.
 
     mace_transfer_learning_curve --config configs/alloy_sige.yaml [--sizes 0,20] [--seeds 0] \
         [--strategies replay,scratch]      # --sizes are the alloy counts M here
@@ -99,8 +101,17 @@ class AlloySweep(Sweep):
         return self._test_sets
 
     def alloy_split(self):
-        return split_target(len(self.frames("alloy")), int(self.config.get("n_valid_alloy", 6)),
-                            int(self.config["valid_seed"]))
+        """(validation, training-pool) indices of the alloy pool. They are drawn from the whole pool, so
+        a pool still being labelled (fewer frames than ``alloy_pool_size``) is refused: its split would
+        change as labels land."""
+        n_labelled = len(self.frames("alloy"))
+        expected = self.config.get("alloy_pool_size")
+        if expected is not None and n_labelled < int(expected):
+            raise UserInputError(
+                f"alloy pool {self.config['data']['alloy']} has {n_labelled} of {int(expected)} structures "
+                "labelled; runs with M > 0 wait for the whole pool (its validation cells are drawn from all of "
+                "it): scripts/label_alloys.sh")
+        return split_target(n_labelled, int(self.config.get("n_valid_alloy", 6)), int(self.config["valid_seed"]))
 
     def si_frames(self) -> list:
         """The ``n_si`` Si structures replayed or mixed in (a fixed draw, seed 0)."""
@@ -115,10 +126,13 @@ class AlloySweep(Sweep):
 
         ge, alloy = self.frames("target"), self.frames("alloy")
         ge_valid, ge_pool = self.split()
-        alloy_valid, alloy_pool = self.alloy_split()
         n_ge = int(self.config.get("n_ge", 20))
         ge_idx = training_indices(ge_pool, n_ge, seed)
-        alloy_idx = training_indices(alloy_pool, m_alloy, seed) if m_alloy else []
+        # M = 0 sees no alloy at all, not even to choose its best epoch: validation on the Ge cells only
+        alloy_valid, alloy_idx = [], []
+        if m_alloy:
+            alloy_valid, alloy_pool = self.alloy_split()
+            alloy_idx = training_indices(alloy_pool, m_alloy, seed)
         train = [ge[i] for i in ge_idx] + [alloy[i] for i in alloy_idx]
         if route in ("mixed", "scratch"):
             train += self.si_frames()
@@ -129,7 +143,8 @@ class AlloySweep(Sweep):
         if route == "replay":
             write(folder / "si_replay.xyz", self.si_frames(), format="extxyz")
             files["pt_train_file"] = str(folder / "si_replay.xyz")
-        return {"files": files, "n_train": len(train), "ge_indices": ge_idx, "alloy_indices": alloy_idx}
+        return {"files": files, "n_train": len(train), "ge_indices": ge_idx, "alloy_indices": alloy_idx,
+                "n_valid_alloy": len(alloy_valid)}
 
     # -------------------------------------------------------------- runs
     def route_options(self, route: str, n_total: int, seed: int) -> Dict[str, Any]:
@@ -175,6 +190,7 @@ class AlloySweep(Sweep):
                   "converged": len(curve["epoch"]) < int(options["max_num_epochs"]),
                   "test_sets": {k: model_errors(model, frames) for k, frames in self.test_sets().items()},
                   "ge_indices": subset["ge_indices"], "alloy_indices": subset["alloy_indices"],
+                  "n_valid_alloy": subset["n_valid_alloy"],
                   "model": str(model), "curve": curve,
                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         record["test"] = record["test_sets"].get("alloy") or next(iter(record["test_sets"].values()))
