@@ -513,3 +513,15 @@ def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, m
     log = (tmp_path / "work" / "scratch_N0004_s0" / "results" / "scratch_N0004_s0_run-0_train.txt").read_text()
     assert log.startswith(first_log)  # MACE appended to the cut run's log
     assert not parked.exists() and record_path.is_file()
+
+
+def test_a_source_to_train_without_atomic_energies_is_one_clear_error(lc, tmp_path):
+    """No E0s and no isolated atom in the data: refused before MACE would assert deep in run_train,
+    and nothing is trained."""
+    write_sw_ge_dataset(tmp_path / "si.xyz", 3, seed=7)
+    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
+              "mace": {"model": "MACE"}, "data": {"source": str(tmp_path / "si.xyz"), "target": "ge.xyz",
+                                                   "test": "t.xyz"}}
+    with pytest.raises(UserInputError, match="source.mace.E0s"):
+        lc.Sweep(config).source_model()
+    assert not (tmp_path / "res" / "source").exists()

@@ -177,6 +177,10 @@ class Sweep(StudyData):
         write(folder / "valid.xyz", [frames[i] for i in order[:n_valid]], format="extxyz")
         options = dict(self.config["mace"])
         options.update(spec.get("mace", {}))
+        if not options.get("E0s") and not any(a.info.get("config_type") == "IsolatedAtom" for a in frames):
+            # MACE would stop on an assertion deep inside run_train
+            raise UserInputError(f"{key}: training its model needs atomic energies: set {key}.mace.E0s "
+                                 f"(eV per element) or give a trained {key}.model")
         name = Path(default_cache).stem
         options.update(train_file=str(folder / "train.xyz"), valid_file=str(folder / "valid.xyz"),
                        seed=int(spec.get("seed", 1)), **run_dirs(folder, name))
