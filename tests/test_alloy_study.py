@@ -126,3 +126,36 @@ def test_zero_alloy_case_validates_on_ge_only_and_a_partial_pool_is_refused(stud
     partial.write_alloy_subset(tmp_path / "m0_partial", "plain", 0, 0)  # M = 0 needs no pool
     with pytest.raises(UserInputError, match="8 of 9 structures labelled"):
         partial.write_alloy_subset(tmp_path / "m4_partial", "plain", 4, 0)
+
+
+def test_replay_keeps_a_si_readout_that_predicts_si_better_than_the_default_head(study):
+    """MACE's multihead replay trains a pt_head on the replayed Si: on the Si test set that head beats
+    the Default head (which never saw Si); a head the model lacks is one clear error."""
+    from mace_transfer import UserInputError, evaluate
+
+    root, _, summary = study
+    record = json.loads((root / "out" / "records" / "replay_M0004_s0.json").read_text())
+    pt_head = record["si_test_pt_head"]["force_mae_meV_per_A"]
+    assert pt_head < record["test_sets"]["si"]["force_mae_meV_per_A"]
+    assert "si (pt_head)" in (root / "out" / "summary.md").read_text()
+    assert summary["table"]["replay"]["4"]["si (pt_head):force_mae_meV_per_A"]["mean"] == pytest.approx(pt_head)
+    with pytest.raises(UserInputError, match="has no head 'Si_head'"):
+        evaluate.load_model(record["model"], head="Si_head")
+
+
+def test_pt_head_errors_are_added_to_replay_records_written_before_them(study, tmp_path):
+    import shutil
+
+    from mace_transfer.studies.alloy import AlloySweep
+
+    root, config, _ = study
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    path = out / "records" / "replay_M0004_s0.json"
+    record = json.loads(path.read_text())
+    kept = record.pop("si_test_pt_head")
+    path.write_text(json.dumps(record))
+    sweep = AlloySweep(dict(config, out=str(out)), progress=lambda *_: None)
+    assert sweep.add_missing_pt_head_errors() == 1 and sweep.add_missing_pt_head_errors() == 0
+    again = json.loads(path.read_text())["si_test_pt_head"]
+    assert again["force_mae_meV_per_A"] == pytest.approx(kept["force_mae_meV_per_A"], rel=1e-9)

@@ -35,10 +35,11 @@ class Model:
 
 
 def load_model(path: Union[str, os.PathLike], device: str = "cpu",
-               label: Optional[str] = None) -> Model:
+               label: Optional[str] = None, head: Optional[str] = None) -> Model:
     """Load a MACE ``.model`` file as a float64 ``MACECalculator`` on ``device``.
 
-    Raises UserInputError when the path is missing or is not a MACE model.
+    ``head``: which readout of a multihead model predicts (MACE's default: the one named "Default").
+    Raises UserInputError when the path is missing, is not a MACE model or lacks the head.
     """
     path = Path(path)
     if not path.is_file():
@@ -57,7 +58,11 @@ def load_model(path: Union[str, os.PathLike], device: str = "cpu",
     if not (isinstance(network, torch.nn.Module) and hasattr(network, "atomic_numbers")
             and hasattr(network, "r_max")):
         raise UserInputError(f"{path} is not a MACE model (found {type(network).__name__})")
-    calc = MACECalculator(models=network, device=device, default_dtype="float64")
+    heads = list(getattr(network, "heads", None) or ["Default"])
+    if head is not None and head not in heads:  # MACE would fall back to another head with a warning
+        raise UserInputError(f"{path} has no head {head!r} (its heads: {', '.join(heads)})")
+    calc = MACECalculator(models=network, device=device, default_dtype="float64",
+                          **({"head": head} if head is not None else {}))
     numbers = [int(z) for z in network.atomic_numbers]
     return Model(label or path.stem, calc, str(path), numbers)
 

@@ -194,6 +194,7 @@ class AlloySweep(Sweep):
                   "model": str(model), "curve": curve,
                   "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         record["test"] = record["test_sets"].get("alloy") or next(iter(record["test_sets"].values()))
+        self._add_pt_head_errors(record)
         if self.config["data"].get("ev"):
             from mace_transfer import evaluate
 
@@ -207,6 +208,26 @@ class AlloySweep(Sweep):
             record["ev"] = ev_properties(energy, self.frames("ev"))
         write_json(self.out / RECORDS / f"{name}.json", record)
         return record
+
+    def _add_pt_head_errors(self, record: Dict[str, Any]) -> bool:
+        """A replay run's Si test errors through its ``pt_head``: MACE's replay keeps the Si readout it
+        trained on the replayed Si; the Default head (the one a calculator picks) never saw Si itself.
+        False when there is nothing to add (not replay, no Si test set, already there, model gone)."""
+        if (record["route"] != "replay" or "si" not in self.test_sets() or "si_test_pt_head" in record
+                or not Path(record["model"]).is_file()):
+            return False
+        record["si_test_pt_head"] = model_errors(record["model"], self.test_sets()["si"], head="pt_head")
+        return True
+
+    def add_missing_pt_head_errors(self) -> int:
+        """Adds the pt_head Si errors to replay records written before they were measured; returns how many."""
+        added = 0
+        for path in sorted((self.out / RECORDS).glob("replay_*.json")):
+            record = json.loads(path.read_text())
+            if self._add_pt_head_errors(record):
+                write_json(path, record)
+                added += 1
+        return added
 
     def sweep_alloy(self, m_values: Sequence[int], seeds: Sequence[int], routes: Sequence[str],
                     max_runs: Optional[int] = None) -> int:
@@ -233,7 +254,10 @@ def alloy_summary(out: Path, config: Dict[str, Any]) -> Dict[str, Any]:
     for rec in records:
         entry = table.setdefault(rec["route"], {}).setdefault(str(rec["m_alloy"]), {"seeds": []})
         entry["seeds"].append(rec["seed"])
-        for test_set, errors in rec["test_sets"].items():
+        sets = dict(rec["test_sets"])
+        if rec.get("si_test_pt_head"):
+            sets["si (pt_head)"] = rec["si_test_pt_head"]
+        for test_set, errors in sets.items():
             for metric in ("force_mae_meV_per_A", "energy_mae_meV_per_atom"):
                 entry.setdefault(f"{test_set}:{metric}", []).append(errors[metric])
         for x, values in (rec.get("ev") or {}).items():
@@ -301,6 +325,7 @@ def run_alloy(config: Dict[str, Any], *, out=None, work=None, sizes=None, seeds=
                        ev_properties(lambda a: float(a.info["REF_energy"]), sweep.frames("ev")))
         sweep.sweep_alloy([int(m) for m in (sizes or config.get("m_alloy", [0, 20]))],
                           [int(s) for s in (seeds or config["seeds"])], routes, max_runs)
+        sweep.add_missing_pt_head_errors()
     summary = alloy_summary(sweep.out, config)
     progress(f"report: {sweep.out}/summary.md ({summary['n_runs']} alloy runs)")
     return summary

@@ -84,8 +84,9 @@ def run_dirs(folder: Path, name: str) -> Dict[str, str]:
             "results_dir": str(folder / "results"), "log_dir": str(folder / "logs")}
 
 
-def model_errors(model_path, frames, groups: bool = False) -> Dict[str, Any]:
-    """Overall test errors (meV/Å, meV/atom) of a .model file on ``frames``.
+def model_errors(model_path, frames, groups: bool = False, head: Optional[str] = None) -> Dict[str, Any]:
+    """Overall test errors (meV/Å, meV/atom) of a .model file on ``frames`` (``head``: a multihead
+    model's readout, default MACE's "Default").
 
     ``groups``: instead ``{"overall", "per_config_type", "per_length_scale"}``, the last keyed by the
     frames' ``length_scale`` (1 = the cell as sampled; see ``dft.scale_lengths``), only when they differ.
@@ -97,7 +98,7 @@ def model_errors(model_path, frames, groups: bool = False) -> Dict[str, Any]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = evaluate.load_model(model_path)
+        model = evaluate.load_model(model_path, head=head)
         by_scale = (lambda a: f"{float(a.info.get('length_scale', 1.0)):.6g}") if groups else None
         errors = evaluate.test_errors(model.calc, frames, progress=False, group_by=by_scale)
     if not groups:
