@@ -313,3 +313,23 @@ def test_live_peer_calculator_answers_as_the_batch_prediction(tmp_path, monkeypa
             atoms.calc = calc
             assert atoms.get_potential_energy() == pytest.approx(predicted.info["peer_energy"], abs=1e-4)
             assert np.allclose(atoms.get_forces(), predicted.arrays["peer_forces"], atol=1e-4)
+
+
+def test_a_source_shared_by_two_compared_studies_is_one_zero_shot_row(tmp_path):
+    """The teacher study reuses the tiny study's source: same forces, whatever energy zero each used,
+    so one row; a study whose energy zero was never fitted is starred."""
+    from mace_transfer.studies.peers_report import compared_zero_shot
+
+    tiny, teacher, other = (tmp_path / name for name in ("converged_tiny", "teacher_tiny", "converged_medium"))
+    fitted = {"force_mae_meV_per_A": 60.4, "energy_mae_meV_per_atom": 40.0,
+              "energy_zero_fitted": {"energy_mae_meV_per_atom": 6.8}}
+    for folder, zero in ((tiny, {"remap_rescale": fitted}),
+                         (teacher, {"remap_rescale": {"force_mae_meV_per_A": 60.4, "energy_mae_meV_per_atom": 493.7}}),
+                         (other, {"remap_rescale": {"force_mae_meV_per_A": 40.1, "energy_mae_meV_per_atom": 41.0}})):
+        folder.mkdir()
+        (folder / "zero_shot.json").write_text(json.dumps(zero))
+    rows = compared_zero_shot({"compare_with": [str(tiny), str(teacher), str(other)]})
+    assert [round(r["force_mae_meV_per_A"], 1) for r in rows.values()] == [60.4, 40.1]
+    first, second = rows.values()
+    assert first["energy_mae_meV_per_atom"] == 6.8 and not first.get("_zero_not_fitted")
+    assert second["_zero_not_fitted"] and second["energy_mae_meV_per_atom"] == 41.0

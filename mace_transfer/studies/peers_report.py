@@ -32,19 +32,23 @@ def compared_rows(config: Dict[str, Any]) -> Dict[str, Dict[str, Dict[str, Any]]
 
 
 def compared_zero_shot(config: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Zero-shot rows of the compared studies, each remapped source once: two studies that share a
+    source (the teacher study uses the tiny one) give the same forces on the same test set, whatever
+    energy zero each used, so a force MAE already listed is not listed again."""
     found = {}
     for folder in [Path(p) for p in config.get("compare_with") or []]:
         path = folder / "zero_shot.json"
         if path.is_file():
             zero = json.loads(path.read_text())
             for key in ("remap", "remap_rescale"):
-                seen = {(v["force_mae_meV_per_A"], v["_raw_energy"]) for v in found.values()}
-                if key in zero and (zero[key]["force_mae_meV_per_A"], zero[key]["energy_mae_meV_per_atom"]) not in seen:
+                seen = {round(v["force_mae_meV_per_A"], 6) for v in found.values()}
+                if key in zero and round(zero[key]["force_mae_meV_per_A"], 6) not in seen:
                     entry = dict(zero[key])  # the peers' energy protocol (zero fitted on validation) where measured
                     if "energy_zero_fitted" in entry:
                         entry["energy_mae_meV_per_atom"] = entry["energy_zero_fitted"]["energy_mae_meV_per_atom"]
-                    entry["_raw_energy"] = zero[key]["energy_mae_meV_per_atom"]
-                    found[f"MACE {_study_label(folder)} {key.replace('_', ' + ')}"] = entry  # same source: once
+                    else:
+                        entry["_zero_not_fitted"] = True
+                    found[f"MACE {_study_label(folder)} {key.replace('_', ' + ')}"] = entry
     return found
 
 
@@ -206,7 +210,7 @@ def peers_markdown(summary: Dict[str, Any], config: Dict[str, Any]) -> str:
     zero.update(summary.get("compared_zero_shot") or {})
     for name, errors in zero.items():
         stress = errors.get("stress_mae_meV_per_A3")
-        star = "*" if "_raw_energy" in errors and "energy_zero_fitted" not in errors else ""
+        star = "*" if errors.get("_zero_not_fitted") else ""
         lines.append(f"| {name} | {errors['force_mae_meV_per_A']:.1f} | {errors['energy_mae_meV_per_atom']:.1f}{star} | "
                      f"{'–' if stress is None else f'{stress:.2f}'} |")
     lines += _rows_table("Test force MAE (meV/Å):", {**peers, **ours}, sizes, "force_mae_meV_per_A", 1)
