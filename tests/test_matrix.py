@@ -493,3 +493,11 @@ def test_multihead_replay_of_si_data_works_with_remap_mode_extend(data, tmp_path
     assert _zs(out) == [SI, GE] and list(out.heads) == ["pt_head", "Default"]
     heads = {r.get("head") for r in _rows(tmp_path, "mhx") if r.get("mode") == "eval"}
     assert heads == {"pt_head", "Default"}
+
+
+def test_extend_on_target_only_data_keeps_the_source_element(data, tmp_path):
+    """Ge-only training data and no replay: MACE builds its element table from the data, so without
+    --foundation_model_elements (which extend now sets) it failed on a one-hot of the wrong width (a
+    ScaleShiftMACE's force-RMS scaling) or dropped Si; the saved model keeps Si and Ge."""
+    assert _run(_argv(data, tmp_path, "ext", "--remap_mode", "extend")) == 0
+    assert _zs(_out(tmp_path, "ext")) == [SI, GE]

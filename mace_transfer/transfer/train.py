@@ -162,9 +162,16 @@ def choose_defaults(args) -> List[str]:
 
     * ``--lr`` not given: :data:`TRANSFER_DEFAULT_LR` with ``--source_model``, MACE's 0.01 otherwise;
     * ``--length_scale``/``--energy_scale`` not given: ``auto`` with ``--source_model`` in replace
-      mode while ``--corresponding_states`` is on (the default), else 1.
+      mode while ``--corresponding_states`` is on (the default), else 1;
+    * ``--remap_mode extend``: MACE's ``--foundation_model_elements True`` (seam: MACE builds its
+      element table from the training data, so Ge-only data would drop Si from the extended model,
+      or, with a replayed head, fail on a one-hot of the wrong width).
     """
     said = []
+    if args.source_model and args.remap_mode == "extend" and not args.foundation_model_elements:
+        args.foundation_model_elements = True
+        said.append("--remap_mode extend keeps every element of the extended model "
+                    "(--foundation_model_elements True), whatever elements the training data hold")
     if args.lr is None:
         args.lr = TRANSFER_DEFAULT_LR if args.source_model else MACE_DEFAULT_LR
         if args.source_model:
