@@ -68,3 +68,33 @@ def test_classical_pretrain_then_remap_then_evaluate_and_resume(tmp_path, monkey
     stamp = outputs["ge"].stat().st_mtime_ns
     again = Pipeline(load_pipeline(path)).run()
     assert again["ge"].stat().st_mtime_ns == stamp  # skipped, not retrained
+
+
+def test_a_list_of_subsets_draws_from_each_file_on_its_own(tmp_path, monkeypatch):
+    """N Ge + M Si (the alloy workflow's training file): each file drawn with its own seed, validation
+    cells first, the training and validation files the concatenation in order; a stage that trains on
+    its own labels refuses a list in one line."""
+    from ase.io import read
+
+    from conftest import write_sw_ge_dataset, write_sw_si_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 6, seed=1)
+    write_sw_si_dataset(tmp_path / "si.xyz", n=5)
+    stage = {"name": "sige", "kind": "train", "subset": [{"file": "ge.xyz", "n_train": 3, "n_valid": 2, "seed": 4},
+                                                          {"file": "si.xyz", "n_train": 2, "seed": 0}]}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"workdir": "runs", "stages": [stage]}))
+    pipeline = Pipeline(load_pipeline(path))
+    (tmp_path / "out").mkdir()
+    files = pipeline._subset(stage, tmp_path / "out")
+    train, valid = read(files["train_file"], ":"), read(files["valid_file"], ":")
+    assert [a.get_chemical_symbols()[0] for a in train] == ["Ge"] * 3 + ["Si"] * 2
+    assert [a.get_chemical_symbols()[0] for a in valid] == ["Ge"] * 2
+    ge = read(tmp_path / "ge.xyz", ":")
+    (tmp_path / "one").mkdir()
+    one = pipeline._subset(dict(stage, subset=stage["subset"][0]), tmp_path / "one")  # the same draw alone
+    assert [a.positions.tolist() for a in read(one["train_file"], ":")] == [a.positions.tolist() for a in train[:3]]
+    assert all(any((a.positions == g.positions).all() for g in ge) for a in train[:3] + valid)
+    with pytest.raises(UserInputError, match="subset is one mapping"):
+        pipeline.run_classical_pretrain(dict(stage, kind="classical_pretrain", data="ge.xyz"))

@@ -68,6 +68,14 @@ def load_pipeline(path) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- helpers
+def _one_subset(stage) -> Dict[str, Any]:
+    """The ``subset`` of a stage that trains on its own labels: one mapping, its file that output."""
+    if not isinstance(stage["subset"], dict):
+        raise UserInputError(f"stage {stage['name']!r}: a {stage['kind']} stage's subset is one mapping "
+                             "(it draws from the stage's own labels), not a list")
+    return stage["subset"]
+
+
 class Pipeline:
     """Runs the stages of a loaded pipeline config in order."""
 
@@ -140,22 +148,27 @@ class Pipeline:
         self._sample(stage, self.expected_output(stage))
 
     def _subset(self, stage, folder: Path) -> Dict[str, str]:
-        """Disjoint random train/valid subsets of ``subset.file`` (extxyz) -> MACE file flags."""
+        """Disjoint random train/valid subsets of ``subset.file`` (extxyz) -> MACE file flags.
+
+        ``subset`` may be a list of such specs (e.g. N Ge + M alloy + some Si for a Si+Ge model): each
+        file is drawn from on its own, and the training and validation files hold them all, in order."""
         from ase.io import read, write
 
-        spec = stage["subset"]
-        frames = read(self.path(spec["file"]), ":")
-        n_train, n_valid = int(spec["n_train"]), int(spec.get("n_valid", 0))
-        if n_train + n_valid > len(frames):
-            raise UserInputError(
-                f"stage {stage['name']!r}: {n_train}+{n_valid} configurations asked, "
-                f"{spec['file']} has {len(frames)}"
-            )
-        order = list(range(len(frames)))
-        random.Random(int(spec.get("seed", 0))).shuffle(order)
-        # the validation set is drawn first, so it is the same for every n_train
-        valid = [frames[i] for i in order[:n_valid]]
-        train_frames = [frames[i] for i in order[n_valid : n_valid + n_train]]
+        specs = stage["subset"] if isinstance(stage["subset"], list) else [stage["subset"]]
+        train_frames, valid = [], []
+        for spec in specs:
+            frames = read(self.path(spec["file"]), ":")
+            n_train, n_valid = int(spec["n_train"]), int(spec.get("n_valid", 0))
+            if n_train + n_valid > len(frames):
+                raise UserInputError(
+                    f"stage {stage['name']!r}: {n_train}+{n_valid} configurations asked, "
+                    f"{spec['file']} has {len(frames)}"
+                )
+            order = list(range(len(frames)))
+            random.Random(int(spec.get("seed", 0))).shuffle(order)
+            # the validation set is drawn first, so it is the same for every n_train
+            valid += [frames[i] for i in order[:n_valid]]
+            train_frames += [frames[i] for i in order[n_valid : n_valid + n_train]]
         files = {"train_file": str(folder / "train.xyz")}
         write(files["train_file"], train_frames, format="extxyz")
         if valid:
@@ -203,7 +216,7 @@ class Pipeline:
         if "subset" not in stage:
             extra["train_file"] = str(data)
         else:
-            stage = dict(stage, subset=dict(stage["subset"], file=str(data)))
+            stage = dict(stage, subset=dict(_one_subset(stage), file=str(data)))
         self._train(stage, extra)
 
     def _teacher(self, stage, structures: List):
@@ -255,7 +268,7 @@ class Pipeline:
         teacher.label_with_teacher(structures, calc, labelled, name=name, settings=settings,
                                    progress=lambda message: print(message, flush=True))
         if "subset" in stage:
-            self._train(dict(stage, subset=dict(stage["subset"], file=str(labelled))))
+            self._train(dict(stage, subset=dict(_one_subset(stage), file=str(labelled))))
         else:
             self._train(stage, {"train_file": str(labelled)})
 
