@@ -465,3 +465,28 @@ def test_fitted_energy_zero_removes_exactly_a_constant_per_atom():
     assert fitted["energy_mae_meV_per_atom"] < 1e-3
     # the test energies already predicted by test_errors give the same answer without a second pass
     assert energy_mae_with_fitted_zero(sw_ge, frames[:2], frames[2:], test_energies=errors["_energies"]) == fitted
+
+
+def test_two_element_model_on_an_alloy_test_set_needs_no_crystal(tmp_path):
+    """Errors alone (every crystal part skipped, no reference): a Si+Ge calculator on SiGe cells is
+    evaluated without asking which element's crystal to measure, exactly (its own labels)."""
+    from conftest import labelled
+    from mace_transfer.datagen import alloy
+
+    calc = alloy.tersoff_sige_calculator()
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(3):
+        cell = alloy.alloy_cell(0.5, rng, supercell=(1, 1, 1))
+        cell.positions += rng.normal(0, 0.05, size=cell.positions.shape)
+        frames.append(cell)
+    test_file = write_frames(tmp_path / "alloy.xyz", labelled(frames, calc))
+    crystal_parts = ("md", "structure", "lattice", "elastic", "vacancy", "phonons")
+    metrics = ev.evaluate(calc, test_file, labels=["tersoff"], out=tmp_path / "out", skip=crystal_parts,
+                          progress=False)
+    assert metrics["element"] is None
+    assert metrics["models"]["tersoff"]["errors"]["overall"]["force_rmse_meV_per_A"] < 1e-3
+    assert "properties" not in metrics["models"]["tersoff"]
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("# Evaluation: test errors")
+    with pytest.raises(UserInputError, match="which element"):  # a crystal part asked for: as before
+        ev.evaluate(calc, test_file, labels=["tersoff"], skip=crystal_parts[1:], progress=False)

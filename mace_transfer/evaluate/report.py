@@ -82,7 +82,7 @@ def summary_markdown(result: dict) -> str:
     models = result["models"]
     labels = list(models)
     reference = result.get("reference") or {}
-    lines = [f"# Evaluation: diamond {result['element']}", ""]
+    lines = [f"# Evaluation: diamond {result['element']}" if result["element"] else "# Evaluation: test errors", ""]
     described = ", ".join(f"**{label}** (`{entry['source']}`)" for label, entry in models.items())
     lines.append(f"Models: {described}. Reference: {reference.get('label', 'none')}.")
     lines.append("")

@@ -85,12 +85,15 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
     if len(set(names)) != len(names):
         raise UserInputError(f"model labels must differ: {', '.join(names)}; pass labels")
     ref = resolve_reference(reference)
-    crystal = choose_element(element, ref, frames, loaded)
+    # errors (and the close-contact scan) alone need no crystal: e.g. a Si+Ge model on an alloy test set
+    crystal_free = ref is None and set(SKIPPABLE) - {"errors"} <= set(skip)
+    crystal = None if crystal_free and element is None else choose_element(element, ref, frames, loaded)
     for model in loaded:
         if frames is not None:
             check_elements(model, sorted({s for a in frames for s in a.get_chemical_symbols()}),
                            str(test) if isinstance(test, (str, os.PathLike)) else "the test set")
-        check_elements(model, [crystal], "the crystal to measure")
+        if crystal is not None:
+            check_elements(model, [crystal], "the crystal to measure")
 
     result = {"element": crystal, "reference": None, "settings": {
         "md": settings.to_dict(), "skip": list(skip), "device": device,
@@ -125,6 +128,9 @@ def evaluate(models, test=None, reference=None, *, labels: Optional[Sequence[str
                            "the close-contact scan")
             say(f"{model.label}: close-contact scan ({len(scan)} pair distances)")
             entry["close_contact"] = close_contact_curve(model.calc, scan)
+        if crystal is None:
+            result["models"][model.label] = entry
+            continue
         if not {"lattice", "elastic", "vacancy", "phonons"} <= set(skip):
             say(f"{model.label}: crystal properties of diamond {crystal}")
             entry["properties"] = crystal_properties(model.calc, crystal, skip, ref_a0, say)
