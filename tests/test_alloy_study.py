@@ -159,3 +159,37 @@ def test_pt_head_errors_are_added_to_replay_records_written_before_them(study, t
     assert sweep.add_missing_pt_head_errors() == 1 and sweep.add_missing_pt_head_errors() == 0
     again = json.loads(path.read_text())["si_test_pt_head"]
     assert again["force_mae_meV_per_A"] == pytest.approx(kept["force_mae_meV_per_A"], rel=1e-9)
+
+
+def test_a_cut_replay_run_is_parked_and_resumed_not_retrained(study, tmp_path, monkeypatch):
+    """Alloy runs outlive a session as the learning curve's do: a replay run (MACE's multihead path,
+    with its Si replay file) cut after training keeps its checkpoint, ``park`` copies it to
+    <out>/partial/, and a fresh work folder (another session) resumes from it: the same epochs in the
+    record, none trained again, the wall time of both chunks, the parked copy gone."""
+    import shutil
+
+    from mace_transfer.studies import alloy as alloy_study
+
+    root, config, _ = study
+    config = dict(config, out=str(tmp_path / "out"), work=str(tmp_path / "work"),
+                  source={"model": str(root / "out" / "source" / "si.model")})
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt("cut")
+
+    monkeypatch.setattr(alloy_study, "model_errors", cut)
+    with pytest.raises(KeyboardInterrupt):
+        alloy_study.AlloySweep(config, progress=lambda *_: None).alloy_run("replay", 4, 0)
+    monkeypatch.undo()
+    run_alloy(config, park=True, progress=lambda *_: None)
+    parked = tmp_path / "out" / "partial" / "replay_M0004_s0"
+    assert len(list((parked / "checkpoints").glob("*.pt"))) == 1 and (parked / "si_replay.xyz").is_file()
+    first_epochs = alloy_study.read_results(parked / "results")["epoch"]
+    before = json.loads((parked / "chunks.json").read_text())["parked_chunk_s"]
+    shutil.rmtree(tmp_path / "work")
+    said = []
+    record = alloy_study.AlloySweep(config, progress=said.append).alloy_run("replay", 4, 0)
+    assert any("resuming from its checkpoint" in line for line in said)
+    assert record["curve"]["epoch"] == first_epochs and record["wall_s"] >= before > 0
+    assert not parked.exists() and (tmp_path / "out" / "records" / "replay_M0004_s0.json").is_file()
+    assert set(record["test_sets"]) == {"alloy", "ge", "si"} and "si_test_pt_head" in record

@@ -175,12 +175,13 @@ class AlloySweep(Sweep):
     def alloy_run(self, route: str, m_alloy: int, seed: int) -> Dict[str, Any]:
         name = alloy_run_name(route, m_alloy, seed)
         folder = self.work / name
+        done_before = self.resume_point(name, folder)  # a run cut by a session's end resumes (--park)
         subset = self.write_alloy_subset(folder, route, m_alloy, seed)
         options = self.route_options(route, subset["n_train"], seed)
         options.update(**subset["files"], **run_dirs(folder, name))
         self.say(f"{name}: {route}, {len(subset['ge_indices'])} Ge + {m_alloy} alloy"
                  f"{' + Si' if route in ('mixed', 'scratch') else ''} ({subset['n_train']} structures)")
-        wall = self._train(options, folder)
+        wall = self.train_chunk(name, options, folder, done_before)
         model = folder / f"{name}.model"
         curve = read_results(folder / "results")
         record = {"strategy": route, "route": route, "n_train": m_alloy, "m_alloy": m_alloy, "seed": seed,
@@ -206,7 +207,7 @@ class AlloySweep(Sweep):
                 return atoms.get_potential_energy()
 
             record["ev"] = ev_properties(energy, self.frames("ev"))
-        write_json(self.out / RECORDS / f"{name}.json", record)
+        self.finish_run(name, folder, self.out / RECORDS / f"{name}.json", record)
         return record
 
     def _add_pt_head_errors(self, record: Dict[str, Any]) -> bool:
@@ -311,14 +312,18 @@ def alloy_markdown(summary: Dict[str, Any]) -> str:
 
 
 def run_alloy(config: Dict[str, Any], *, out=None, work=None, sizes=None, seeds=None, strategies=None,
-              max_runs: Optional[int] = None, report_only: bool = False, progress=print) -> Dict[str, Any]:
-    """Run (or resume) an alloy study and write its summary; ``sizes`` are the alloy counts M."""
+              max_runs: Optional[int] = None, report_only: bool = False, park: bool = False,
+              progress=print) -> Dict[str, Any]:
+    """Run (or resume) an alloy study and write its summary; ``sizes`` are the alloy counts M.
+    ``park`` copies the runs cut mid-training to ``<out>/partial/`` and trains nothing."""
     routes = list(strategies) if strategies else list(config.get("routes") or ROUTES)
     unknown = [r for r in routes if r not in ROUTES]
     if unknown:
         raise UserInputError(f"unknown alloy route {unknown[0]!r}; choose from {', '.join(ROUTES)}")
     sweep = AlloySweep(config, out, work, progress=progress)
-    if not report_only:
+    if park:
+        sweep.park_runs()
+    elif not report_only:
         sweep.source_si_errors()
         if config["data"].get("ev") and not (sweep.out / "ev_pbe.json").is_file():
             write_json(sweep.out / "ev_pbe.json",

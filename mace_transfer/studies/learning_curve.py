@@ -80,7 +80,7 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
         from mace_transfer.studies.alloy import run_alloy
 
         return run_alloy(config, out=out, work=work, sizes=sizes, seeds=seeds, strategies=strategies,
-                         max_runs=max_runs, report_only=report_only, progress=progress)
+                         max_runs=max_runs, report_only=report_only, park=park, progress=progress)
     names = list(strategies) if strategies else list(config["strategies"])
     for name in names:
         if name not in config["strategies"]:

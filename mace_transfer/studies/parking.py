@@ -82,8 +82,8 @@ def park_runs(work: Path, out: Path, say: Callable[[str], None] = print) -> List
         (target / "checkpoints").mkdir(parents=True)
         shutil.copy(newest[-1], target / "checkpoints" / newest[-1].name)
         shutil.copytree(folder / "results", target / "results")
-        for name in ("train.xyz", "valid.xyz"):
-            shutil.copy(folder / name, target / name)
+        for data in folder.glob("*.xyz"):  # the subsets (and an alloy replay run's Si)
+            shutil.copy(data, target / data.name)
         chunks = json.loads((folder / CHUNKS).read_text()) if (folder / CHUNKS).is_file() else {}
         write_json(target / CHUNKS, {"wall_s_before": chunks.get("wall_s_before", 0.0),
                                      "parked_chunk_s": cut_chunk_s(folder, chunks)})

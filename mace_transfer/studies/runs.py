@@ -325,21 +325,12 @@ class Sweep(StudyData):
         """Train one (strategy, N, seed), test it, write ``record_path``; the record."""
         name = record_path.stem
         folder = self.work / name
-        resumable = self.config["budget"].get("mode") == "converged"  # hours-long runs continue
-        if resumable:
-            parking.unpark(self.out, name, folder)  # a run cut in an earlier session (see park_runs)
-        done_before = parking.chunks_wall(folder) if resumable and parking.checkpoints(folder) else None
-        if folder.exists() and done_before is None:  # a cut run starts again: its wall time must be whole
-            shutil.rmtree(folder)
+        done_before = self.resume_point(name, folder)
         subset = self.write_subset(folder, n_train, seed)
         options = self.strategy_options(strategy, n_train, seed, freeze_blocks, lr)
         options.update(train_file=subset["train_file"], valid_file=subset["valid_file"],
                        **run_dirs(folder, name))
-        if done_before is not None:
-            options["restart_latest"] = True
-            self.say(f"{name}: resuming from its checkpoint ({_fmt_time(done_before)} trained before)")
-        write_json(folder / parking.CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time()})
-        wall = (done_before or 0.0) + self._train(options, folder)
+        wall = self.train_chunk(name, options, folder, done_before)
         model_path = folder / f"{name}.model"
         curve = read_results(folder / "results")
         epoch = best_epoch(curve)
@@ -364,11 +355,39 @@ class Sweep(StudyData):
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        self.finish_run(name, folder, record_path, record)
+        return record
+
+    # ------------------------------------------------ runs that outlive a session (studies.parking)
+    def resume_point(self, name: str, folder: Path) -> Optional[float]:
+        """Where run ``name`` starts. In a converged study a run cut in an earlier process resumes from
+        its newest checkpoint (parked under ``<out>/partial/`` or still in ``work``): returns the wall
+        seconds it trained before. Otherwise None, and a leftover folder without a checkpoint is removed
+        (a cut run that starts again must not count half a wall time)."""
+        resumable = self.config["budget"].get("mode") == "converged"  # hours-long runs continue
+        if resumable:
+            parking.unpark(self.out, name, folder)  # a run cut in an earlier session (see park_runs)
+        done_before = parking.chunks_wall(folder) if resumable and parking.checkpoints(folder) else None
+        if folder.exists() and done_before is None:
+            shutil.rmtree(folder)
+        return done_before
+
+    def train_chunk(self, name: str, options: Dict[str, Any], folder: Path,
+                    done_before: Optional[float]) -> float:
+        """Train (or resume, when ``done_before`` is not None) one run; its wall seconds over all chunks."""
+        if done_before is not None:
+            options["restart_latest"] = True
+            self.say(f"{name}: resuming from its checkpoint ({_fmt_time(done_before)} trained before)")
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / parking.CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time()})
+        return (done_before or 0.0) + self._train(options, folder)
+
+    def finish_run(self, name: str, folder: Path, record_path: Path, record: Dict[str, Any]) -> None:
+        """Write a finished run's record; its checkpoints and parked copy go (the model stays)."""
         with contextlib.suppress(OSError):
             shutil.rmtree(folder / "checkpoints")
         write_json(record_path, record)
         parking.drop_parked(self.out, name)
-        return record
 
     def park_runs(self) -> List[str]:
         """Park every run of ``work`` cut mid-training (:func:`parking.park_runs`)."""
