@@ -525,3 +525,57 @@ def test_a_source_to_train_without_atomic_energies_is_one_clear_error(lc, tmp_pa
     with pytest.raises(UserInputError, match="source.mace.E0s"):
         lc.Sweep(config).source_model()
     assert not (tmp_path / "res" / "source").exists()
+
+
+def test_pick_loss_prefers_force_among_those_meeting_the_energy_goal():
+    from mace_transfer.studies.selection import pick_loss
+
+    tries = {"f100": {"valid_force_mae_meV_per_A": 20.0, "valid_energy_mae_meV_per_atom": 9.0},
+             "f10": {"valid_force_mae_meV_per_A": 24.0, "valid_energy_mae_meV_per_atom": 4.0},
+             "f1": {"valid_force_mae_meV_per_A": 30.0, "valid_energy_mae_meV_per_atom": 1.0}}
+    assert pick_loss(tries, 5.0) == "f10"  # f100 misses the goal; f10 has the lower force error of the rest
+    assert pick_loss(tries, 10.0) == "f100"  # all meet it: the lowest force error
+    assert pick_loss(tries, 0.5) == "f1"  # none meets it: the lowest energy error
+    assert pick_loss(tries, 4.0) == "f10"  # the goal is inclusive
+
+
+def test_loss_grid_is_chosen_on_validation_and_its_run_reused(lc, tmp_path, monkeypatch, capsys):
+    """A loss_grid tries each option at the selection (N, seed) with MACE's own flags, judges the
+    models on the validation cells (the numbers are the model's errors there, recomputed), keeps the
+    option of the rule, and the sweep's run at that (N, seed) is the chosen try, not retrained."""
+    from mace_transfer.studies.runs import model_errors
+    from mace_transfer.studies.selection import pick_loss
+
+    monkeypatch.chdir(tmp_path)
+    write_sw_si_dataset(tmp_path / "si.xyz", n=3)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 8, seed=3)
+    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 2, seed=4)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    config = {"out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
+              "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"}, "n_valid": 3,
+              "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [4], "seeds": [0], "mace": mace,
+              "source": {"n_valid": 1, "mace": {"E0s": "{14: 0.0}", "lr": 0.01, "max_num_epochs": 1}},
+              "budget": {"epochs": 2, "patience": 5}, "strategies": {"scratch": {"lr": 0.01}},
+              "loss_grid": {"select": {"n": 4, "seed": 0}, "energy_goal_meV_per_atom": 1e6,
+                            "options": {"study": {}, "e_heavy": {"energy_weight": 1000.0, "forces_weight": 1.0}}}}
+    path = tmp_path / "lc.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert run_cli(["--config", str(path), "--no-zero-shot"]) == 0
+    chosen_file = json.loads((tmp_path / "res" / "loss_selection" / "scratch.json").read_text())
+    tries = chosen_file["tries"]
+    assert set(tries) == {"study", "e_heavy"}
+    assert chosen_file["chosen"] == pick_loss(tries, 1e6)  # every option meets this goal: lowest force error
+    argv = json.loads((tmp_path / "work" / "loss-scratch-e_heavy_N0004_s0" / "argv.json").read_text())
+    assert argv[argv.index("--energy_weight") + 1] == "1000.0" and argv[argv.index("--forces_weight") + 1] == "1.0"
+    valid = [lc.read_frames("ge.xyz")[i] for i in lc.split_target(8, 3, 0)[0]]
+    heavy = json.loads((tmp_path / "res" / "selection" / "loss-scratch-e_heavy_N0004_s0.json").read_text())
+    assert tries["e_heavy"]["valid_force_mae_meV_per_A"] == pytest.approx(
+        model_errors(heavy["model"], valid)["force_mae_meV_per_A"], rel=1e-9)
+    record = lc.load_runs(tmp_path / "res")[0]
+    assert record["loss_flags"] == config["loss_grid"]["options"][chosen_file["chosen"]]
+    assert record["reused_from"].endswith(f"loss-scratch-{chosen_file['chosen']}_N0004_s0.json")
+    assert "Loss of each start" in (tmp_path / "res" / "summary.md").read_text()
+    bad = dict(config, loss_grid={"options": {"x": {"lr": 0.1}}})
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(UserInputError, match="loss_grid.options.x"):
+        lc.load_config(path)

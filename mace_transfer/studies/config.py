@@ -72,6 +72,7 @@ def load_config(path) -> Dict[str, Any]:
         if spec.get("init") == "classical" and "classical" not in config["data"]:
             raise UserInputError(f"{path}: strategy {name!r} starts from a classical model: "
                                  "data needs 'classical' (target-element labels of a classical potential)")
+    _check_loss_grid(config.get("loss_grid"), config["strategies"], path)
     config.setdefault("out", "docs/results/sw")
     config.setdefault("work", "runs/learning_curve_sw")
     config.setdefault("n_valid", 20)
@@ -91,6 +92,30 @@ def load_config(path) -> Dict[str, Any]:
 
 
 #: what a ``peers.<name>`` block may hold (studies.peers.PEER_DEFAULTS gives the first four)
+#: MACE flags a loss_grid option may set (the loss and its weights, nothing else)
+LOSS_FLAGS = ("loss", "energy_weight", "forces_weight", "stress_weight", "virials_weight")
+
+
+def _check_loss_grid(grid, strategies, path) -> None:
+    """``loss_grid``: ``options`` {tag: MACE loss flags}, optional ``strategies``, ``select``
+    {n, seed}, ``energy_goal_meV_per_atom`` (studies.selection.choose_loss)."""
+    if grid is None:
+        return
+    if not isinstance(grid, dict) or not isinstance(grid.get("options"), dict) or not grid["options"]:
+        raise UserInputError(f"{path}: loss_grid needs 'options': {{tag: {{forces_weight: ..., energy_weight: ...}}}}")
+    for tag, flags in grid["options"].items():
+        unknown = sorted(set(flags or {}) - set(LOSS_FLAGS))
+        if not isinstance(flags, dict) or unknown:
+            raise UserInputError(f"{path}: loss_grid.options.{tag}: a mapping of {', '.join(LOSS_FLAGS)}"
+                                 + (f" (not {unknown[0]!r})" if unknown else ""))
+    for name in grid.get("strategies", []):
+        if name not in strategies:
+            raise UserInputError(f"{path}: loss_grid.strategies: {name!r} is not a strategy of this study")
+    goal = grid.get("energy_goal_meV_per_atom", 5.0)
+    if not isinstance(goal, (int, float)) or goal <= 0:
+        raise UserInputError(f"{path}: loss_grid.energy_goal_meV_per_atom must be a positive number (meV/atom)")
+
+
 PEER_KEYS = ("lr_grid", "max_epochs", "patience_epochs", "batch_size", "max_steps", "patience_steps", "loss",
              "energy_weight", "force_weight", "stress_weight")
 

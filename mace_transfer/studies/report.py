@@ -9,6 +9,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from mace_transfer.studies import selection
 from mace_transfer.studies.config import STRATEGIES, target_symbol
 from mace_transfer.studies.records import (aggregate, attach_reach_scratch, data_efficiency, load_runs,
                                            write_json)
@@ -30,9 +31,10 @@ def write_report(config: Dict[str, Any], out=None) -> Dict[str, Any]:
                   for strategy in _order({r["strategy"] for r in records}) if strategy != "scratch"]
     if any(efficiency):
         summary["data_efficiency"] = [e for e in efficiency if e]
-    lr_files = sorted((out / "lr_selection").glob("*.json"))
-    if lr_files:
-        summary["lr_selection"] = {p.stem: json.loads(p.read_text()) for p in lr_files}
+    for folder in ("lr_selection", "loss_selection"):
+        files = sorted((out / folder).glob("*.json"))
+        if files:
+            summary[folder] = {p.stem: json.loads(p.read_text()) for p in files}
     source_json = out / (config.get("source", {}) or {}).get("cache", "source/si.model")
     if source_json.with_suffix(".json").is_file():
         src = json.loads(source_json.with_suffix(".json").read_text())
@@ -236,6 +238,17 @@ def summary_markdown(summary) -> str:
             tries = ", ".join(f"{lr}: {t['best_valid_loss']:.4g} ({t['test_force_mae_meV_per_A']:.1f})"
                               for lr, t in sel.get("tries", {}).items())
             lines.append(f"| {strategy} | {sel['n_train']}, {sel['seed']} | {tries} | {sel.get('chosen', '–')} |")
+    if "loss_selection" in summary:
+        lines += ["", "Loss of each start, chosen on the validation cells: " + selection.LOSS_RULE + ":", "",
+                  "| strategy | N, seed | energy goal (meV/atom) | option: flags | valid force / energy MAE "
+                  "(meV/Å, meV/atom) | test force / energy MAE | chosen |", "|---|---|---|---|---|---|---|"]
+        for strategy in _order(summary["loss_selection"]):
+            sel = summary["loss_selection"][strategy]
+            for tag, t in sel.get("tries", {}).items():
+                lines.append(f"| {strategy} | {sel['n_train']}, {sel['seed']} | {sel['energy_goal_meV_per_atom']:g} | "
+                             f"{tag}: {t['flags'] or 'the study loss'} | {t['valid_force_mae_meV_per_A']:.1f} / "
+                             f"{t['valid_energy_mae_meV_per_atom']:.1f} | {t['test_force_mae_meV_per_A']:.1f} / "
+                             f"{t['test_energy_mae_meV_per_atom']:.1f} | {'**yes**' if sel.get('chosen') == tag else ''} |")
     if "freeze_selection" in summary:
         fs = summary["freeze_selection"]
         lines += ["", f"transfer_freeze block set chosen at N={fs['n_train']}, seed {fs['seed']} "

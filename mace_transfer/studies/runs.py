@@ -287,10 +287,11 @@ class Sweep(StudyData):
         return dict(errors["overall"], energy_zero_fitted=dict(fitted, fitted_on="validation cells"))
 
     # -------------------------------------------------------------- one run
-    def strategy_options(self, strategy: str, n_train: int, seed: int,
-                         freeze_blocks: Optional[str] = None, lr: Optional[float] = None) -> Dict[str, Any]:
+    def strategy_options(self, strategy: str, n_train: int, seed: int, freeze_blocks: Optional[str] = None,
+                         lr: Optional[float] = None, loss_flags: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """MACE options of one run: the shared ``mace`` block, the budget at this N (extra training
-        frames count), the strategy's start and flags; ``lr`` overrides the strategy's."""
+        frames count), the strategy's start and flags; ``lr`` overrides the strategy's, ``loss_flags``
+        (a ``loss_grid`` option) are applied last."""
         spec = self.config["strategies"][strategy]
         options = dict(self.config["mace"])
         budget = self.config["budget"]
@@ -318,16 +319,18 @@ class Sweep(StudyData):
                            corresponding_states=False)
         if freeze_blocks:
             options["freeze_blocks"] = freeze_blocks
+        options.update(loss_flags or {})
         return options
 
     def train_run(self, strategy: str, n_train: int, seed: int, record_path: Path,
-                  freeze_blocks: Optional[str] = None, lr: Optional[float] = None) -> Dict[str, Any]:
+                  freeze_blocks: Optional[str] = None, lr: Optional[float] = None,
+                  loss_flags: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Train one (strategy, N, seed), test it, write ``record_path``; the record."""
         name = record_path.stem
         folder = self.work / name
         done_before = self.resume_point(name, folder)
         subset = self.write_subset(folder, n_train, seed)
-        options = self.strategy_options(strategy, n_train, seed, freeze_blocks, lr)
+        options = self.strategy_options(strategy, n_train, seed, freeze_blocks, lr, loss_flags)
         options.update(train_file=subset["train_file"], valid_file=subset["valid_file"],
                        **run_dirs(folder, name))
         wall = self.train_chunk(name, options, folder, done_before)
@@ -341,7 +344,7 @@ class Sweep(StudyData):
             "lr": options["lr"], "max_num_epochs": options["max_num_epochs"],
             "patience": options.get("patience"), "freeze_blocks": options.get("freeze_blocks"),
             "mace_freeze": options.get("freeze"), "init": self.config["strategies"][strategy].get("init", "scratch"),
-            "extra_flags": self.config["strategies"][strategy].get("mace", {}),
+            "extra_flags": self.config["strategies"][strategy].get("mace", {}), "loss_flags": loss_flags or {},
             "test": {k: errors[k] for k in METRICS},
             "test_per_config_type": grouped["per_config_type"],
             "test_per_length_scale": grouped["per_length_scale"],
@@ -430,6 +433,43 @@ class Sweep(StudyData):
                                    lambda lr, path: self.train_run(strategy, n_train, seed, path, lr=lr),
                                    summarise, self.say)
 
+    # -------------------------------------------------------------- loss selection
+    def loss_choice(self, strategy: str) -> Optional[Dict[str, Any]]:
+        """The MACE loss flags of ``strategy``: None without ``loss_grid`` (the ``mace`` block's loss),
+        else the ``loss_grid.options`` entry :func:`selection.choose_loss` picks at ``loss_grid.select``
+        (N, seed), trained with the start's chosen learning rate and judged on the validation cells
+        (``loss_grid.energy_goal_meV_per_atom``, default 5). An option equal to a run already trained
+        there (e.g. ``{}``: the study's own loss) reuses that run while its model is at hand."""
+        grid = self.config.get("loss_grid") or {}
+        options = grid.get("options") or {}
+        if not options or strategy not in grid.get("strategies", list(self.config["strategies"])):
+            return None
+        select = grid.get("select", {"n": 20, "seed": 0})
+        n_train, seed = int(select["n"]), int(select["seed"])
+        lr = self.lr_choice(strategy)
+        valid_indices, _ = self.split()
+        valid = [self.frames("target")[i] for i in valid_indices]
+
+        def train(tag, flags, record_path):
+            done = selection.selected_run(self.out, strategy, n_train, seed, None, lr, flags)
+            path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
+            if done is None and path.is_file():
+                record = json.loads(path.read_text())
+                if (record.get("loss_flags") or {}) == flags and (lr is None or record.get("lr") == lr):
+                    done = dict(record, reused_from=str(path))
+            if done is not None and Path(done["model"]).is_file():
+                return done
+            return self.train_run(strategy, n_train, seed, record_path, lr=lr, loss_flags=flags)
+
+        def validate(record):
+            errors = model_errors(record["model"], valid)
+            return {"valid_force_mae_meV_per_A": errors["force_mae_meV_per_A"],
+                    "valid_energy_mae_meV_per_atom": errors["energy_mae_meV_per_atom"]}
+
+        tag = selection.choose_loss(self.out, strategy, options, n_train, seed,
+                                    float(grid.get("energy_goal_meV_per_atom", 5.0)), train, validate, self.say)
+        return dict(options[tag])
+
     @staticmethod
     def _scales_from_log(folder: Path) -> Optional[Dict[str, float]]:
         """The s, k that ``--length_scale/--energy_scale auto`` chose (train.py logs them)."""
@@ -485,22 +525,30 @@ class Sweep(StudyData):
         """Train every missing (strategy, N, seed); N ascending. Returns the number trained."""
         freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
         lrs = {strategy: self.lr_choice(strategy) for strategy in strategies}  # None: the strategy's lr
+        losses = {strategy: self.loss_choice(strategy) for strategy in strategies}  # None: the mace block's
         plan = [(s, n, seed) for n in sizes for seed in seeds for s in strategies]
         todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
         self.say(f"sweep: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
+        stale = [r["name"] for r in load_runs(self.out)
+                 if losses.get(r["strategy"]) is not None and (r.get("loss_flags") or {}) != losses[r["strategy"]]]
+        if stale:
+            self.say(f"warning: {len(stale)} finished runs were trained with another loss than the one chosen "
+                     f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}): give the study a new `out`")
         if max_runs is not None:
             todo = todo[:max_runs]
         walls = {(r["strategy"], int(r["n_train"])): r["wall_s"] for r in load_runs(self.out)}
         for number, (strategy, n_train, seed) in enumerate(todo, 1):
             path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
             blocks = freeze if strategy == "transfer_freeze" else None
-            selected = strategy == "transfer_freeze" or lrs[strategy] is not None
-            record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lrs[strategy]) if selected else None
+            selected = strategy == "transfer_freeze" or lrs[strategy] is not None or losses[strategy] is not None
+            record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lrs[strategy],
+                                            losses[strategy]) if selected else None
             if record is not None:
                 record["name"] = path.stem
                 write_json(path, record)
             else:
-                record = self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lrs[strategy])
+                record = self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lrs[strategy],
+                                        loss_flags=losses[strategy])
             walls[(strategy, n_train)] = record["wall_s"]
             remaining = todo[number:]
             eta = sum(self._guess_wall(walls, s, n) for s, n, _ in remaining)
