@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from mace_transfer.studies.config import RECORDS
-from mace_transfer.studies.records import load_runs, write_json
+from mace_transfer.studies.records import file_at_hand, load_runs, write_json
 from mace_transfer.studies.runs import model_errors
 
 
@@ -41,16 +41,6 @@ def write_md_record(path: Path, rec: Dict[str, Any], model, spec: Dict[str, Any]
         "close_contact": entry.get("close_contact"),
         "reference": metrics["reference"]["properties"], "md_settings": metrics["settings"]["md"],
         "wall_s": time.time() - start, **(extra or {})})
-
-
-def file_at_hand(out: Path, rec: Dict[str, Any], key: str = "model") -> Optional[str]:
-    """``rec[key]`` (a run's ``.model`` or a peer's ``checkpoint``) when it still exists, else for a
-    MACE model its committed copy ``<out>/models/<name>.model``, else None (nothing is trained)."""
-    own = rec.get(key)
-    if own and Path(own).exists():
-        return str(own)
-    kept = Path(out) / "models" / f"{rec['name']}.model"
-    return str(kept) if key == "model" and kept.is_file() else None
 
 
 def add_missing_stress(sweep) -> int:

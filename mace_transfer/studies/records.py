@@ -177,3 +177,12 @@ def data_efficiency(records: Sequence[Dict[str, Any]], strategy: str, n_ref: int
             "ratio": _stats([r["ratio"] for r in rows]), "n_equal": _stats([r["n_equal"] for r in rows]),
             "extrapolated": sum(r["extrapolated"] for r in rows), "per_seed": per_seed}
 
+
+def file_at_hand(out: Path, rec: Dict[str, Any], key: str = "model") -> Optional[str]:
+    """``rec[key]`` (a run's ``.model`` or a peer's ``checkpoint``) when it still exists, else for a
+    MACE model its committed copy ``<out>/models/<name>.model``, else None (nothing is trained)."""
+    own = rec.get(key)
+    if own and Path(own).exists():
+        return str(own)
+    kept = Path(out) / "models" / f"{rec['name']}.model"
+    return str(kept) if key == "model" and kept.is_file() else None

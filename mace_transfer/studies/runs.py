@@ -25,7 +25,7 @@ from mace_transfer import UserInputError
 from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
 from mace_transfer.studies.data import StudyData, file_sha256
-from mace_transfer.studies.records import (best_epoch, load_runs, read_results, valid_rmse_at,
+from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, read_results, valid_rmse_at,
                                            write_json)
 
 
@@ -451,14 +451,17 @@ class Sweep(StudyData):
         valid = [self.frames("target")[i] for i in valid_indices]
 
         def train(tag, flags, record_path):
-            done = selection.selected_run(self.out, strategy, n_train, seed, None, lr, flags)
+            earlier = []  # an equal run trained before: the sweep's record, then a selection run
             path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
-            if done is None and path.is_file():
+            if path.is_file():
                 record = json.loads(path.read_text())
                 if (record.get("loss_flags") or {}) == flags and (lr is None or record.get("lr") == lr):
-                    done = dict(record, reused_from=str(path))
-            if done is not None and Path(done["model"]).is_file():
-                return done
+                    earlier.append(dict(record, reused_from=str(path)))
+            earlier.append(selection.selected_run(self.out, strategy, n_train, seed, None, lr, flags))
+            for done in filter(None, earlier):
+                model = file_at_hand(self.out, done)  # its work folder, or <out>/models/
+                if model is not None:
+                    return dict(done, model=model)
             return self.train_run(strategy, n_train, seed, record_path, lr=lr, loss_flags=flags)
 
         def validate(record):
