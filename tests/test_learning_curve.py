@@ -400,6 +400,7 @@ def test_converged_budget_counts_patience_in_optimizer_steps(lc):
                      "early_stop_min_epochs": 0}
     assert large == {"max_num_epochs": math.ceil(20000 / 58), "early_stop_patience": 20,
                      "scheduler_patience": 4, "early_stop_min_epochs": 0}
+    assert lc.converged_options(2, 5, dict(budget, min_improvement=0.001)) == dict(small, early_stop_min_delta=0.001)
 
 
 def test_converged_sweep_chooses_each_lr_on_validation_and_stops_early(lc, tmp_path, monkeypatch, capsys):

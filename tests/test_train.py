@@ -125,6 +125,24 @@ def test_should_stop_counts_epochs_since_the_first_lowest_loss():
     assert not train.should_stop([], patience=1)
 
 
+def test_min_delta_counts_only_relative_improvements_and_zero_is_the_plain_rule():
+    """A loss creeping down by 0.04 % an epoch: any decrease is an improvement at min_delta 0; at 0.1 %
+    only the epoch that is 0.1 % below the last counted one (epoch 3: 0.12 % below epoch 0)."""
+    creep = [(e, 1.0 - 0.0004 * e) for e in range(4)]
+    assert not train.should_stop(creep[:3], patience=2)
+    assert train.should_stop(creep[:3], patience=2, min_delta=0.001)  # epoch 0 is the last counted: 2 >= 2
+    assert not train.should_stop(creep, patience=2, min_delta=0.001)  # 0.9988 < 0.999: epoch 3 counts
+    assert train.should_stop(creep + [(4, 0.9985), (5, 0.9982)], patience=2, min_delta=0.001)
+    dropped = creep + [(6, 0.5), (7, 0.499755859375), (8, 0.498046875)]  # -0.05 %, then -0.39 % after the drop
+    assert not train.should_stop(dropped, patience=2, min_delta=0.001)  # 0.498 < 0.5 x 0.999: epoch 8 counts
+    assert train.should_stop(dropped[:-1] + [(8, 0.4996)], patience=2, min_delta=0.001)  # epoch 6 last counted
+    assert not train.should_stop(dropped[:-1] + [(8, 0.4996)], patience=2)  # without min_delta: epoch 8 counts
+    for history in (creep, dropped, [(0, 5.0), (1, 3.0), (2, 3.0), (3, 4.0), (4, 3.5)]):
+        for patience in (1, 2, 3, 4):  # min_delta 0 is "epochs since the first lowest loss", as before
+            best = min(history, key=lambda row: (row[1], row[0]))[0]
+            assert train.should_stop(history, patience, min_delta=0.0) == (history[-1][0] - best >= patience)
+
+
 def test_epoch_limit_is_what_maces_while_loop_compares_against(tmp_path):
     log = tmp_path / "x_run-1_train.txt"
     limit = train.EpochLimit(10, log, patience=2)
@@ -157,6 +175,7 @@ def test_early_stop_ends_a_run_whose_validation_loss_never_improves(tmp_path, si
 @pytest.mark.parametrize("extra, message", [
     (["--early_stop_patience", "0"], "must be >= 1"),
     (["--early_stop_patience", "5", "--swa"], "stage two would never start"),
+    (["--early_stop_patience", "5", "--early_stop_min_delta", "1.5"], "is a relative improvement in"),
 ])
 def test_early_stop_refusals_are_one_line(tmp_path, si_data, extra, message):
     argv = ["--train_file", str(si_data), "--E0s", "average"] + TINY + _dirs(tmp_path, "bad") + extra

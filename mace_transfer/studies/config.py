@@ -159,17 +159,21 @@ def converged_options(n_train: int, batch_size: int, budget: Dict[str, Any]) -> 
     N = 292 (59 steps) wait as long for an improvement: ``patience_steps`` -> epochs without a lower
     validation loss before the run stops (at least ``min_patience_epochs``); ``scheduler_patience_steps``
     -> MACE's plateau schedule patience (at least 3 epochs); ``max_steps`` -> the epoch cap (at most
-    ``max_epochs``), which a converged run never reaches.
+    ``max_epochs``), which a converged run never reaches; ``min_improvement`` (relative, optional) ->
+    ``--early_stop_min_delta``: smaller decreases of the validation loss do not count as improvements.
     """
     steps_per_epoch = max(1, n_train // batch_size)  # MACE's training loader drops the last partial batch
 
     def epochs(key: str, default: int) -> int:
         return math.ceil(int(budget.get(key, default)) / steps_per_epoch)
 
-    return {"max_num_epochs": min(int(budget.get("max_epochs", 5000)), epochs("max_steps", 20000)),
-            "early_stop_patience": max(int(budget.get("min_patience_epochs", 20)), epochs("patience_steps", 600)),
-            "scheduler_patience": max(3, epochs("scheduler_patience_steps", 200)),
-            "early_stop_min_epochs": int(budget.get("min_epochs", 0))}
+    options = {"max_num_epochs": min(int(budget.get("max_epochs", 5000)), epochs("max_steps", 20000)),
+               "early_stop_patience": max(int(budget.get("min_patience_epochs", 20)), epochs("patience_steps", 600)),
+               "scheduler_patience": max(3, epochs("scheduler_patience_steps", 200)),
+               "early_stop_min_epochs": int(budget.get("min_epochs", 0))}
+    if budget.get("min_improvement"):  # absent in the studies recorded before it existed: their argv unchanged
+        options["early_stop_min_delta"] = float(budget["min_improvement"])
+    return options
 
 
 def epochs_for(n_train: int, batch_size: int, budget: Dict[str, Any]) -> int:

@@ -406,6 +406,7 @@ class Sweep(StudyData):
                                  "optimizer_steps_to_best": None if epoch is None else (epoch + 1) * steps_per_epoch}
         if options.get("early_stop_patience") is not None:
             extra.update(early_stop_patience=options["early_stop_patience"],
+                         early_stop_min_delta=options.get("early_stop_min_delta", 0.0),
                          scheduler_patience=options.get("scheduler_patience"),
                          converged=len(curve["epoch"]) < int(options["max_num_epochs"]),
                          best_valid_loss=None if epoch is None else curve["valid_loss"][curve["epoch"].index(epoch)])

@@ -123,6 +123,14 @@ def build_parser():
         help="with --early_stop_patience: never stop before this epoch",
     )
     group.add_argument(
+        "--early_stop_min_delta",
+        type=float,
+        default=0.0,
+        help="with --early_stop_patience: an epoch counts as an improvement only when its validation loss "
+        "is below (1 - this) x the last counted best (relative, e.g. 0.001; 0: any decrease). MACE still "
+        "keeps the lowest-loss checkpoint",
+    )
+    group.add_argument(
         "--pipeline",
         type=str,
         default=None,
@@ -371,14 +379,19 @@ def validation_history(path) -> List[tuple]:
     return sorted(last.items())
 
 
-def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0) -> bool:
+def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0, min_delta: float = 0.0) -> bool:
     """True when the last validated epoch is >= ``min_epochs`` and >= ``patience`` epochs after the
-    best (lowest-loss; the first one on ties, as MACE's strict ``<`` keeps it) epoch."""
+    last improvement: an epoch whose loss is below ``(1 - min_delta)`` x the loss of the improvement
+    before it (``min_delta`` = 0: the lowest-loss epoch, the first one on ties, as MACE's strict ``<``
+    keeps it). ``history``: (epoch, validation loss) rows in epoch order."""
     if not history:
         return False
-    best_epoch = min(history, key=lambda row: (row[1], row[0]))[0]
+    improved_epoch, improved_loss = history[0]
+    for epoch, loss in history[1:]:
+        if loss < improved_loss * (1.0 - min_delta):
+            improved_epoch, improved_loss = epoch, loss
     last_epoch = history[-1][0]
-    return last_epoch >= min_epochs and last_epoch - best_epoch >= patience
+    return last_epoch >= min_epochs and last_epoch - improved_epoch >= patience
 
 
 class EpochLimit:
@@ -388,15 +401,16 @@ class EpochLimit:
     ``epoch < maximum`` and :func:`should_stop` is false on the results log MACE has written so far.
     """
 
-    def __init__(self, maximum: int, results_path: Path, patience: int, min_epochs: int = 0):
+    def __init__(self, maximum: int, results_path: Path, patience: int, min_epochs: int = 0,
+                 min_delta: float = 0.0):
         self.maximum, self.results_path = int(maximum), Path(results_path)
-        self.patience, self.min_epochs = int(patience), int(min_epochs)
+        self.patience, self.min_epochs, self.min_delta = int(patience), int(min_epochs), float(min_delta)
         self.stopped_at: Optional[int] = None
 
     def __gt__(self, epoch) -> bool:
         if epoch >= self.maximum:
             return False
-        if should_stop(validation_history(self.results_path), self.patience, self.min_epochs):
+        if should_stop(validation_history(self.results_path), self.patience, self.min_epochs, self.min_delta):
             self.stopped_at = int(epoch)
             return False
         return True
@@ -419,7 +433,7 @@ def early_stop_seam(args):
 
     original = tools.train
     limit = EpochLimit(args.max_num_epochs, results_file(args), args.early_stop_patience,
-                       args.early_stop_min_epochs)
+                       args.early_stop_min_epochs, args.early_stop_min_delta)
 
     def train_with_early_stop(*a, **kw):
         kw["max_num_epochs"] = limit
@@ -441,6 +455,8 @@ def check_early_stop(args) -> None:
     """One-line refusals of an early stop that cannot mean what it says."""
     if args.early_stop_patience is None:
         return
+    if not 0.0 <= args.early_stop_min_delta < 1.0:
+        raise UserInputError(f"--early_stop_min_delta is a relative improvement in [0, 1), got {args.early_stop_min_delta}")
     if args.early_stop_patience < 1:
         raise UserInputError(f"--early_stop_patience must be >= 1, got {args.early_stop_patience}")
     if args.swa:
