@@ -29,14 +29,21 @@ def _cells(x, n, seed, a=None):
     return _labelled(frames)
 
 
+def _kinds(frames):
+    """Two solid cells and one labelled as a melt, as the PBE test sets' sampler kinds."""
+    for atoms, kind in zip(frames, ("md_450K", "md_450K", "liquid")):
+        atoms.info["config_type"] = kind
+    return frames
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("alloy")
     write(root / "si.xyz", _cells(0.0, 14, 0, 5.43), format="extxyz")
     write(root / "ge.xyz", _cells(1.0, 8, 1, 5.66), format="extxyz")
     write(root / "alloy.xyz", _cells(0.5, 8, 2, 5.55), format="extxyz")
-    write(root / "alloy_test.xyz", _cells(0.5, 3, 3, 5.55), format="extxyz")
-    write(root / "ge_test.xyz", _cells(1.0, 3, 4, 5.66), format="extxyz")
+    write(root / "alloy_test.xyz", _kinds(_cells(0.5, 3, 3, 5.55)), format="extxyz")
+    write(root / "ge_test.xyz", _kinds(_cells(1.0, 3, 4, 5.66)), format="extxyz")
     write(root / "si_test.xyz", _cells(0.0, 3, 5, 5.43), format="extxyz")
     ev = [f for x in (0.0, 0.5, 1.0) for f in alloy.ev_scan(x, strains=(-0.04, -0.02, 0.0, 0.02, 0.04))]
     write(root / "ev.xyz", _labelled(ev), format="extxyz")
@@ -193,3 +200,34 @@ def test_a_cut_replay_run_is_parked_and_resumed_not_retrained(study, tmp_path, m
     assert record["curve"]["epoch"] == first_epochs and record["wall_s"] >= before > 0
     assert not parked.exists() and (tmp_path / "out" / "records" / "replay_M0004_s0.json").is_file()
     assert set(record["test_sets"]) == {"alloy", "ge", "si"} and "si_test_pt_head" in record
+
+
+def test_like_for_like_compares_alloy_and_ge_on_the_same_sampler_kinds():
+    from mace_transfer.studies.alloy import like_for_like
+
+    def mae(value):
+        return {"force_mae_meV_per_A": value}
+
+    alloy_errors = {"md_450K": mae(6.0), "strain": mae(10.0), "liquid": mae(150.0), "vacancy": mae(40.0)}
+    ge_errors = {"md_450K": mae(4.0), "strain": mae(5.0), "liquid": mae(20.0), "md_750K": mae(7.0)}
+    result = like_for_like(alloy_errors, ge_errors)  # shared: liquid, md_450K, strain
+    assert result["alloy_over_ge:solid"] == pytest.approx((1.5 + 2.0) / 2, rel=1e-15)
+    assert result["alloy_over_ge:all"] == pytest.approx((1.5 + 2.0 + 7.5) / 3, rel=1e-15)
+    assert result["melt_force_mae:alloy"] == 150.0 and result["melt_force_mae:ge"] == 20.0
+    assert like_for_like({"liquid": mae(1.0)}, {"md_450K": mae(1.0)}) == {}
+
+
+def test_alloy_records_keep_errors_per_sampler_kind(study):
+    """The per-kind errors of each test set add up to the overall ones (equal-size cells: the overall
+    force MAE is the cell-count-weighted mean), and the summary's like-for-like ratio is theirs."""
+    root, _, summary = study
+    record = json.loads((root / "out" / "records" / "mixed_M0004_s0.json").read_text())
+    for test_set in ("alloy", "ge"):
+        kinds = record["test_sets_per_config_type"][test_set]
+        assert set(kinds) == {"md_450K", "liquid"}
+        weighted = (2 * kinds["md_450K"]["force_mae_meV_per_A"] + kinds["liquid"]["force_mae_meV_per_A"]) / 3
+        assert weighted == pytest.approx(record["test_sets"][test_set]["force_mae_meV_per_A"], rel=1e-9)
+    kinds = record["test_sets_per_config_type"]
+    solid = kinds["alloy"]["md_450K"]["force_mae_meV_per_A"] / kinds["ge"]["md_450K"]["force_mae_meV_per_A"]
+    assert summary["table"]["mixed"]["4"]["alloy_over_ge:solid"]["mean"] == pytest.approx(solid, rel=1e-12)
+    assert "without the melts" in (root / "out" / "summary.md").read_text()

@@ -580,3 +580,59 @@ def test_loss_grid_is_chosen_on_validation_and_its_run_reused(lc, tmp_path, monk
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(UserInputError, match="loss_grid.options.x"):
         lc.load_config(path)
+
+
+def test_a_cut_pretraining_stage_is_parked_and_resumed_not_retrained(lc, tmp_path, monkeypatch):
+    """The once-trained stages (a teacher/classical pretraining, a source) outlive a session like the
+    runs: cut after training, parked, resumed on a fresh work folder with the same epochs and none trained
+    again, the wall time of both chunks, checkpoints and parked copy gone; a changed split starts again."""
+    import shutil
+
+    from mace_transfer.studies import runs
+
+    monkeypatch.chdir(tmp_path)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 7, seed=3)
+    write_sw_ge_dataset(tmp_path / "ge_classical.xyz", 6, seed=1)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    config = {
+        "out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
+        "data": {"source": "ge.xyz", "target": "ge.xyz", "test": "ge.xyz", "classical": "ge_classical.xyz"},
+        "n_valid": 3, "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [3], "seeds": [0], "mace": mace,
+        "classical": {"n_valid": 2, "cache": "classical/student.model",
+                      "mace": {"E0s": "{32: 0.0}", "lr": 0.01, "max_num_epochs": 3}},
+        "budget": {"mode": "converged", "patience_steps": 50, "max_epochs": 3},
+        "strategies": {"teacher_pretrain": {"lr": 0.002, "init": "classical"}},
+    }
+    (tmp_path / "lc.yaml").write_text(yaml.safe_dump(config))
+    config = lc.load_config(tmp_path / "lc.yaml")
+    calls = []
+
+    def cut(*args, **kwargs):
+        calls.append(args)
+        raise KeyboardInterrupt("cut")
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(runs, "read_results", cut)
+        runs.Sweep(config, progress=lambda *_: None).classical_model()
+    assert calls and not (tmp_path / "res" / "classical" / "student.model").exists()
+    assert runs.Sweep(config, progress=lambda *_: None).park_runs() == ["classical"]
+    parked = tmp_path / "res" / "partial" / "classical"
+    first_epochs = lc.read_results(parked / "results")["epoch"]
+    before = json.loads((parked / "chunks.json").read_text())["parked_chunk_s"]
+    assert first_epochs == [0, 1, 2] and before > 0  # classical.mace.max_num_epochs: 3
+    shutil.rmtree(tmp_path / "work")
+    said = []
+    path = runs.Sweep(config, progress=said.append).classical_model()
+    assert any("classical: resuming from its checkpoint" in line for line in said)
+    stage = json.loads(path.with_suffix(".json").read_text())
+    assert stage["curve"]["epoch"] == first_epochs and stage["wall_s"] >= before
+    assert not parked.exists() and not list((tmp_path / "work" / "classical").glob("checkpoints/*.pt"))
+    # a cut stage whose split no longer matches the config's is trained again, not resumed
+    (tmp_path / "work" / "classical" / "checkpoints").mkdir(exist_ok=True)
+    (tmp_path / "work" / "classical" / "checkpoints" / "classical_run-1_epoch-2.pt").write_bytes(b"old run")
+    assert runs.Sweep(config, progress=lambda *_: None).park_runs() == []  # a finished stage is not parked
+    path.unlink()
+    said.clear()
+    changed = dict(config, classical=dict(config["classical"], n_valid=3))
+    runs.Sweep(changed, progress=said.append).classical_model()
+    assert any("split changed" in line for line in said) and not any("resuming" in line for line in said)

@@ -189,7 +189,7 @@ class AlloySweep(Sweep):
                   "name": name, "lr": options["lr"], "wall_s": wall, "epochs_run": len(curve["epoch"]),
                   "best_epoch": best_epoch(curve),
                   "converged": len(curve["epoch"]) < int(options["max_num_epochs"]),
-                  "test_sets": {k: model_errors(model, frames) for k, frames in self.test_sets().items()},
+                  **self.test_set_errors(model),
                   "ge_indices": subset["ge_indices"], "alloy_indices": subset["alloy_indices"],
                   "n_valid_alloy": subset["n_valid_alloy"],
                   "model": str(model), "curve": curve,
@@ -209,6 +209,26 @@ class AlloySweep(Sweep):
             record["ev"] = ev_properties(energy, self.frames("ev"))
         self.finish_run(name, folder, self.out / RECORDS / f"{name}.json", record)
         return record
+
+    def test_set_errors(self, model) -> Dict[str, Any]:
+        """``test_sets`` (overall errors per test set) and ``test_sets_per_config_type`` (per sampler kind:
+        MD temperature, liquid, strain, vacancy) of a model, meV/Å and meV/atom."""
+        grouped = {k: model_errors(model, frames, groups=True) for k, frames in self.test_sets().items()}
+        return {"test_sets": {k: g["overall"] for k, g in grouped.items()},
+                "test_sets_per_config_type": {k: g["per_config_type"] for k, g in grouped.items()}}
+
+    def add_missing_per_config_type(self) -> int:
+        """Per-config-type test errors for records written before they were measured, where the model is
+        still at hand (nothing is trained); returns how many records were completed."""
+        added = 0
+        for path in sorted((self.out / RECORDS).glob("*.json")):
+            record = json.loads(path.read_text())
+            if "test_sets_per_config_type" in record or not Path(record["model"]).is_file():
+                continue
+            record["test_sets_per_config_type"] = self.test_set_errors(record["model"])["test_sets_per_config_type"]
+            write_json(path, record)
+            added += 1
+        return added
 
     def _add_pt_head_errors(self, record: Dict[str, Any]) -> bool:
         """A replay run's Si test errors through its ``pt_head``: MACE's replay keeps the Si readout it
@@ -242,6 +262,27 @@ class AlloySweep(Sweep):
         return len(todo)
 
 
+#: sampler kinds left out of the like-for-like comparison: the melts (the alloy's at 3000 K, Ge's SW melt)
+MELTS = ("liquid",)
+
+
+def like_for_like(alloy: Dict[str, Dict[str, float]], ge: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+    """Alloy against Ge force MAE on the same sampler kinds: the mean over the config types both test
+    sets have, of each type's alloy/Ge ratio (``alloy_over_ge:all``), and without the melts
+    (``alloy_over_ge:solid``); the alloy and Ge melt MAEs themselves (meV/Å)."""
+    shared = sorted(set(alloy) & set(ge))
+    result: Dict[str, float] = {}
+    for tag, kinds in (("all", shared), ("solid", [k for k in shared if k not in MELTS])):
+        ratios = [alloy[k]["force_mae_meV_per_A"] / ge[k]["force_mae_meV_per_A"] for k in kinds]
+        if ratios:
+            result[f"alloy_over_ge:{tag}"] = float(np.mean(ratios))
+    for kind in MELTS:
+        if kind in alloy and kind in ge:
+            result["melt_force_mae:alloy"] = alloy[kind]["force_mae_meV_per_A"]
+            result["melt_force_mae:ge"] = ge[kind]["force_mae_meV_per_A"]
+    return result
+
+
 def alloy_summary(out: Path, config: Dict[str, Any]) -> Dict[str, Any]:
     """summary.json / summary.md of the alloy records: force and energy MAE per test set, Si
     forgetting against the source, a0(x) and mixing energy against PBE."""
@@ -261,6 +302,10 @@ def alloy_summary(out: Path, config: Dict[str, Any]) -> Dict[str, Any]:
         for test_set, errors in sets.items():
             for metric in ("force_mae_meV_per_A", "energy_mae_meV_per_atom"):
                 entry.setdefault(f"{test_set}:{metric}", []).append(errors[metric])
+        per_type = rec.get("test_sets_per_config_type") or {}
+        if "alloy" in per_type and "ge" in per_type:
+            for key, value in like_for_like(per_type["alloy"], per_type["ge"]).items():
+                entry.setdefault(key, []).append(value)
         for x, values in (rec.get("ev") or {}).items():
             if x in reference and values.get("a0_A") is not None and reference[x].get("a0_A") is not None:
                 entry.setdefault(f"a0_error_percent:{x}", []).append(
@@ -297,6 +342,18 @@ def alloy_markdown(summary: Dict[str, Any]) -> str:
                 entry = table[route][m]
                 lines.append(f"| {route}, M={m} | " + " | ".join(_pm(entry.get(f"{s}:{metric}"), 1) for s in sets) + " |")
         lines.append("")
+    if any("alloy_over_ge:solid" in e for r in table.values() for e in r.values()):
+        lines += ["Alloy against Ge on the same sampler kinds (mean over config types of alloy/Ge force MAE; "
+                  "the melts: the alloy's Tersoff liquid at 3000 K, Ge's SW melt):", "",
+                  "| route, M | alloy/Ge, all kinds | alloy/Ge, without the melts | melt force MAE alloy (meV/Å) "
+                  "| melt force MAE Ge (meV/Å) |", "|---|---|---|---|---|"]
+        for route in [r for r in ROUTES if r in table]:
+            for m in sorted(table[route], key=int):
+                entry = table[route][m]
+                lines.append(f"| {route}, M={m} | {_pm(entry.get('alloy_over_ge:all'), 2)} | "
+                             f"{_pm(entry.get('alloy_over_ge:solid'), 2)} | {_pm(entry.get('melt_force_mae:alloy'), 1)} | "
+                             f"{_pm(entry.get('melt_force_mae:ge'), 1)} |")
+        lines.append("")
     xs = sorted({k.split(":")[1] for r in table.values() for e in r.values() for k in e if k.startswith("a0_")})
     if xs:
         lines += ["| route, M | " + " | ".join(f"a0 error x={x} (%)" for x in xs) + " | "
@@ -331,6 +388,7 @@ def run_alloy(config: Dict[str, Any], *, out=None, work=None, sizes=None, seeds=
         sweep.sweep_alloy([int(m) for m in (sizes or config.get("m_alloy", [0, 20]))],
                           [int(s) for s in (seeds or config["seeds"])], routes, max_runs)
         sweep.add_missing_pt_head_errors()
+        sweep.add_missing_per_config_type()
     summary = alloy_summary(sweep.out, config)
     progress(f"report: {sweep.out}/summary.md ({summary['n_runs']} alloy runs)")
     return summary

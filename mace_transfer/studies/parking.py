@@ -9,7 +9,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence
 
 from mace_transfer.studies.config import RECORDS
 from mace_transfer.studies.records import write_json
@@ -67,13 +67,13 @@ def drop_parked(out: Path, name: str) -> None:
         shutil.rmtree(parked)
 
 
-def park_runs(work: Path, out: Path, say: Callable[[str], None] = print) -> List[str]:
+def park_runs(work: Path, out: Path, say: Callable[[str], None] = print, skip: Sequence[str] = ()) -> List[str]:
     """Copy every unfinished run of ``work`` that has a checkpoint (a process cut mid-run) to
-    ``<out>/partial/<run>/``; returns the parked run names."""
+    ``<out>/partial/<run>/``, except the folders named in ``skip``; returns the parked run names."""
     parked = []
     for folder in sorted(p for p in work.glob("*") if p.is_dir()):
         newest = checkpoints(folder)
-        if not newest or (out / RECORDS / f"{folder.name}.json").is_file() \
+        if not newest or folder.name in skip or (out / RECORDS / f"{folder.name}.json").is_file() \
                 or (out / "selection" / f"{folder.name}.json").is_file():
             continue
         target = out / PARKED / folder.name

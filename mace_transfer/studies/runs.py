@@ -116,6 +116,22 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def _same_split(folder: Path, split: Dict[str, list]) -> bool:
+    """Whether ``folder`` holds exactly the extxyz files ``split`` ({file name: frames}) would write."""
+    import io
+
+    from ase.io import write
+
+    for name, frames in split.items():
+        if not (folder / name).is_file():
+            return False
+        text = io.StringIO()
+        write(text, frames, format="extxyz")
+        if (folder / name).read_text() != text.getvalue():
+            return False
+    return True
+
+
 class Sweep(StudyData):
     """One learning-curve study's work on its data: source model, zero-shot, selection, runs, extras."""
 
@@ -155,6 +171,10 @@ class Sweep(StudyData):
         return self._trained_once("classical", "classical/classical.model")
 
     def _trained_once(self, key: str, default_cache: str) -> Path:
+        """The model of stage ``key`` (``source`` or ``classical``): ``<key>.model`` if given, else the
+        cache, else trained once. In a converged study a training cut by a session's end resumes from its
+        checkpoint (still in ``work/<key>`` or parked under ``<out>/partial/<key>``), as the runs do,
+        unless its training split differs from the one the config now gives (then it starts again)."""
         spec = self.config.get(key, {}) or {}
         if spec.get("model"):
             path = Path(spec["model"])
@@ -171,27 +191,35 @@ class Sweep(StudyData):
         order = list(range(len(frames)))
         random.Random(int(spec.get("seed", 1))).shuffle(order)
         folder = self.work / key
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        write(folder / "train.xyz", [frames[i] for i in order[n_valid:]], format="extxyz")
-        write(folder / "valid.xyz", [frames[i] for i in order[:n_valid]], format="extxyz")
         options = dict(self.config["mace"])
         options.update(spec.get("mace", {}))
         if not options.get("E0s") and not any(a.info.get("config_type") == "IsolatedAtom" for a in frames):
             # MACE would stop on an assertion deep inside run_train
             raise UserInputError(f"{key}: training its model needs atomic energies: set {key}.mace.E0s "
                                  f"(eV per element) or give a trained {key}.model")
+        done_before = self.resume_point(key, folder)
+        split = {"train.xyz": [frames[i] for i in order[n_valid:]], "valid.xyz": [frames[i] for i in order[:n_valid]]}
+        if done_before is not None and not _same_split(folder, split):
+            self.say(f"{key}: the training split changed since its cut run: training again")
+            shutil.rmtree(folder)
+            done_before = None
+        if done_before is None:
+            folder.mkdir(parents=True)
+            for file_name, part in split.items():
+                write(folder / file_name, part, format="extxyz")
         name = Path(default_cache).stem
         options.update(train_file=str(folder / "train.xyz"), valid_file=str(folder / "valid.xyz"),
                        seed=int(spec.get("seed", 1)), **run_dirs(folder, name))
         self.say(f"{key}: training a model on {len(frames) - n_valid} configurations of "
                  f"{', '.join(map(str, self.data_paths(key)))} "
                  f"({n_valid} validation)")
-        wall = self._train(options, folder)
+        wall = self.train_chunk(key, options, folder, done_before)
         curve = read_results(folder / "results")
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(folder / f"{name}.model", path)
+        with contextlib.suppress(OSError):  # finished: nothing left to park or resume
+            shutil.rmtree(folder / "checkpoints")
+        parking.drop_parked(self.out, key)
         epoch = best_epoch(curve)
         write_json(path.with_suffix(".json"), {
             "n_train": len(frames) - n_valid, "n_valid": n_valid, "wall_s": wall,
@@ -367,7 +395,7 @@ class Sweep(StudyData):
         its newest checkpoint (parked under ``<out>/partial/`` or still in ``work``): returns the wall
         seconds it trained before. Otherwise None, and a leftover folder without a checkpoint is removed
         (a cut run that starts again must not count half a wall time)."""
-        resumable = self.config["budget"].get("mode") == "converged"  # hours-long runs continue
+        resumable = (self.config.get("budget") or {}).get("mode") == "converged"  # hours-long runs continue
         if resumable:
             parking.unpark(self.out, name, folder)  # a run cut in an earlier session (see park_runs)
         done_before = parking.chunks_wall(folder) if resumable and parking.checkpoints(folder) else None
@@ -393,8 +421,12 @@ class Sweep(StudyData):
         parking.drop_parked(self.out, name)
 
     def park_runs(self) -> List[str]:
-        """Park every run of ``work`` cut mid-training (:func:`parking.park_runs`)."""
-        return parking.park_runs(self.work, self.out, self.say)
+        """Park every run of ``work`` cut mid-training (:func:`parking.park_runs`), and a cut
+        once-trained stage (``source``, ``classical``); a finished stage's old checkpoints stay put."""
+        finished = [key for key, default in (("source", "source/si.model"), ("classical", "classical/classical.model"))
+                    if (self.config.get(key) or {}).get("model")
+                    or (self.out / (self.config.get(key) or {}).get("cache", default)).is_file()]
+        return parking.park_runs(self.work, self.out, self.say, skip=finished)
 
     @staticmethod
     def _convergence(options: Dict[str, Any], curve: Dict[str, Any], epoch: Optional[int],
