@@ -588,7 +588,7 @@ def test_a_cut_pretraining_stage_is_parked_and_resumed_not_retrained(lc, tmp_pat
     again, the wall time of both chunks, checkpoints and parked copy gone; a changed split starts again."""
     import shutil
 
-    from mace_transfer.studies import runs
+    from mace_transfer.studies import runs, starts
 
     monkeypatch.chdir(tmp_path)
     write_sw_ge_dataset(tmp_path / "ge.xyz", 7, seed=3)
@@ -612,7 +612,7 @@ def test_a_cut_pretraining_stage_is_parked_and_resumed_not_retrained(lc, tmp_pat
         raise KeyboardInterrupt("cut")
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(runs, "read_results", cut)
+        patch.setattr(starts, "read_results", cut)
         runs.Sweep(config, progress=lambda *_: None).classical_model()
     assert calls and not (tmp_path / "res" / "classical" / "student.model").exists()
     assert runs.Sweep(config, progress=lambda *_: None).park_runs() == ["classical"]
