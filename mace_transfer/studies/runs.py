@@ -22,7 +22,7 @@ from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
 from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, read_results, valid_rmse_at,
                                            write_json)
-from mace_transfer.studies.starts import StartModels, _fmt_time, machine_info, model_errors, run_dirs
+from mace_transfer.studies.starts import STAGE_CACHES, StartModels, _fmt_time, machine_info, model_errors, run_dirs
 
 
 class Sweep(StartModels):
@@ -114,9 +114,7 @@ class Sweep(StartModels):
     def park_runs(self) -> List[str]:
         """Park every run of ``work`` cut mid-training (:func:`parking.park_runs`), and a cut
         once-trained stage (``source``, ``classical``); a finished stage's old checkpoints stay put."""
-        finished = [key for key, default in (("source", "source/si.model"), ("classical", "classical/classical.model"))
-                    if (self.config.get(key) or {}).get("model")
-                    or (self.out / (self.config.get(key) or {}).get("cache", default)).is_file()]
+        finished = [key for key in STAGE_CACHES if self.stage_done(key)]
         return parking.park_runs(self.work, self.out, self.say, skip=finished)
 
     @staticmethod

@@ -132,6 +132,10 @@ def _same_split(folder: Path, split: Dict[str, list]) -> bool:
     return True
 
 
+#: the once-trained stages and their default cache under ``<out>`` (config ``<stage>.cache`` overrides)
+STAGE_CACHES = {"source": "source/si.model", "classical": "classical/classical.model"}
+
+
 class StartModels(StudyData):
     """A study's training door and starting models: source, classical/teacher pretraining, remap, zero-shot."""
 
@@ -165,13 +169,18 @@ class StartModels(StudyData):
 
     def source_model(self) -> Path:
         """The source model: ``source.model`` if given, else trained once into ``source.cache``."""
-        return self._trained_once("source", "source/si.model")
+        return self._trained_once("source")
 
     def classical_model(self) -> Path:
         """A target-element model trained once on ``data.classical`` (``classical.cache``)."""
-        return self._trained_once("classical", "classical/classical.model")
+        return self._trained_once("classical")
 
-    def _trained_once(self, key: str, default_cache: str) -> Path:
+    def stage_done(self, key: str) -> bool:
+        """Whether once-trained stage ``key`` needs no training: its model given, or its cache written."""
+        spec = self.config.get(key, {}) or {}
+        return bool(spec.get("model")) or (self.out / spec.get("cache", STAGE_CACHES[key])).is_file()
+
+    def _trained_once(self, key: str) -> Path:
         """The model of stage ``key`` (``source`` or ``classical``): ``<key>.model`` if given, else the
         cache, else trained once. In a converged study a training cut by a session's end resumes from its
         checkpoint (still in ``work/<key>`` or parked under ``<out>/partial/<key>``), as the runs do,
@@ -182,6 +191,7 @@ class StartModels(StudyData):
             if not path.is_file():
                 raise UserInputError(f"{key}.model {path} does not exist")
             return path
+        default_cache = STAGE_CACHES[key]
         path = self.out / spec.get("cache", default_cache)
         if path.is_file():
             return path
