@@ -23,7 +23,7 @@ from ase.io import read  # noqa: E402
 
 from mace_transfer import evaluate  # noqa: E402
 from mace_transfer.evaluate.properties import lattice_and_bulk_modulus  # noqa: E402
-from mace_transfer.studies.alloy import ev_properties  # noqa: E402
+from mace_transfer.studies.alloy import calculator_energy, ev_properties  # noqa: E402
 from mace_transfer.studies.records import file_at_hand, load_runs, write_json  # noqa: E402
 
 REFERENCE = ROOT / "data/ge_pbe_reference.json"
@@ -43,13 +43,7 @@ def measure(model_path: str, scan) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         relaxed = lattice_and_bulk_modulus(calc, "Ge", guess=5.78)
-
-    def energy(atoms):
-        atoms = atoms.copy()
-        atoms.calc = calc
-        return float(atoms.get_potential_energy())
-
-    on_scan = ev_properties(energy, scan)["1"]
+    on_scan = ev_properties(calculator_energy(calc), scan)["1"]
     return {"diamond8": {k: relaxed[k] for k in ("lattice_constant_A", "bulk_modulus_GPa")},
             "pbe_scan16": {"a0_A": on_scan["a0_A"], "B0_GPa": on_scan["B0_GPa"]}}
 

@@ -11,7 +11,7 @@ from ase.io import read, write
 
 from conftest import labelled
 from mace_transfer.datagen import alloy
-from mace_transfer.studies.alloy import ev_properties, run_alloy
+from mace_transfer.studies.alloy import calculator_energy, ev_properties, run_alloy
 
 
 def _labelled(frames):
@@ -112,6 +112,21 @@ def test_ev_reference_is_the_labels_own_fit(study):
     again = ev_properties(lambda a: float(a.info["REF_energy"]), frames)
     assert again["0.5"]["a0_A"] == pytest.approx(reference["0.5"]["a0_A"], rel=1e-12)
     assert 5.3 < reference["0"]["a0_A"] < 5.6  # Tersoff Si near 5.43 Å, from E-V points around Vegard's a
+
+
+def test_calculator_energy_fits_sw_germaniums_lattice_constant_and_leaves_frames_alone():
+    """An E-V scan of diamond Ge under Stillinger-Weber (Ding-Andersen) fits its known a0, 5.654 Å;
+    the frames keep their own labels and no calculator is left attached."""
+    from mace_transfer.datagen import classical
+
+    frames = []
+    for a in np.linspace(5.55, 5.75, 5):
+        atoms = bulk("Ge", "diamond", a=a, cubic=True)
+        atoms.info.update(x_ge=1.0, REF_energy=123.0)
+        frames.append(atoms)
+    fitted = ev_properties(calculator_energy(classical.calculator("Ge", "sw")), frames)["1"]
+    assert fitted["a0_A"] == pytest.approx(5.654, abs=0.002)
+    assert all(f.calc is None and f.info["REF_energy"] == 123.0 for f in frames)
 
 
 def test_zero_alloy_case_validates_on_ge_only_and_a_partial_pool_is_refused(study, tmp_path):

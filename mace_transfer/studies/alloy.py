@@ -28,7 +28,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +43,18 @@ ROUTES = ("replay", "mixed", "plain", "scratch")
 
 def alloy_run_name(route: str, m_alloy: int, seed: int) -> str:
     return f"{route}_M{m_alloy:04d}_s{seed}"
+
+
+def calculator_energy(calc) -> Callable[[Any], float]:
+    """``energy_of`` for :func:`ev_properties`: a frame's energy (eV) under the ASE calculator ``calc``
+    (computed on a copy: the frame keeps its own labels and calculator)."""
+
+    def energy(atoms) -> float:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        return float(atoms.get_potential_energy())
+
+    return energy
 
 
 def ev_properties(energy_of, frames) -> Dict[str, Dict[str, float]]:
@@ -199,14 +211,7 @@ class AlloySweep(Sweep):
         if self.config["data"].get("ev"):
             from mace_transfer import evaluate
 
-            calc = evaluate.load_model(model).calc
-
-            def energy(atoms):
-                atoms = atoms.copy()
-                atoms.calc = calc
-                return atoms.get_potential_energy()
-
-            record["ev"] = ev_properties(energy, self.frames("ev"))
+            record["ev"] = ev_properties(calculator_energy(evaluate.load_model(model).calc), self.frames("ev"))
         self.finish_run(name, folder, self.out / RECORDS / f"{name}.json", record)
         return record
 
