@@ -636,3 +636,50 @@ def test_a_cut_pretraining_stage_is_parked_and_resumed_not_retrained(lc, tmp_pat
     changed = dict(config, classical=dict(config["classical"], n_valid=3))
     runs.Sweep(changed, progress=said.append).classical_model()
     assert any("split changed" in line for line in said) and not any("resuming" in line for line in said)
+
+
+def test_runs_of_a_loss_the_grid_did_not_choose_are_moved_aside_whole_not_lost(lc, tmp_path):
+    """A start's finished runs trained with another loss than its loss_grid chose leave the study's
+    records (so its tables compare one loss per start) for <out>/superseded/<tag>/: record, kept model
+    and MD results byte for byte, the record marked, the loss selection's path to it following; runs of
+    the chosen loss and of starts without a choice stay; a second copy under the same tag is refused."""
+    from types import SimpleNamespace
+
+    from mace_transfer.studies.runs import Sweep
+
+    out = tmp_path / "out"
+    f10 = {"forces_weight": 10.0, "energy_weight": 1.0}
+    records = {"transfer_rescale_N0020_s0": ("transfer_rescale", {}),
+               "transfer_rescale_N0020_s2": ("transfer_rescale", f10), "transfer_N0020_s0": ("transfer", {})}
+    for name, (strategy, flags) in records.items():
+        lc.write_json(out / "records" / f"{name}.json",
+                      dict(_record(strategy, 20, 0, 12.0), name=name, loss_flags=flags))
+    (out / "models").mkdir()
+    (out / "models" / "transfer_rescale_N0020_s0.model").write_bytes(b"weights-of-100:1")
+    lc.write_json(out / "md" / "transfer_rescale_N0020_s0.json", {"held": [300, 900]})
+    selection = out / "loss_selection" / "transfer_rescale.json"
+    old_path = str(out / "records" / "transfer_rescale_N0020_s0.json")
+    lc.write_json(selection, {"tries": {"f100_e1": {"record": old_path}}})
+    sweep = SimpleNamespace(out=out, say=lambda *_: None,
+                            config={"loss_grid": {"options": {"f100_e1": {}, "f10_e1": f10}}})
+    losses = {"transfer_rescale": f10, "transfer": None}
+    Sweep._supersede_other_losses(sweep, losses)
+
+    kept = sorted(p.stem for p in (out / "records").glob("*.json"))
+    assert kept == ["transfer_N0020_s0", "transfer_rescale_N0020_s2"]
+    aside = out / "superseded" / "f100_e1"
+    moved = json.loads((aside / "records" / "transfer_rescale_N0020_s0.json").read_text())
+    assert moved["loss_flags"] == {} and moved["test"]["force_mae_meV_per_A"] == 12.0
+    assert "f100_e1" in moved["superseded"]
+    assert (aside / "models" / "transfer_rescale_N0020_s0.model").read_bytes() == b"weights-of-100:1"
+    assert json.loads((aside / "md" / "transfer_rescale_N0020_s0.json").read_text()) == {"held": [300, 900]}
+    assert not (out / "models" / "transfer_rescale_N0020_s0.model").exists()
+    pointer = json.loads(selection.read_text())["tries"]["f100_e1"]["record"]
+    assert Path(pointer) == aside / "records" / "transfer_rescale_N0020_s0.json"
+
+    Sweep._supersede_other_losses(sweep, losses)  # nothing left to move: unchanged
+    assert sorted(p.stem for p in (out / "records").glob("*.json")) == kept
+    lc.write_json(out / "records" / "transfer_rescale_N0020_s0.json",
+                  dict(_record("transfer_rescale", 20, 0, 9.0), name="transfer_rescale_N0020_s0", loss_flags={}))
+    with pytest.raises(UserInputError, match="superseded once per setting"):
+        Sweep._supersede_other_losses(sweep, losses)

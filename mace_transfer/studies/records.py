@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mace_transfer import UserInputError
 from mace_transfer.studies.config import METRICS, RECORDS
 from mace_transfer.transfer.train import iter_mace_results
 
@@ -186,3 +187,45 @@ def file_at_hand(out: Path, rec: Dict[str, Any], key: str = "model") -> Optional
         return str(own)
     kept = Path(out) / "models" / f"{rec['name']}.model"
     return str(kept) if key == "model" and kept.is_file() else None
+
+
+#: the per-run files of a study, each ``<out>/<folder>/<name><suffix>`` (record, kept model, MD and E-V results)
+RUN_FILES = ((RECORDS, ".json"), ("models", ".model"), ("md", ".json"), ("properties", ".json"))
+
+
+def supersede_runs(out, names: Sequence[str], tag: str, reason: str) -> Path:
+    """Move every file of the runs ``names`` (:data:`RUN_FILES`) to ``<out>/superseded/<tag>/``, the
+    same layout below it, so a rerun of those (N, seed) under a new setting neither overwrites nor is
+    confused with them. Each moved record gets ``superseded`` = ``reason``; paths to the moved records
+    in ``<out>/loss_selection/*.json`` follow them. Nothing is deleted; a name already superseded under
+    ``tag`` is refused (one superseded copy per setting). Returns the folder."""
+    out = Path(out)
+    target = out / "superseded" / tag
+    clashes = [name for name in names if (target / RECORDS / f"{name}.json").exists()]
+    if clashes:
+        raise UserInputError(f"{target / RECORDS / clashes[0]}.json exists: a run is superseded once per setting; "
+                             f"move that folder away to supersede {clashes[0]} again")
+    moved: Dict[str, str] = {}
+    for name in names:
+        for folder, suffix in RUN_FILES:
+            source = out / folder / f"{name}{suffix}"
+            if not source.is_file():
+                continue
+            destination = target / folder / source.name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if folder == RECORDS:
+                write_json(destination, dict(json.loads(source.read_text()), superseded=reason))
+                source.unlink()
+            else:
+                os.replace(source, destination)
+            moved[str(source.resolve())] = str(destination)
+    for path in sorted((out / "loss_selection").glob("*.json")):
+        entry = json.loads(path.read_text())
+        changed = False
+        for attempt in (entry.get("tries") or {}).values():
+            now = moved.get(str(Path(attempt.get("record") or "").resolve()))
+            if now is not None:
+                attempt["record"], changed = now, True
+        if changed:
+            write_json(path, entry)
+    return target

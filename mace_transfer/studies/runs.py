@@ -20,8 +20,8 @@ import numpy as np
 from mace_transfer import UserInputError
 from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
-from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, read_results, valid_rmse_at,
-                                           write_json)
+from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, read_results, supersede_runs,
+                                           valid_rmse_at, write_json)
 from mace_transfer.studies.starts import STAGE_CACHES, StartModels, _fmt_time, machine_info, model_errors, run_dirs
 
 
@@ -251,14 +251,10 @@ class Sweep(StartModels):
         freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
         lrs = {strategy: self.lr_choice(strategy) for strategy in strategies}  # None: the strategy's lr
         losses = {strategy: self.loss_choice(strategy) for strategy in strategies}  # None: the mace block's
+        self._supersede_other_losses(losses)
         plan = [(s, n, seed) for n in sizes for seed in seeds for s in strategies]
         todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
         self.say(f"sweep: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
-        stale = [r["name"] for r in load_runs(self.out)
-                 if losses.get(r["strategy"]) is not None and (r.get("loss_flags") or {}) != losses[r["strategy"]]]
-        if stale:
-            self.say(f"warning: {len(stale)} finished runs were trained with another loss than the one chosen "
-                     f"({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}): give the study a new `out`")
         if max_runs is not None:
             todo = todo[:max_runs]
         walls = {(r["strategy"], int(r["n_train"])): r["wall_s"] for r in load_runs(self.out)}
@@ -283,6 +279,29 @@ class Sweep(StartModels):
                      f"{record['epochs_run']} epochs (best {record['best_epoch']}), "
                      f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
         return len(todo)
+
+    def _supersede_other_losses(self, losses: Dict[str, Optional[Dict[str, Any]]]) -> None:
+        """Finished runs of a start trained with another loss than the one its ``loss_grid`` chose are
+        moved, with their models and MD/E-V results, to ``<out>/superseded/<that loss's tag>/``
+        (:func:`records.supersede_runs`): the study's tables then compare one loss per start, and the
+        sweep retrains those (N, seed) with the chosen loss when they are asked for."""
+        options = (self.config.get("loss_grid") or {}).get("options") or {}
+        by_tag: Dict[str, List[str]] = {}
+        for record in load_runs(self.out):
+            chosen = losses.get(record["strategy"])
+            flags = record.get("loss_flags") or {}
+            if chosen is None or flags == chosen:
+                continue
+            tag = next((t for t, f in options.items() if (f or {}) == flags),
+                       "loss-" + "-".join(f"{k}{v:g}" if isinstance(v, (int, float)) else f"{k}{v}"
+                                          for k, v in sorted(flags.items())))
+            by_tag.setdefault(tag, []).append(record["name"])
+        for tag, names in by_tag.items():
+            reason = f"trained with loss {tag}; the loss grid chose another for its start"
+            folder = supersede_runs(self.out, names, tag, reason)
+            self.say(f"superseded: {len(names)} runs trained with loss {tag} moved to {folder} "
+                     f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); asked-for (N, seed) "
+                     f"are retrained with the chosen loss")
 
     @staticmethod
     def _guess_wall(walls, strategy: str, n_train: int) -> float:
