@@ -516,6 +516,46 @@ def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, m
     assert not parked.exists() and record_path.is_file()
 
 
+def test_a_parked_run_is_not_resumed_under_other_settings(lc, tmp_path, monkeypatch, capsys):
+    """A checkpoint cut under one learning rate is not continued under another (a mixed run): the
+    run says which setting changed and trains again from its start; its parked copy goes."""
+    import shutil
+
+    from mace_transfer.studies import runs
+
+    monkeypatch.chdir(tmp_path)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 6, seed=3)
+    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 2, seed=4)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    config = {"out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
+              "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"}, "n_valid": 2,
+              "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [4], "seeds": [0], "mace": mace,
+              "budget": {"mode": "converged", "patience_steps": 4, "min_patience_epochs": 2, "max_steps": 20},
+              "strategies": {"scratch": {"lr": 0.01}}}
+    record_path = tmp_path / "res" / "records" / "scratch_N0004_s0.json"
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt("cut")
+
+    monkeypatch.setattr(runs, "model_errors", cut)
+    with pytest.raises(KeyboardInterrupt):
+        lc.Sweep(config).train_run("scratch", 4, 0, record_path)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert lc.Sweep(config).park_runs() == ["scratch_N0004_s0"]
+    parked = tmp_path / "res" / "partial" / "scratch_N0004_s0"
+    assert json.loads((parked / "chunks.json").read_text())["settings"]["lr"] == "0.01"
+    shutil.rmtree(tmp_path / "work")
+    capsys.readouterr()
+    changed = dict(config, strategies={"scratch": {"lr": 0.005}})
+    record = lc.Sweep(changed).train_run("scratch", 4, 0, record_path)
+    said = capsys.readouterr().out
+    assert "trained with other settings (lr: 0.01 -> 0.005)" in said and "resuming" not in said
+    assert record["lr"] == 0.005 and not parked.exists()
+    log = (tmp_path / "work" / "scratch_N0004_s0" / "results" / "scratch_N0004_s0_run-0_train.txt").read_text()
+    assert log.count('"epoch": null') == 1  # one start: MACE's initial evaluation was logged once
+
+
 def test_a_source_to_train_without_atomic_energies_is_one_clear_error(lc, tmp_path):
     """No E0s and no isolated atom in the data: refused before MACE would assert deep in run_train,
     and nothing is trained."""

@@ -86,7 +86,8 @@ def park_runs(work: Path, out: Path, say: Callable[[str], None] = print, skip: S
             shutil.copy(data, target / data.name)
         chunks = json.loads((folder / CHUNKS).read_text()) if (folder / CHUNKS).is_file() else {}
         write_json(target / CHUNKS, {"wall_s_before": chunks.get("wall_s_before", 0.0),
-                                     "parked_chunk_s": cut_chunk_s(folder, chunks)})
+                                     "parked_chunk_s": cut_chunk_s(folder, chunks),
+                                     **({"settings": chunks["settings"]} if "settings" in chunks else {})})
         parked.append(folder.name)
         say(f"parked {folder.name}: {newest[-1].name} -> {target}")
     return parked

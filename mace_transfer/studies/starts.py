@@ -136,6 +136,17 @@ def _same_split(folder: Path, split: Dict[str, list]) -> bool:
 STAGE_CACHES = {"source": "source/si.model", "classical": "classical/classical.model"}
 
 
+#: options that do not change what a run learns: where its files are, the device, a longer budget
+_NOT_SETTINGS = ("train_file", "valid_file", "test_file", "name", "model_dir", "checkpoints_dir", "results_dir",
+                 "log_dir", "restart_latest", "device", "max_num_epochs")
+
+
+def run_settings(options: Dict[str, Any]) -> Dict[str, str]:
+    """What defines a run's training (its MACE options but :data:`_NOT_SETTINGS`), as strings: a cut
+    run resumes only under the same settings (:meth:`StartModels.train_chunk`)."""
+    return {key: str(value) for key, value in sorted(options.items()) if key not in _NOT_SETTINGS}
+
+
 class StartModels(StudyData):
     """A study's training door and starting models: source, classical/teacher pretraining, remap, zero-shot."""
 
@@ -341,10 +352,28 @@ class StartModels(StudyData):
 
     def train_chunk(self, name: str, options: Dict[str, Any], folder: Path,
                     done_before: Optional[float]) -> float:
-        """Train (or resume, when ``done_before`` is not None) one run; its wall seconds over all chunks."""
+        """Train (or resume, when ``done_before`` is not None) one run; its wall seconds over all chunks.
+
+        A checkpoint trained with other settings (:func:`run_settings`: a changed loss, learning rate,
+        model, ...) is not resumed: its training state and parked copy go and the run starts again
+        (a cut run from before settings were recorded is resumed as it is)."""
+        settings = run_settings(options)
+        if done_before is not None:
+            chunks = folder / parking.CHUNKS
+            earlier = json.loads(chunks.read_text()).get("settings") if chunks.is_file() else None
+            if earlier is not None and earlier != settings:
+                changed = sorted(k for k in set(earlier) | set(settings) if earlier.get(k) != settings.get(k))
+                self.say(f"{name}: its checkpoint was trained with other settings ("
+                         + ", ".join(f"{k}: {earlier.get(k)} -> {settings.get(k)}" for k in changed[:3])
+                         + "): training again")
+                for part in ("checkpoints", "results", "logs"):
+                    shutil.rmtree(folder / part, ignore_errors=True)
+                parking.drop_parked(self.out, name)
+                done_before = None
         if done_before is not None:
             options["restart_latest"] = True
             self.say(f"{name}: resuming from its checkpoint ({_fmt_time(done_before)} trained before)")
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / parking.CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time()})
+        write_json(folder / parking.CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time(),
+                                             "settings": settings})
         return (done_before or 0.0) + self._train(options, folder)
