@@ -3,11 +3,16 @@
     python scripts/converged_tables.py > /tmp/tables.md
 
 Per model size: test force MAE (meV/Å), test energy MAE (meV/atom), optimizer steps to the kept epoch,
-mean ± sample std over seeds (n = seeds), and the zero-shot remap.
+mean ± sample std over seeds (n = seeds), and the zero-shot remap; then the runs a loss choice superseded
+(``<study>/superseded/<loss>/records/``, e.g. the medium study's forces:energy 100:1 runs), as their own table.
 """
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mace_transfer.studies.records import aggregate, load_runs  # noqa: E402
 
 STUDIES = (("medium (64 ch, L=1, corr. 3, r_max 5 Å)", "docs/results/converged_medium"),
            ("tiny (16 ch, L=0, corr. 2, r_max 4.5 Å)", "docs/results/converged_tiny"))
@@ -21,31 +26,41 @@ def cell(stats, digits):
     return text + (f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else "") + f" ({stats['n']})"
 
 
+def print_tables(table, metrics) -> None:
+    sizes = sorted({int(n) for s in table.values() for n in s})
+    for key, digits, what in metrics:
+        if not sizes:
+            break
+        print(f"| {what} | " + " | ".join(f"N={n}" for n in sizes) + " |")
+        print("|---|" + "---|" * len(sizes))
+        for start in STARTS:
+            row = table.get(start, {})
+            if row:
+                print(f"| {start} | " + " | ".join(cell(row.get(str(n), {}).get(key), digits) for n in sizes) + " |")
+        print()
+
+
 def main() -> None:
     for label, folder in STUDIES:
         path = Path(folder) / "summary.json"
         if not path.is_file():
             continue
         summary = json.loads(path.read_text())
-        table = summary["table"]
-        sizes = sorted({int(n) for s in table.values() for n in s})
         print(f"**{label}** ({summary['n_runs']} runs; `{folder}/summary.md`)\n")
-        for key, digits, what in (("force_mae_meV_per_A", 1, "test force MAE (meV/Å)"),
-                                  ("energy_mae_meV_per_atom", 1, "test energy MAE (meV/atom)"),
-                                  ("optimizer_steps_to_best", 0, "optimizer steps to the kept epoch")):
-            if not sizes:
-                break
-            print(f"| {what} | " + " | ".join(f"N={n}" for n in sizes) + " |")
-            print("|---|" + "---|" * len(sizes))
-            for start in STARTS:
-                row = table.get(start, {})
-                print(f"| {start} | " + " | ".join(cell(row.get(str(n), {}).get(key), digits) for n in sizes) + " |")
-            print()
+        print_tables(summary["table"], (("force_mae_meV_per_A", 1, "test force MAE (meV/Å)"),
+                                        ("energy_mae_meV_per_atom", 1, "test energy MAE (meV/atom)"),
+                                        ("optimizer_steps_to_best", 0, "optimizer steps to the kept epoch")))
         zero = summary.get("zero_shot", {})
         if zero:
             print("zero-shot: " + ", ".join(f"{k} {v['force_mae_meV_per_A']:.1f} meV/Å / {v['energy_mae_meV_per_atom']:.0f} "
                                               "meV/atom" for k, v in zero.items() if isinstance(v, dict) and "force_mae_meV_per_A" in v))
             print()
+        for aside in sorted((Path(folder) / "superseded").glob("*/records")):
+            records = load_runs(aside.parent)
+            print(f"*{label}, superseded by the loss choice: loss {aside.parent.name}* ({len(records)} runs; "
+                  f"`{aside}`)\n")
+            print_tables(aggregate(records), (("force_mae_meV_per_A", 1, "test force MAE (meV/Å)"),
+                                              ("energy_mae_meV_per_atom", 1, "test energy MAE (meV/atom)")))
 
 
 if __name__ == "__main__":
