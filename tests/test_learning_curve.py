@@ -473,10 +473,9 @@ def test_data_efficiency_solves_the_fitted_power_law(lc):
     assert lc.data_efficiency(scratch, "transfer", 10) is None
 
 
-def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, monkeypatch, capsys):
-    """A run cut after training (here: its test evaluation fails) keeps its checkpoint; --park copies
-    it to <out>/partial/, a fresh work folder (another machine) resumes from it: no epoch is trained
-    again (the plateau is already in MACE's log), the record counts both chunks' wall time."""
+def _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps):
+    """A tiny converged scratch run (N = 4, seed 0) cut after training (its test evaluation fails) and
+    parked with --park; returns (config, record path, parked folder)."""
     from mace_transfer.studies import runs
 
     monkeypatch.chdir(tmp_path)
@@ -486,7 +485,7 @@ def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, m
     config = {"out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
               "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"}, "n_valid": 2,
               "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [4], "seeds": [0], "mace": mace,
-              "budget": {"mode": "converged", "patience_steps": 4, "min_patience_epochs": 2, "max_steps": 60},
+              "budget": {"mode": "converged", "patience_steps": 4, "min_patience_epochs": 2, "max_steps": max_steps},
               "strategies": {"scratch": {"lr": 0.01}}}
     record_path = tmp_path / "res" / "records" / "scratch_N0004_s0.json"
 
@@ -499,12 +498,20 @@ def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, m
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     assert lc.Sweep(config).park_runs() == ["scratch_N0004_s0"]
-    parked = tmp_path / "res" / "partial" / "scratch_N0004_s0"
+    return config, record_path, tmp_path / "res" / "partial" / "scratch_N0004_s0"
+
+
+def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, monkeypatch, capsys):
+    """A run cut after training (here: its test evaluation fails) keeps its checkpoint; --park copies
+    it to <out>/partial/, a fresh work folder (another machine) resumes from it: no epoch is trained
+    again (the plateau is already in MACE's log), the record counts both chunks' wall time."""
+    import shutil
+
+    config, record_path, parked = _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps=60)
     assert len(list((parked / "checkpoints").glob("*.pt"))) == 1
     before = json.loads((parked / "chunks.json").read_text())["parked_chunk_s"]
     first_log = (parked / "results" / "scratch_N0004_s0_run-0_train.txt").read_text()
     first_epochs = lc.read_results(parked / "results")["epoch"]
-    import shutil
 
     shutil.rmtree(tmp_path / "work")  # a new machine: only the committed files
     capsys.readouterr()
@@ -521,29 +528,7 @@ def test_a_parked_run_is_not_resumed_under_other_settings(lc, tmp_path, monkeypa
     run says which setting changed and trains again from its start; its parked copy goes."""
     import shutil
 
-    from mace_transfer.studies import runs
-
-    monkeypatch.chdir(tmp_path)
-    write_sw_ge_dataset(tmp_path / "ge.xyz", 6, seed=3)
-    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 2, seed=4)
-    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
-    config = {"out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
-              "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"}, "n_valid": 2,
-              "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [4], "seeds": [0], "mace": mace,
-              "budget": {"mode": "converged", "patience_steps": 4, "min_patience_epochs": 2, "max_steps": 20},
-              "strategies": {"scratch": {"lr": 0.01}}}
-    record_path = tmp_path / "res" / "records" / "scratch_N0004_s0.json"
-
-    def cut(*args, **kwargs):
-        raise KeyboardInterrupt("cut")
-
-    monkeypatch.setattr(runs, "model_errors", cut)
-    with pytest.raises(KeyboardInterrupt):
-        lc.Sweep(config).train_run("scratch", 4, 0, record_path)
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
-    assert lc.Sweep(config).park_runs() == ["scratch_N0004_s0"]
-    parked = tmp_path / "res" / "partial" / "scratch_N0004_s0"
+    config, record_path, parked = _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps=20)
     assert json.loads((parked / "chunks.json").read_text())["settings"]["lr"] == "0.01"
     shutil.rmtree(tmp_path / "work")
     capsys.readouterr()
