@@ -63,10 +63,9 @@ def main(argv=None) -> int:
         calc, name, settings = peer_teacher({"peer": args.peer, "model": args.teacher}, structures,
                                             Path("runs") / "teacher_labels" / out.stem)
     else:
-        from mace_transfer import evaluate
+        from mace_transfer.studies.pipeline import model_teacher
 
-        calc, name = evaluate.load_model(args.teacher).calc, Path(args.teacher).name
-        settings = teacher.file_identity(args.teacher)[:10]
+        calc, name, settings = model_teacher(args.teacher)
     teacher.label_with_teacher(structures, calc, out, name=name, settings=settings)
     return 0
 

@@ -3,8 +3,6 @@ study runs on a stand-in worker (a Lennard-Jones "peer") without the peers insta
 peers (.venv-peers, ``make peers``) are exercised by the slow tests at the end."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 

@@ -20,6 +20,8 @@ INITS = ("scratch", "remap", "foundation", "classical")
 PEERS = {"sevenn": "SevenNet-0 (sevenn 0.13)", "chgnet": "CHGNet 0.3.0 (chgnet 0.4.2)"}
 #: per-run records live in <out>/records/ (not "runs/": the repository's .gitignore ignores runs/)
 RECORDS = "records"
+#: finished runs' models committed beside the records, <out>/models/<run>.model (work folders are not committed)
+KEPT_MODELS = "models"
 METRICS = ("force_mae_meV_per_A", "force_rmse_meV_per_A", "energy_mae_meV_per_atom",
            "energy_rmse_meV_per_atom", "stress_mae_meV_per_A3")  # stress: None where not measured
 

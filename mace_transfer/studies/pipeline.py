@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -75,6 +76,17 @@ def _one_subset(stage) -> Dict[str, Any]:
                              "(it draws from the stage's own labels), not a list")
     return stage["subset"]
 
+
+
+def model_teacher(path: os.PathLike):
+    """(ASE calculator, name, settings tag) of a MACE ``.model`` as a teacher: the file name and the
+    first 10 hex digits of its bytes' hash (:func:`datagen.teacher.file_identity`), written into
+    every frame it labels."""
+    from mace_transfer import evaluate
+    from mace_transfer.datagen import teacher
+
+    path = Path(path)
+    return evaluate.load_model(path).calc, path.name, teacher.file_identity(path)[:10]
 
 class Pipeline:
     """Runs the stages of a loaded pipeline config in order."""
@@ -234,8 +246,7 @@ class Pipeline:
             potential, element = str(ref).lower().split("-")
             return classical.calculator(element.capitalize(), potential), str(ref).lower(), \
                 teacher.teacher_settings_hash(str(ref).lower())
-        path = self.model_of(str(ref))
-        return evaluate.load_model(path).calc, path.name, teacher.file_identity(path)[:10]
+        return model_teacher(self.model_of(str(ref)))
 
     def _structures(self, stage) -> List:
         """The structures a teacher labels: an extxyz file, or the sampler's (``{element, potential, n}``)."""

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from mace_transfer import UserInputError
-from mace_transfer.studies.config import METRICS, RECORDS
+from mace_transfer.studies.config import KEPT_MODELS, METRICS, RECORDS
 from mace_transfer.transfer.train import iter_mace_results
 
 
@@ -185,12 +185,12 @@ def file_at_hand(out: Path, rec: Dict[str, Any], key: str = "model") -> Optional
     own = rec.get(key)
     if own and Path(own).exists():
         return str(own)
-    kept = Path(out) / "models" / f"{rec['name']}.model"
+    kept = Path(out) / KEPT_MODELS / f"{rec['name']}.model"
     return str(kept) if key == "model" and kept.is_file() else None
 
 
 #: the per-run files of a study, each ``<out>/<folder>/<name><suffix>`` (record, kept model, MD and E-V results)
-RUN_FILES = ((RECORDS, ".json"), ("models", ".model"), ("md", ".json"), ("properties", ".json"))
+RUN_FILES = ((RECORDS, ".json"), (KEPT_MODELS, ".model"), ("md", ".json"), ("properties", ".json"))
 
 
 def supersede_runs(out, names: Sequence[str], tag: str, reason: str) -> Path:

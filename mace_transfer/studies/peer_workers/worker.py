@@ -116,7 +116,6 @@ TASKS = {"predict": predict, "finetune": finetune, "md_speed": md_speed}
 
 def serve(job: dict) -> int:
     """Answer energy/forces/stress requests, one JSON line each, until stdin closes."""
-    import numpy as np
     from ase import Atoms
 
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
