@@ -2,7 +2,7 @@
 
     python scripts/converged_tables.py > /tmp/tables.md
 
-Per model size: test force MAE (meV/Å), test energy MAE (meV/atom), optimizer steps to the kept epoch,
+Per model size (and the tiny model's SW-Ge pretraining): test force MAE (meV/Å), test energy MAE (meV/atom), optimizer steps to the kept epoch,
 mean ± sample std over seeds (n = seeds), and the zero-shot remap; then the runs a loss choice superseded
 (``<study>/superseded/<loss>/records/``, e.g. the medium study's forces:energy 100:1 runs), as their own table.
 """
@@ -15,8 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mace_transfer.studies.records import aggregate, load_runs  # noqa: E402
 
 STUDIES = (("medium (64 ch, L=1, corr. 3, r_max 5 Å)", "docs/results/converged_medium"),
-           ("tiny (16 ch, L=0, corr. 2, r_max 4.5 Å)", "docs/results/converged_tiny"))
-STARTS = ("scratch", "transfer", "transfer_rescale")
+           ("tiny (16 ch, L=0, corr. 2, r_max 4.5 Å)", "docs/results/converged_tiny"),
+           ("tiny, SW-Ge pretraining then PBE", "docs/results/converged_tiny_sw"))
+STARTS = ("scratch", "transfer", "transfer_rescale", "classical_pretrain")
 
 
 def cell(stats, digits):
@@ -43,9 +44,9 @@ def print_tables(table, metrics) -> None:
 def main() -> None:
     for label, folder in STUDIES:
         path = Path(folder) / "summary.json"
-        if not path.is_file():
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+        if not summary.get("n_runs"):
             continue
-        summary = json.loads(path.read_text())
         print(f"**{label}** ({summary['n_runs']} runs; `{folder}/summary.md`)\n")
         print_tables(summary["table"], (("force_mae_meV_per_A", 1, "test force MAE (meV/Å)"),
                                         ("energy_mae_meV_per_atom", 1, "test energy MAE (meV/atom)"),
