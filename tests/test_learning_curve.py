@@ -471,6 +471,18 @@ def test_data_efficiency_solves_the_fitted_power_law(lc):
     far = lc.data_efficiency(scratch + transfer, "transfer", 20)
     assert far["n_equal"]["mean"] == pytest.approx(200.0) and far["extrapolated"] == 1
     assert lc.data_efficiency(scratch, "transfer", 10) is None
+    # pooled on the seed means: transfer's mean at N = 10 is 100 N^-1/2 at N = 30 (exact: the fit is exact)
+    mean_30 = [_record("transfer", 10, 0, 100.0 * 40 ** -0.5), _record("transfer", 10, 1, 100.0 * 30 ** -0.5),
+               _record("transfer", 10, 2, 2 * 100.0 * 30 ** -0.5 - 100.0 * 40 ** -0.5)]
+    pooled = lc.data_efficiency(scratch + mean_30, "transfer", 10)["pooled"]
+    assert pooled["ratio"] == pytest.approx(3.0) and pooled["slope"] == pytest.approx(-0.5)
+    assert pooled["ratio_range"][1] > 3.0 > pooled["ratio_range"][0]
+    assert pooled["baseline_sizes"] == {"5": 2, "10": 2, "20": 2, "50": 2} and not pooled["extrapolated"]
+    # seeds that never hold two scratch sizes each: no per-seed ratio, the pooled one still exists
+    split = [_record("scratch", 20, 1, 100.0 * 20 ** -0.5), _record("scratch", 50, 0, 100.0 * 50 ** -0.5),
+             _record("transfer", 20, 0, 100.0 * 80 ** -0.5)]
+    alone = lc.data_efficiency(split, "transfer", 20)
+    assert alone["per_seed"] == {} and alone["pooled"]["ratio"] == pytest.approx(4.0) and alone["pooled"]["extrapolated"]
 
 
 def _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps):

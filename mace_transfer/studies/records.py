@@ -147,15 +147,28 @@ def attach_reach_scratch(records: Sequence[Dict[str, Any]]) -> None:
         rec["reach_scratch_target_meV_A"] = target
 
 
+def _n_equal(base: Sequence[Any], mae: float) -> Optional[tuple]:
+    """(N, slope) where the power law log(MAE) = a + b log(N) fitted (least squares) to ``base``
+    ((N, MAE) pairs, at least two sizes) equals ``mae``; None when the fit does not fall with N."""
+    if len({n for n, _ in base}) < 2:
+        return None
+    slope, intercept = np.polyfit(np.log([n for n, _ in base]), np.log([m for _, m in base]), 1)
+    if slope >= 0:  # the baseline does not improve with N: no finite answer
+        return None
+    return float(np.exp((np.log(mae) - intercept) / slope)), float(slope)
+
+
 def data_efficiency(records: Sequence[Dict[str, Any]], strategy: str, n_ref: int,
                     baseline: str = "scratch") -> Optional[Dict[str, Any]]:
     """How many structures ``baseline`` needs to reach ``strategy``'s test force MAE at N = ``n_ref``.
 
     Per seed: a power law log(MAE) = a + b log(N) fitted (least squares) to that seed's baseline runs
     at every N it has, solved for the N where it equals that seed's ``strategy`` MAE at ``n_ref``;
-    the ratio is N_equal / n_ref. Returns {ratio: stats over seeds, n_equal: stats, per_seed, fit}
-    or None where no seed has both (at least two baseline sizes and the strategy at n_ref).
-    An N_equal beyond the largest baseline N is an extrapolation (``extrapolated`` counts them).
+    the ratio is N_equal / n_ref. Pooled (for studies whose seeds do not each span two sizes): the
+    same law fitted to the baseline's mean MAE per N over every seed, solved at the strategy's mean
+    MAE at ``n_ref`` over its seeds, and at its lowest and highest (the range). Returns {ratio: stats
+    over seeds, n_equal: stats, per_seed, pooled} or None where neither is possible. An N_equal
+    beyond the largest baseline N is an extrapolation (``extrapolated`` counts them).
     """
     per_seed = {}
     for seed in sorted({int(r["seed"]) for r in records}):
@@ -163,20 +176,40 @@ def data_efficiency(records: Sequence[Dict[str, Any]], strategy: str, n_ref: int
                       if r["strategy"] == baseline and int(r["seed"]) == seed)
         target = [r["test"]["force_mae_meV_per_A"] for r in records
                   if r["strategy"] == strategy and int(r["seed"]) == seed and int(r["n_train"]) == n_ref]
-        if len(base) < 2 or not target:
+        solved = _n_equal(base, target[0]) if target else None
+        if solved is None:
             continue
-        slope, intercept = np.polyfit(np.log([n for n, _ in base]), np.log([m for _, m in base]), 1)
-        if slope >= 0:  # the baseline does not improve with N: no finite answer
-            continue
-        n_equal = float(np.exp((np.log(target[0]) - intercept) / slope))
-        per_seed[str(seed)] = {"n_equal": n_equal, "ratio": n_equal / n_ref, "slope": float(slope),
+        n_equal, slope = solved
+        per_seed[str(seed)] = {"n_equal": n_equal, "ratio": n_equal / n_ref, "slope": slope,
                                "extrapolated": n_equal > max(n for n, _ in base)}
-    if not per_seed:
+    pooled = _pooled_efficiency(records, strategy, n_ref, baseline)
+    if not per_seed and pooled is None:
         return None
     rows = list(per_seed.values())
     return {"strategy": strategy, "baseline": baseline, "n_ref": n_ref,
             "ratio": _stats([r["ratio"] for r in rows]), "n_equal": _stats([r["n_equal"] for r in rows]),
-            "extrapolated": sum(r["extrapolated"] for r in rows), "per_seed": per_seed}
+            "extrapolated": sum(r["extrapolated"] for r in rows), "per_seed": per_seed, "pooled": pooled}
+
+
+def _pooled_efficiency(records: Sequence[Dict[str, Any]], strategy: str, n_ref: int,
+                       baseline: str) -> Optional[Dict[str, Any]]:
+    """:func:`data_efficiency` on the seed means (baseline per N, strategy at ``n_ref``), with the
+    N_equal of the strategy's best and worst seed as its range; None without two baseline sizes."""
+    by_n: Dict[int, List[float]] = {}
+    for r in records:
+        if r["strategy"] == baseline:
+            by_n.setdefault(int(r["n_train"]), []).append(r["test"]["force_mae_meV_per_A"])
+    base = sorted((n, float(np.mean(maes))) for n, maes in by_n.items())
+    target = [r["test"]["force_mae_meV_per_A"] for r in records
+              if r["strategy"] == strategy and int(r["n_train"]) == n_ref]
+    if not target or _n_equal(base, float(np.mean(target))) is None:
+        return None
+    n_equal, slope = _n_equal(base, float(np.mean(target)))
+    # the worst seed (highest MAE) needs the fewest baseline structures, the best seed the most
+    low, high = _n_equal(base, max(target))[0], _n_equal(base, min(target))[0]
+    return {"n_equal": n_equal, "ratio": n_equal / n_ref, "ratio_range": [low / n_ref, high / n_ref],
+            "slope": slope, "baseline_sizes": {str(n): len(by_n[n]) for n, _ in base},
+            "n_strategy_seeds": len(target), "extrapolated": n_equal > max(n for n, _ in base)}
 
 
 def file_at_hand(out: Path, rec: Dict[str, Any], key: str = "model") -> Optional[str]:

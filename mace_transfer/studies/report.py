@@ -229,6 +229,19 @@ def summary_markdown(summary) -> str:
         for e in summary["data_efficiency"]:
             lines.append(f"| {e['strategy']} | {e['n_ref']} | {_pm(e['n_equal'], 1)} | {_pm(e['ratio'], 2)} | "
                          f"{e['ratio']['n']} | {e['extrapolated']} |")
+        pooled = [e for e in summary["data_efficiency"] if e.get("pooled")]
+        if pooled:
+            lines += ["", "The same on the seed means (scratch's mean MAE per N, the start's mean at N_ref; the "
+                      "range from the start's best and worst seed): one fit over every seed's scratch runs, steadier where a seed's "
+                      "own scratch curve is short or flat:", "",
+                      "| start | N_ref | scratch needs N | ratio (range) | scratch sizes (seeds each) | "
+                      "start's seeds | extrapolated |", "|---|---|---|---|---|---|---|"]
+            for e in pooled:
+                p = e["pooled"]
+                sizes_seeds = ", ".join(f"{n} ({k})" for n, k in p["baseline_sizes"].items())
+                lines.append(f"| {e['strategy']} | {e['n_ref']} | {p['n_equal']:.1f} | {p['ratio']:.2f} "
+                             f"({p['ratio_range'][0]:.2f}–{p['ratio_range'][1]:.2f}) | {sizes_seeds} | "
+                             f"{p['n_strategy_seeds']} | {'yes' if p['extrapolated'] else 'no'} |")
     if "lr_selection" in summary:
         lines += ["", "Learning rate of each start, chosen on the lowest best validation loss "
                   "(test force MAE recorded, not used):", "",
