@@ -720,3 +720,41 @@ def test_runs_of_a_loss_the_grid_did_not_choose_are_moved_aside_whole_not_lost(l
                   dict(_record("transfer_rescale", 20, 0, 9.0), name="transfer_rescale_N0020_s0", loss_flags={}))
     with pytest.raises(UserInputError, match="superseded once per setting"):
         Sweep._supersede_other_losses(sweep, losses)
+
+
+def test_progress_line_reads_the_best_validation_epoch_from_maces_log(tmp_path):
+    """The progress of a run in training comes from MACE's results log: the last validated epoch,
+    the lowest-loss epoch so far (not the last) and that epoch's force RMSE in meV/Å."""
+    from mace_transfer.studies.starts import progress_line
+
+    rows = [{"mode": "eval", "epoch": None, "loss": 0.9, "rmse_f": 0.3},
+            {"mode": "opt", "epoch": 0, "loss": 0.8, "time": 1.0}]
+    rows += [{"mode": "eval", "epoch": e, "loss": loss, "rmse_f": f, "mae_f": f}
+             for e, loss, f in ((0, 0.5, 0.05), (1, 0.3, 0.0234), (2, 0.4, 0.04))]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "run_run-0_train.txt").write_text("\n".join(json.dumps(r) for r in rows) + "\n{\"mode\": ")
+    assert progress_line("run", tmp_path / "results", 125.0) == \
+        "run: epoch 2, best validation at epoch 1 (force RMSE 23.4 meV/Å), 2m05s in this chunk"
+    assert progress_line("run", tmp_path / "empty", 1.0) is None
+
+
+def test_a_long_run_says_its_progress_while_it_trains(lc, tmp_path, monkeypatch, capsys):
+    """With progress_every_s set, a run in training prints progress lines to the study's console
+    (not into MACE's console.log), each naming a best epoch whose RMSE is the one MACE logged."""
+    monkeypatch.chdir(tmp_path)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 6, seed=3)
+    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 2, seed=4)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    config = {"out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1, "progress_every_s": 0.02,
+              "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"}, "n_valid": 2,
+              "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [4], "seeds": [0], "mace": mace,
+              "budget": {"mode": "converged", "patience_steps": 4, "min_patience_epochs": 2, "max_steps": 40},
+              "strategies": {"scratch": {"lr": 0.01}}}
+    record = lc.Sweep(config).train_run("scratch", 4, 0, tmp_path / "res" / "records" / "scratch_N0004_s0.json")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("scratch_N0004_s0: epoch ")]
+    assert lines, "no progress line reached the console"
+    rmse_at = dict(zip(record["curve"]["epoch"], record["curve"]["valid_rmse_f_meV_A"]))
+    for line in lines:
+        best = int(line.split("best validation at epoch ")[1].split(" ")[0])
+        assert f"(force RMSE {rmse_at[best]:.1f} meV/Å)" in line
+    assert "best validation at epoch" not in (tmp_path / "work" / "scratch_N0004_s0" / "console.log").read_text()

@@ -17,10 +17,12 @@ import os
 import platform
 import random
 import shutil
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from mace_transfer import UserInputError
 from mace_transfer.studies import parking
@@ -116,6 +118,47 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+#: seconds between the progress lines of a run in training (config ``progress_every_s``)
+PROGRESS_EVERY_S = 600.0
+
+
+def progress_line(name: str, results_dir: Path, chunk_s: float) -> Optional[str]:
+    """One line on a run in training, read from MACE's results log: its last validated epoch, the
+    best-validation epoch so far and that epoch's validation force RMSE (meV/Å); None before epoch 0."""
+    curve = read_results(results_dir)
+    if not curve["epoch"]:
+        return None
+    best = best_epoch(curve)
+    rmse = valid_rmse_at(curve, best)
+    at_best = f" (force RMSE {rmse:.1f} meV/Å)" if rmse is not None else ""
+    return (f"{name}: epoch {curve['epoch'][-1]}, best validation at epoch {best}{at_best}, "
+            f"{_fmt_time(chunk_s)} in this chunk")
+
+
+@contextlib.contextmanager
+def progress_watch(name: str, results_dir: Path, say: Callable[[str], None], every_s: float) -> Iterator[None]:
+    """While the body trains, ``say`` a :func:`progress_line` every ``every_s`` seconds (a daemon
+    thread reading the log MACE writes; half-written lines are skipped). ``every_s`` <= 0: silent."""
+    if every_s <= 0:
+        yield
+        return
+    stop, start = threading.Event(), time.time()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            line = progress_line(name, results_dir, time.time() - start)
+            if line:
+                say(line)
+
+    thread = threading.Thread(target=watch, name=f"progress-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _same_split(folder: Path, split: Dict[str, list]) -> bool:
     """Whether ``folder`` holds exactly the extxyz files ``split`` ({file name: frames}) would write."""
     import io
@@ -167,7 +210,16 @@ class StartModels(StudyData):
         if options.get("device", "cpu") == "auto":  # the same config on a laptop and a GPU node
             options = dict(options, device="cuda" if torch.cuda.is_available() else "cpu")
         start = time.time()
-        with mace_quiet(folder / "console.log"):
+        console = sys.stdout  # MACE's console goes to console.log below; progress lines stay here
+
+        def say(line: str) -> None:
+            if self.say is print:
+                print(line, file=console, flush=True)
+            else:
+                self.say(line)
+
+        every_s = float(self.config.get("progress_every_s", PROGRESS_EVERY_S))
+        with progress_watch(folder.name, folder / "results", say, every_s), mace_quiet(folder / "console.log"):
             if use_mace_directly:  # the plain mace_run_train path, for the timing comparison only
                 from mace.tools import build_default_arg_parser
 
