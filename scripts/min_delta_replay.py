@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mace_transfer.transfer.train import should_stop  # noqa: E402
+from mace_transfer.transfer.early_stop import should_stop  # noqa: E402
 
 
 def replay(history, patience: int, min_epochs: int, min_delta: float):

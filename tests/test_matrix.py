@@ -28,7 +28,7 @@ from conftest import (energy_forces, make_mace_model, rattled_diamond, write_sw_
                       write_sw_si_dataset)
 
 from mace_transfer.cli import _guarded, _train
-from mace_transfer.transfer import freeze, train
+from mace_transfer.transfer import early_stop, freeze, train
 
 #: as tests/test_train.py's TINY (8 channels, L=0, float64, 2 epochs) + --plot False (MACE's end-of-run
 #: plots cost time and fail on one head anyway); the Si source model's own architecture wins over
@@ -132,7 +132,7 @@ def _log(tmp_path, tag):
 
 
 def _rows(tmp_path, tag):
-    return list(train.iter_mace_results_file(tmp_path / tag / "res" / f"{tag}_run-1_train.txt"))
+    return list(early_stop.iter_mace_results_file(tmp_path / tag / "res" / f"{tag}_run-1_train.txt"))
 
 
 def _mean_energy_error_per_atom(model, frames):

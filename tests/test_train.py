@@ -7,7 +7,7 @@ from ase.io import read, write
 from conftest import energy_forces, make_mace_model, rattled_diamond, write_sw_si_dataset
 
 from mace_transfer import UserInputError
-from mace_transfer.transfer import train
+from mace_transfer.transfer import early_stop, train
 from mace_transfer.cli import _guarded, _train
 
 TINY = [
@@ -118,34 +118,34 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, si_data):
 # --------------------------------------------------------------------------- early stop (issue 21)
 def test_should_stop_counts_epochs_since_the_first_lowest_loss():
     history = [(0, 5.0), (1, 3.0), (2, 3.0), (3, 4.0)]
-    assert not train.should_stop(history, patience=3)  # best is epoch 1 (first of the tie): 2 epochs
-    assert train.should_stop(history + [(4, 3.5)], patience=3)
-    assert not train.should_stop(history + [(4, 3.5)], patience=3, min_epochs=5)
-    assert not train.should_stop(history + [(4, 2.9)], patience=1)  # improved at the last epoch
-    assert not train.should_stop([], patience=1)
+    assert not early_stop.should_stop(history, patience=3)  # best is epoch 1 (first of the tie): 2 epochs
+    assert early_stop.should_stop(history + [(4, 3.5)], patience=3)
+    assert not early_stop.should_stop(history + [(4, 3.5)], patience=3, min_epochs=5)
+    assert not early_stop.should_stop(history + [(4, 2.9)], patience=1)  # improved at the last epoch
+    assert not early_stop.should_stop([], patience=1)
 
 
 def test_min_delta_counts_only_relative_improvements_and_zero_is_the_plain_rule():
     """A loss creeping down by 0.04 % an epoch: any decrease is an improvement at min_delta 0; at 0.1 %
     only the epoch that is 0.1 % below the last counted one (epoch 3: 0.12 % below epoch 0)."""
     creep = [(e, 1.0 - 0.0004 * e) for e in range(4)]
-    assert not train.should_stop(creep[:3], patience=2)
-    assert train.should_stop(creep[:3], patience=2, min_delta=0.001)  # epoch 0 is the last counted: 2 >= 2
-    assert not train.should_stop(creep, patience=2, min_delta=0.001)  # 0.9988 < 0.999: epoch 3 counts
-    assert train.should_stop(creep + [(4, 0.9985), (5, 0.9982)], patience=2, min_delta=0.001)
+    assert not early_stop.should_stop(creep[:3], patience=2)
+    assert early_stop.should_stop(creep[:3], patience=2, min_delta=0.001)  # epoch 0 is the last counted: 2 >= 2
+    assert not early_stop.should_stop(creep, patience=2, min_delta=0.001)  # 0.9988 < 0.999: epoch 3 counts
+    assert early_stop.should_stop(creep + [(4, 0.9985), (5, 0.9982)], patience=2, min_delta=0.001)
     dropped = creep + [(6, 0.5), (7, 0.499755859375), (8, 0.498046875)]  # -0.05 %, then -0.39 % after the drop
-    assert not train.should_stop(dropped, patience=2, min_delta=0.001)  # 0.498 < 0.5 x 0.999: epoch 8 counts
-    assert train.should_stop(dropped[:-1] + [(8, 0.4996)], patience=2, min_delta=0.001)  # epoch 6 last counted
-    assert not train.should_stop(dropped[:-1] + [(8, 0.4996)], patience=2)  # without min_delta: epoch 8 counts
+    assert not early_stop.should_stop(dropped, patience=2, min_delta=0.001)  # 0.498 < 0.5 x 0.999: epoch 8 counts
+    assert early_stop.should_stop(dropped[:-1] + [(8, 0.4996)], patience=2, min_delta=0.001)  # epoch 6 last counted
+    assert not early_stop.should_stop(dropped[:-1] + [(8, 0.4996)], patience=2)  # without min_delta: epoch 8 counts
     for history in (creep, dropped, [(0, 5.0), (1, 3.0), (2, 3.0), (3, 4.0), (4, 3.5)]):
         for patience in (1, 2, 3, 4):  # min_delta 0 is "epochs since the first lowest loss", as before
             best = min(history, key=lambda row: (row[1], row[0]))[0]
-            assert train.should_stop(history, patience, min_delta=0.0) == (history[-1][0] - best >= patience)
+            assert early_stop.should_stop(history, patience, min_delta=0.0) == (history[-1][0] - best >= patience)
 
 
 def test_epoch_limit_is_what_maces_while_loop_compares_against(tmp_path):
     log = tmp_path / "x_run-1_train.txt"
-    limit = train.EpochLimit(10, log, patience=2)
+    limit = early_stop.EpochLimit(10, log, patience=2)
     assert 0 < limit and 9 < limit and not (10 < limit)  # no log yet: only the maximum counts
     rows = [{"mode": "eval", "epoch": None, "loss": 9.0}] + [
         {"mode": "eval", "epoch": e, "loss": loss} for e, loss in enumerate([4.0, 3.0, 3.5, 3.1])]
@@ -163,7 +163,7 @@ def test_early_stop_ends_a_run_whose_validation_loss_never_improves(tmp_path, si
     argv = ["--train_file", str(si_data), "--E0s", "average"] + TINY + _dirs(tmp_path, "es") + [
         "--max_num_epochs", "40", "--lr", "0.0", "--early_stop_patience", "3"]
     assert train.main(argv) == 0
-    rows = [r for r in train.iter_mace_results(tmp_path / "es" / "res")
+    rows = [r for r in early_stop.iter_mace_results(tmp_path / "es" / "res")
             if r.get("mode") == "eval" and r.get("epoch") is not None]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert len({r["loss"] for r in rows}) == 1

@@ -38,7 +38,8 @@ from mace_transfer import UserInputError
 from mace_transfer.studies import learning_curve
 from mace_transfer.studies.config import read_yaml_mapping
 from mace_transfer.transfer import train
-from mace_transfer.transfer.train import iter_mace_results, mace_argv
+from mace_transfer.transfer.early_stop import iter_mace_results
+from mace_transfer.transfer.train import mace_argv
 
 STAGE_KINDS = ("sample", "train", "classical_pretrain", "pretrain", "evaluate", "learning_curve")
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import numpy as np
 
 from mace_transfer import UserInputError
 from mace_transfer.studies.config import KEPT_MODELS, METRICS, RECORDS
-from mace_transfer.transfer.train import iter_mace_results
+from mace_transfer.transfer.early_stop import iter_mace_results
 
 
 def read_results(results_dir) -> Dict[str, Any]:
