@@ -750,7 +750,9 @@ def test_a_long_run_says_its_progress_while_it_trains(lc, tmp_path, monkeypatch,
               "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [4], "seeds": [0], "mace": mace,
               "budget": {"mode": "converged", "patience_steps": 4, "min_patience_epochs": 2, "max_steps": 40},
               "strategies": {"scratch": {"lr": 0.01}}}
-    record = lc.Sweep(config).train_run("scratch", 4, 0, tmp_path / "res" / "records" / "scratch_N0004_s0.json")
+    # the console script's progress callable (a lambda around print), not print itself
+    sweep = lc.Sweep(config, progress=lambda message: print(message, flush=True))
+    record = sweep.train_run("scratch", 4, 0, tmp_path / "res" / "records" / "scratch_N0004_s0.json")
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("scratch_N0004_s0: epoch ")]
     assert lines, "no progress line reached the console"
     rmse_at = dict(zip(record["curve"]["epoch"], record["curve"]["valid_rmse_f_meV_A"]))

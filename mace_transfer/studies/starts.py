@@ -213,13 +213,16 @@ class StartModels(StudyData):
         console = sys.stdout  # MACE's console goes to console.log below; progress lines stay here
 
         def say(line: str) -> None:
-            if self.say is print:
-                print(line, file=console, flush=True)
-            else:
+            # the study's progress callable prints to sys.stdout, which mace_quiet points at console.log:
+            # point it back for the one line (the watcher is joined before mace_quiet restores stdout)
+            quiet, sys.stdout = sys.stdout, console
+            try:
                 self.say(line)
+            finally:
+                sys.stdout = quiet
 
         every_s = float(self.config.get("progress_every_s", PROGRESS_EVERY_S))
-        with progress_watch(folder.name, folder / "results", say, every_s), mace_quiet(folder / "console.log"):
+        with mace_quiet(folder / "console.log"), progress_watch(folder.name, folder / "results", say, every_s):
             if use_mace_directly:  # the plain mace_run_train path, for the timing comparison only
                 from mace.tools import build_default_arg_parser
 
