@@ -3,7 +3,8 @@
     python scripts/converged_tables.py > /tmp/tables.md
 
 Per model size (and the tiny model's SW-Ge pretraining): test force MAE (meV/Å), test energy MAE (meV/atom), optimizer steps to the kept epoch,
-mean ± sample std over seeds (n = seeds), and the zero-shot remap; then the runs a loss choice superseded
+mean ± sample std over seeds (n = seeds), the zero-shot remap and the data-efficiency ratio on the seed
+means (``records.data_efficiency``); then the runs a loss choice superseded
 (``<study>/superseded/<loss>/records/``, e.g. the medium study's forces:energy 100:1 runs), as their own table.
 """
 
@@ -55,6 +56,15 @@ def main() -> None:
         if zero:
             print("zero-shot: " + ", ".join(f"{k} {v['force_mae_meV_per_A']:.1f} meV/Å / {v['energy_mae_meV_per_atom']:.0f} "
                                               "meV/atom" for k, v in zero.items() if isinstance(v, dict) and "force_mae_meV_per_A" in v))
+            print()
+        pooled = [e for e in summary.get("data_efficiency", []) if e.get("pooled")]
+        if pooled:
+            print("| data efficiency (seed means) | N_ref | scratch needs N | ratio (best–worst seed) | extrapolated |")
+            print("|---|---|---|---|---|")
+            for e in pooled:
+                p = e["pooled"]
+                print(f"| {e['strategy']} | {e['n_ref']} | {p['n_equal']:.0f} | {p['ratio']:.1f} "
+                      f"({p['ratio_range'][0]:.1f}–{p['ratio_range'][1]:.1f}) | {'yes' if p['extrapolated'] else 'no'} |")
             print()
         for aside in sorted((Path(folder) / "superseded").glob("*/records")):
             records = load_runs(aside.parent)
