@@ -59,7 +59,7 @@ def main() -> None:
             print()
         pooled = [e for e in summary.get("data_efficiency", []) if e.get("pooled")]
         if pooled:
-            print("| data efficiency (seed means) | N_ref | scratch needs N | ratio (best–worst seed) | extrapolated |")
+            print("| data efficiency (seed means) | N_ref | scratch needs N | ratio (seed range) | extrapolated |")
             print("|---|---|---|---|---|")
             for e in pooled:
                 p = e["pooled"]
