@@ -1,5 +1,7 @@
 """The teacher stage (issue 23): any calculator labels structures, a student trains on the labels."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from test_pipeline import FAST_SAMPLING, TINY_MACE
 
 from mace_transfer import UserInputError
 from mace_transfer.datagen import classical
+from mace_transfer.datagen.sampling import sample_configurations
 from mace_transfer.datagen.teacher import label_with_teacher
 from mace_transfer.studies.pipeline import Pipeline, load_pipeline
 
@@ -97,3 +100,48 @@ def test_pretrain_stage_teacher_model_then_student(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     with pytest.raises(UserInputError, match="needs a 'teacher'"):
         Pipeline(load_pipeline(tmp_path / "bad.yaml")).run()
+
+
+def test_a_driver_runs_the_samplers_md_and_labels_its_frames(tmp_path):
+    """The sampler's MD driven by a calculator object: the same potential as the recipe gives the
+    classical stream exactly (only the settings hash names the driver); another potential (Tersoff
+    driving the SW recipe) gives other frames, each labelled with the driver's own energy."""
+    options = FAST_SAMPLING
+    plain = sample_configurations("Ge", "sw", 4, **options)
+    same = sample_configurations("Ge", "sw", 4, driver=classical.calculator("Ge", "sw"), driver_name="sw copy", **options)
+    for a, b in zip(plain, same):
+        assert np.array_equal(a.positions, b.positions) and a.info["REF_energy"] == b.info["REF_energy"]
+        assert a.info["sampler_settings"] != b.info["sampler_settings"]
+    tersoff = classical.calculator("Ge", "tersoff")
+    driven = sample_configurations("Ge", "sw", 4, driver=tersoff, driver_name="tersoff-ge", **options)
+    md = [i for i, f in enumerate(plain) if f.info["config_type"].startswith("md_")]
+    assert md and not np.allclose(driven[md[0]].positions, plain[md[0]].positions)
+    for frame in driven:
+        atoms = frame.copy()
+        atoms.calc = tersoff
+        assert frame.info["REF_energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+    with pytest.raises(UserInputError, match="driver_name"):
+        sample_configurations("Ge", "sw", 1, driver=tersoff, **options)
+
+
+def test_pretrain_structures_sampled_by_the_teachers_own_md(tmp_path, monkeypatch):
+    """structures.driver: teacher -- the stage's MACE teacher runs the sampler's MD (its name and hash in
+    every frame's sampler settings), then labels those frames; a peer teacher cannot drive MD."""
+    monkeypatch.chdir(tmp_path)
+    torch.save(make_mace_model([32], r_max=4.0), tmp_path / "teacher.model")
+    stage = {"name": "student", "kind": "pretrain", "teacher": "teacher.model",
+             "structures": {"element": "Ge", "potential": "sw", "n": 4, "options": FAST_SAMPLING, "driver": "teacher"},
+             "mace": {"E0s": "{32: 0.0}", "valid_fraction": 0.5, "num_channels": 4}}
+    config = {"workdir": "runs/t", "mace": TINY_MACE, "stages": [stage]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    Pipeline(load_pipeline(tmp_path / "p.yaml")).run()
+    sampled = read(tmp_path / "runs/t/student/structures.xyz", ":")
+    sidecar = json.loads((tmp_path / "runs/t/student/structures.xyz.settings.json").read_text())
+    assert sidecar["driver"].startswith("teacher.model:") and len(sampled) == 4
+    classical_stream = sample_configurations("Ge", "sw", 4, **FAST_SAMPLING)
+    md = [i for i, f in enumerate(classical_stream) if f.info["config_type"].startswith("md_")]
+    assert not np.allclose(sampled[md[0]].positions, classical_stream[md[0]].positions)  # the teacher moved them
+    peer = dict(stage, name="p", teacher={"peer": "sevenn", "model": None})
+    (tmp_path / "peer.yaml").write_text(yaml.safe_dump(dict(config, stages=[peer])))
+    with pytest.raises(UserInputError, match="cannot drive"):
+        Pipeline(load_pipeline(tmp_path / "peer.yaml")).run()

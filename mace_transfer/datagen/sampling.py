@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -77,10 +77,15 @@ class SamplerSettings:
     snapshots_per_unit: int
     isolated_atom: bool
     version: int = SAMPLER_VERSION
+    driver: str = ""  # the name of a calculator that drives the MD instead of ``potential`` ("": none)
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys) of the settings."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Canonical JSON (sorted keys) of the settings (no ``driver`` key without a driver, so the
+        hashes of classical-driven files made before drivers existed are unchanged)."""
+        data = asdict(self)
+        if not data["driver"]:
+            del data["driver"]
+        return json.dumps(data, sort_keys=True)
 
 
 def settings_hash(settings: SamplerSettings) -> str:
@@ -335,6 +340,8 @@ def sample_configurations(
     out_path: Optional[str] = None,
     overwrite: bool = False,
     progress: bool = True,
+    driver=None,
+    driver_name: Optional[str] = None,
 ) -> List[Atoms]:
     """``n`` labelled configurations of ``element`` with the classical ``potential``; seeded, resumable.
 
@@ -351,9 +358,17 @@ def sample_configurations(
     full settings in ``<out_path>.settings.json``); rerunning with the same settings appends only
     the missing frames, a file made with other settings is refused unless ``overwrite``.
     Returns the ``n`` configurations (plus the isolated atom first, if asked).
+
+    ``driver`` (an ASE calculator, e.g. a trained MACE teacher) drives the MD and labels the frames
+    instead of ``potential``, which then only sets the recipe's geometry (its lattice constant and
+    melting point); ``driver_name`` identifies it in the settings hash (required with a driver).
     """
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise UserInputError(f"n must be a positive integer number of configurations, got {n!r}")
+    if driver is not None and not driver_name:
+        raise UserInputError("a sampler driver needs a driver_name (its identity in the settings hash)")
+    if driver is not None and isolated_atom:
+        raise UserInputError("isolated_atom labels the free atom with the classical potential: not with a driver")
     n = int(n)
     settings = _validated_settings(
         element, potential, supercell=supercell, temperatures=temperatures, melting_point=melting_point,
@@ -362,8 +377,10 @@ def sample_configurations(
         premelt_steps=premelt_steps, snapshot_interval=snapshot_interval,
         snapshots_per_unit=snapshots_per_unit, isolated_atom=isolated_atom,
     )
+    if driver is not None:
+        settings = replace(settings, driver=str(driver_name))
     digest = settings_hash(settings)
-    calc = classical.calculator(settings.element, settings.potential)
+    calc = driver if driver is not None else classical.calculator(settings.element, settings.potential)
 
     existing: List[Atoms] = []
     if out_path is not None:
@@ -372,7 +389,7 @@ def sample_configurations(
             raise UserInputError(f"output folder {out_dir} does not exist")
         existing = _read_existing(out_path, digest, overwrite)
         with open(_sidecar_path(out_path), "w", encoding="utf-8") as handle:
-            json.dump({"sampler_settings": digest, **asdict(settings)}, handle, indent=1, sort_keys=True)
+            json.dump({"sampler_settings": digest, **json.loads(settings.to_json())}, handle, indent=1, sort_keys=True)
             handle.write("\n")
 
     header: List[Atoms] = []

@@ -15,7 +15,8 @@ Stage kinds: ``sample`` (classical configurations), ``train`` (``mace_transfer_t
 continue from), ``classical_pretrain`` (sample + train on a classical potential), ``pretrain``
 (structures labelled by any ``teacher``: a stage or ``.model`` file, ``sw-ge``/``tersoff-si``..., or a
 peer ``{peer: sevenn|chgnet, model: <checkpoint or null>}`` run in its own environment (``make peers``);
-``structures`` = an extxyz file or a sampler spec ``{element, potential, n, options}``; then the
+``structures`` = an extxyz file or a sampler spec ``{element, potential, n, options}``, whose MD a
+``driver`` may run instead of the classical potential (``teacher``, a stage, a ``.model`` or ``sw-ge``); then the
 student trains on the teacher's labels, with ``source``/``element_map``/``subset``/``mace`` as a
 ``train`` stage; ``classical_pretrain`` is the case whose teacher is the sampler's own potential), ``evaluate`` and
 ``learning_curve`` (a whole study of :mod:`mace_transfer.studies.learning_curve`: ``config`` = its YAML,
@@ -144,7 +145,9 @@ class Pipeline:
             return folder / "learning_curve.json"
         return folder / f"{stage['name']}.model"
 
-    def _sample(self, stage, out: Path) -> Path:
+    def _sample(self, stage, out: Path, driver=None) -> Path:
+        """Sampled structures of ``stage`` into ``out``; ``driver``: (ASE calculator, name) that runs the
+        MD instead of the stage's classical potential (which then sets only the geometry recipe)."""
         from mace_transfer.datagen import sampling
 
         for key in ("element", "potential", "n"):
@@ -152,6 +155,8 @@ class Pipeline:
                 raise UserInputError(f"stage {stage['name']!r} needs {key!r}")
         out.parent.mkdir(parents=True, exist_ok=True)
         options = dict(stage.get("options", {}))
+        if driver is not None:
+            options.update(driver=driver[0], driver_name=driver[1])
         sampling.sample_configurations(
             stage["element"], stage["potential"], int(stage["n"]), out_path=str(out), **options
         )
@@ -235,19 +240,35 @@ class Pipeline:
     def _teacher(self, stage, structures: List):
         """(ASE calculator, name, settings tag) of ``stage["teacher"]``; ``structures`` (the frames it
         will label) are what a peer teacher predicts in its own environment."""
-        from mace_transfer import evaluate
-        from mace_transfer.datagen import classical, teacher
-
         ref = stage.get("teacher")
         if isinstance(ref, dict):  # a universal potential in its own environment (studies.peers)
             from mace_transfer.studies.peers import peer_teacher
 
             return peer_teacher(ref, structures, self.stage_dir(stage) / "peer_teacher")
+        return self._local_calculator(ref)
+
+    def _local_calculator(self, ref):
+        """(ASE calculator, name, settings tag) of a reference potential (``sw-ge``), a stage or a
+        ``.model`` file: what runs in this process."""
+        from mace_transfer import evaluate
+        from mace_transfer.datagen import classical, teacher
+
         if str(ref).lower() in evaluate.REFERENCE_NAMES:
             potential, element = str(ref).lower().split("-")
             return classical.calculator(element.capitalize(), potential), str(ref).lower(), \
                 teacher.teacher_settings_hash(str(ref).lower())
         return model_teacher(self.model_of(str(ref)))
+
+    def _driver(self, stage, ref) -> tuple:
+        """(ASE calculator, name) that drives a pretrain stage's sampler MD: ``teacher`` (the stage's own
+        teacher), another stage, a ``.model`` file or a reference potential (``sw-ge``). A peer teacher
+        predicts through files in its own environment, so it cannot drive MD step by step."""
+        ref = stage.get("teacher") if ref == "teacher" else ref
+        if isinstance(ref, dict) or not ref:
+            raise UserInputError(f"stage {stage['name']!r}: structures.driver must be a MACE model, a stage "
+                                 "or a reference potential (a peer teacher cannot drive the sampler's MD)")
+        calc, name, settings = self._local_calculator(ref)
+        return calc, f"{name}:{settings}"
 
     def _structures(self, stage) -> List:
         """The structures a teacher labels: an extxyz file, or the sampler's (``{element, potential, n}``)."""
@@ -255,7 +276,9 @@ class Pipeline:
 
         spec = stage.get("structures")
         if isinstance(spec, dict):
-            path = self._sample(dict(spec, name=stage["name"]), self.stage_dir(stage) / "structures.xyz")
+            spec = dict(spec)
+            driver = self._driver(stage, spec.pop("driver")) if spec.get("driver") else None
+            path = self._sample(dict(spec, name=stage["name"]), self.stage_dir(stage) / "structures.xyz", driver)
         elif spec:
             path = self.path(spec)
             if not path.is_file():
