@@ -12,6 +12,7 @@ the runs shared two cores with one to three other jobs, so costs compare to with
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,8 +64,6 @@ def measure_labelling(count: int) -> dict:
         teacher.label_with_teacher(structures, calc, Path(folder) / "x.xyz", name=name, settings=settings,
                                    progress=lambda message: None)
         seconds = time.time() - start
-    import os
-
     return {"structures": count, "atoms_each": len(structures[0]), "s_per_structure": seconds / count,
             "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None, "load_average": list(os.getloadavg()),
             "measured_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

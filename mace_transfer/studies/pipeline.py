@@ -79,7 +79,6 @@ def _one_subset(stage) -> Dict[str, Any]:
     return stage["subset"]
 
 
-
 def model_teacher(path: os.PathLike):
     """(ASE calculator, name, settings tag) of a MACE ``.model`` as a teacher: the file name and the
     first 10 hex digits of its bytes' hash (:func:`datagen.teacher.file_identity`), written into
@@ -89,6 +88,7 @@ def model_teacher(path: os.PathLike):
 
     path = Path(path)
     return evaluate.load_model(path).calc, path.name, teacher.file_identity(path)[:10]
+
 
 class Pipeline:
     """Runs the stages of a loaded pipeline config in order."""

@@ -202,9 +202,10 @@ def _pooled_efficiency(records: Sequence[Dict[str, Any]], strategy: str, n_ref: 
     base = sorted((n, float(np.mean(maes))) for n, maes in by_n.items())
     target = [r["test"]["force_mae_meV_per_A"] for r in records
               if r["strategy"] == strategy and int(r["n_train"]) == n_ref]
-    if not target or _n_equal(base, float(np.mean(target))) is None:
+    solved = _n_equal(base, float(np.mean(target))) if target else None
+    if solved is None:
         return None
-    n_equal, slope = _n_equal(base, float(np.mean(target)))
+    n_equal, slope = solved
     # the worst seed (highest MAE) needs the fewest baseline structures, the best seed the most
     low, high = _n_equal(base, max(target))[0], _n_equal(base, min(target))[0]
     return {"n_equal": n_equal, "ratio": n_equal / n_ref, "ratio_range": [low / n_ref, high / n_ref],
