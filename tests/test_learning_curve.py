@@ -485,6 +485,25 @@ def test_data_efficiency_solves_the_fitted_power_law(lc):
     assert alone["per_seed"] == {} and alone["pooled"]["ratio"] == pytest.approx(4.0) and alone["pooled"]["extrapolated"]
 
 
+def test_baseline_tuned_on_validation_loss_not_on_test(lc):
+    """Two scratch studies differing in lr: per (N, seed) the run with the lower validation loss is
+    kept even where its test error is higher; a run with no validation curve loses; the tuned
+    baseline then sets the data efficiency (scratch 100 N^-1/2 at the kept runs: ratio 4 exactly)."""
+    def run(n, seed, mae, loss, lr):
+        rec = _record("scratch", n, seed, mae)
+        rec["lr"], rec["curve"]["valid_loss"] = lr, ([None, loss, 2 * loss] if loss else [])
+        return rec
+
+    study = [run(10, 0, 100.0 * 10 ** -0.5, 0.02, 0.003), run(40, 0, 70.0, 0.05, 0.003)]
+    other = [run(10, 0, 10.0, 0.03, 0.01), run(40, 0, 100.0 * 40 ** -0.5, 0.04, 0.01), run(40, 1, 1.0, None, 0.01)]
+    tuned = lc.best_on_validation(study, other)
+    assert [(r["n_train"], r["seed"], r["lr"]) for r in tuned] == [(10, 0, 0.003), (40, 0, 0.01), (40, 1, 0.01)]
+    assert lc.lowest_valid_loss(tuned[0]) == 0.02 and lc.lowest_valid_loss(tuned[2]) is None
+    assert lc.best_on_validation([run(40, 1, 5.0, 0.1, 0.003)], [tuned[2]])[0]["lr"] == 0.003
+    transfer = [_record("transfer", 10, 0, 100.0 * 40 ** -0.5)]
+    assert lc.data_efficiency(tuned[:2] + transfer, "transfer", 10)["per_seed"]["0"]["ratio"] == pytest.approx(4.0)
+
+
 def _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps):
     """A tiny converged scratch run (N = 4, seed 0) cut after training (its test evaluation fails) and
     parked with --park; returns (config, record path, parked folder)."""

@@ -147,6 +147,26 @@ def attach_reach_scratch(records: Sequence[Dict[str, Any]]) -> None:
         rec["reach_scratch_target_meV_A"] = target
 
 
+def lowest_valid_loss(rec: Dict[str, Any]) -> Optional[float]:
+    """A run's lowest validation loss (MACE's loss on the validation set, EMA weights); None without one."""
+    losses = [v for v in (rec.get("curve") or {}).get("valid_loss", []) if v is not None and np.isfinite(v)]
+    return min(losses) if losses else None
+
+
+def best_on_validation(*record_sets: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One record per (strategy, N, seed) over studies that differ only in a hyperparameter (e.g. the
+    learning rate): the one with the lowest validation loss; a run with no validation curve loses to
+    one with. A baseline tuned per N and seed on validation, never on test (issue 21)."""
+    chosen: Dict[tuple, Dict[str, Any]] = {}
+    for rec in (r for records in record_sets for r in records):
+        key = (rec["strategy"], int(rec["n_train"]), int(rec["seed"]))
+        loss, held = lowest_valid_loss(rec), chosen.get(key)
+        held_loss = lowest_valid_loss(held) if held else None
+        if held is None or (loss is not None and (held_loss is None or loss < held_loss)):
+            chosen[key] = rec
+    return [chosen[key] for key in sorted(chosen)]
+
+
 def _n_equal(base: Sequence[Any], mae: float) -> Optional[tuple]:
     """(N, slope) where the power law log(MAE) = a + b log(N) fitted (least squares) to ``base``
     ((N, MAE) pairs, at least two sizes) equals ``mae``; None when the fit does not fall with N."""
