@@ -504,6 +504,30 @@ def test_baseline_tuned_on_validation_loss_not_on_test(lc):
     assert lc.data_efficiency(tuned[:2] + transfer, "transfer", 10)["per_seed"]["0"]["ratio"] == pytest.approx(4.0)
 
 
+def _write_many(path, value):
+    from mace_transfer.studies.records import write_json
+
+    for _ in range(300):
+        write_json(path, {"writer": value})
+
+
+def test_two_sweeps_of_one_study_write_the_same_json_side_by_side(tmp_path):
+    """Two processes (two sweeps of one study on two cores) rewrite machine.json at once: with one
+    temp name shared by both, one renamed the other's file away (FileNotFoundError, seen live)."""
+    import multiprocessing
+
+    path = tmp_path / "machine.json"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_many, args=(path, k)) for k in (1, 2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert json.loads(path.read_text())["writer"] in (1, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["machine.json"]  # no temp file left behind
+
+
 def _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps):
     """A tiny converged scratch run (N = 4, seed 0) cut after training (its test evaluation fails) and
     parked with --park; returns (config, record path, parked folder)."""

@@ -86,12 +86,18 @@ def load_runs(out) -> List[Dict[str, Any]]:
 
 
 def write_json(path, data) -> None:
-    """Write atomically (temp file + rename), so a cut run never leaves half a record."""
+    """Write atomically (temp file + rename), so a cut run never leaves half a record. The temp file
+    is the process's own: two sweeps of one study (e.g. two seeds on two cores) write ``machine.json``
+    and ``summary.json`` side by side, and a shared temp name let one rename the other's away."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def _stats(values: Sequence[float]) -> Dict[str, Any]:
