@@ -61,9 +61,11 @@ def print_tuned_baseline(folder: str, n_refs) -> None:
     if not variants:
         return
     study = load_runs(Path(folder))
-    scratch = best_on_validation([r for r in study if r["strategy"] == "scratch"],
-                                 *(load_runs(Path(v)) for v in variants))
-    picked = ", ".join(f"N={r['n_train']} s{r['seed']}: {r['lr']:g}" for r in scratch if r["n_train"] >= 50)
+    others = [load_runs(Path(v)) for v in variants]
+    scratch = best_on_validation([r for r in study if r["strategy"] == "scratch"], *others)
+    varied = {(int(r["n_train"]), int(r["seed"])) for records in others for r in records}
+    picked = ", ".join(f"N={r['n_train']} s{r['seed']}: {r['lr']:g}" for r in scratch
+                       if (int(r["n_train"]), int(r["seed"])) in varied)
     rows = [e for e in (data_efficiency(scratch + [r for r in study if r["strategy"] != "scratch"], start, n)
                         for start in ("transfer", "transfer_rescale") for n in n_refs) if e and e.get("pooled")]
     if rows:

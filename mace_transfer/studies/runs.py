@@ -20,8 +20,8 @@ import numpy as np
 from mace_transfer import UserInputError
 from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
-from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, read_results, supersede_runs,
-                                           valid_rmse_at, write_json)
+from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, lowest_valid_loss, read_results,
+                                           supersede_runs, valid_rmse_at, write_json)
 from mace_transfer.studies.starts import STAGE_CACHES, StartModels, _fmt_time, machine_info, model_errors, run_dirs
 
 
@@ -146,7 +146,7 @@ class Sweep(StartModels):
         n_train, seed = int(select["n"]), int(select["seed"])
 
         def summarise(record):
-            return {"best_valid_loss": min(v for v in record["curve"]["valid_loss"] if v is not None),
+            return {"best_valid_loss": lowest_valid_loss(record),
                     "best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
                     "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],
                     "epochs_run": record["epochs_run"], "wall_s": record["wall_s"]}
