@@ -71,6 +71,10 @@ def print_tuned_baseline(folder: str, n_refs) -> None:
     if rows:
         print(f"Scratch with its lr chosen on validation per (N, seed) over `{folder}` and "
               f"{', '.join(f'`{v}`' for v in variants)} (where both ran: {picked}):\n")
+        tuned = aggregate([r for r in scratch if (int(r["n_train"]), int(r["seed"])) in varied])["scratch"]
+        print("tuned scratch, force / energy MAE: " + ", ".join(
+            f"N={n} {cell(e['force_mae_meV_per_A'], 1)} / {cell(e['energy_mae_meV_per_atom'], 1)}"
+            for n, e in sorted(tuned.items(), key=lambda kv: int(kv[0]))) + "\n")
         print_efficiency(rows, "data efficiency, tuned scratch")
 
 
