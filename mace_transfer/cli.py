@@ -465,6 +465,9 @@ def _learning_curve(argv):
     parser.add_argument("--park", action="store_true",
                         help="copy runs cut mid-training (their newest checkpoint) to <out>/partial/ to commit: "
                         "a later session resumes them (converged studies)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print each run's state (done, parked, started, to train) and a wall-time guess "
+                        "from the finished runs; trains nothing")
     args = parser.parse_args(argv)
     names = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     learning_curve.run_study(
@@ -472,7 +475,7 @@ def _learning_curve(argv):
         sizes=_comma_numbers(args.sizes, int, "--sizes") if args.sizes else None,
         seeds=_comma_numbers(args.seeds, int, "--seeds") if args.seeds else None,
         strategies=names, max_runs=args.max_runs, md=args.md, timing=args.timing,
-        zero_shot=not args.no_zero_shot, report_only=args.report_only, park=args.park,
+        zero_shot=not args.no_zero_shot, report_only=args.report_only, park=args.park, plan=args.plan,
         progress=lambda message: print(message, flush=True),
     )
     return 0

@@ -562,20 +562,66 @@ def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, m
     again (the plateau is already in MACE's log), the record counts both chunks' wall time."""
     import shutil
 
+    from mace_transfer.studies.plan import study_plan
+
     config, record_path, parked = _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps=60)
     assert len(list((parked / "checkpoints").glob("*.pt"))) == 1
     before = json.loads((parked / "chunks.json").read_text())["parked_chunk_s"]
     first_log = (parked / "results" / "scratch_N0004_s0_run-0_train.txt").read_text()
     first_epochs = lc.read_results(parked / "results")["epoch"]
 
+    def state():
+        (row,) = study_plan(tmp_path / "res", tmp_path / "work", [4], [0], ["scratch"])
+        return row
+
+    assert state()["status"] == "started"  # the cut folder is still in work
     shutil.rmtree(tmp_path / "work")  # a new machine: only the committed files
+    row = state()
+    assert row["status"] == "parked" and row["trained_s"] == pytest.approx(before)
+    assert row["left_s"] is None  # no finished run to guess from
     capsys.readouterr()
     record = lc.Sweep(config).train_run("scratch", 4, 0, record_path)
     assert "resuming from its checkpoint" in capsys.readouterr().out
     assert record["curve"]["epoch"] == first_epochs and record["wall_s"] >= before > 0
+    row = state()
+    assert row["status"] == "done" and row["wall_s"] == record["wall_s"]
+    assert row["force_mae_meV_per_A"] == record["test"]["force_mae_meV_per_A"]
     log = (tmp_path / "work" / "scratch_N0004_s0" / "results" / "scratch_N0004_s0_run-0_train.txt").read_text()
     assert log.startswith(first_log)  # MACE appended to the cut run's log
     assert not parked.exists() and record_path.is_file()
+
+
+def test_plan_guesses_each_runs_wall_time_from_the_nearest_finished_runs(tmp_path):
+    """--plan's guess: the same start at the same N (mean over seeds), else the same start at the nearest N on
+    a log scale, else every start at that N, else every run; a parked run's guess is less what it trained;
+    the totals line adds the guesses."""
+    from mace_transfer.studies.plan import format_plan, guess_wall_s, study_plan
+
+    walls = {("scratch", 5): [100.0, 300.0], ("scratch", 50): [1000.0], ("transfer", 20): [60.0]}
+    assert guess_wall_s(walls, "scratch", 5) == (200.0, "scratch N=5")
+    assert guess_wall_s(walls, "scratch", 20) == (1000.0, "scratch N=50")  # ln 50/20 < ln 20/5
+    assert guess_wall_s(walls, "scratch", 10) == (200.0, "scratch N=5")  # ln 10/5 < ln 50/10
+    assert guess_wall_s(walls, "transfer_rescale", 20) == (60.0, "every start at N=20")
+    assert guess_wall_s(walls, "transfer_rescale", 2) == (pytest.approx(365.0), "every finished run")
+    assert guess_wall_s({}, "scratch", 5) == (None, "no finished run")
+
+    out = tmp_path / "res"
+    for strategy, n, seed, wall in (("scratch", 5, 0, 100.0), ("scratch", 5, 1, 300.0)):
+        name = f"{strategy}_N{n:04d}_s{seed}"
+        record = {"strategy": strategy, "n_train": n, "seed": seed, "name": name, "wall_s": wall,
+                  "test": {"force_mae_meV_per_A": 40.0 + seed, "energy_mae_meV_per_atom": 9.0}}
+        (out / "records").mkdir(parents=True, exist_ok=True)
+        (out / "records" / f"{name}.json").write_text(json.dumps(record))
+    parked = out / "partial" / "scratch_N0005_s2"
+    (parked / "checkpoints").mkdir(parents=True)
+    (parked / "checkpoints" / "scratch_N0005_s2_run-2_epoch-7.pt").write_bytes(b"")
+    (parked / "chunks.json").write_text(json.dumps({"wall_s_before": 30.0, "parked_chunk_s": 20.0}))
+    rows = study_plan(out, tmp_path / "work", [5], [0, 1, 2, 3], ["scratch"])
+    assert [r["status"] for r in rows] == ["done", "done", "parked", "to train"]
+    assert rows[2]["trained_s"] == 50.0 and rows[2]["left_s"] == 150.0 and rows[3]["left_s"] == 200.0
+    text = format_plan(rows)
+    assert text.splitlines()[2].split()[:3] == ["scratch_N0005_s1", "done", "41.0"]
+    assert text.splitlines()[-1].startswith("done 2, parked 1, started 0, to train 1; ~0h06m")
 
 
 def test_a_parked_run_is_not_resumed_under_other_settings(lc, tmp_path, monkeypatch, capsys):

@@ -36,7 +36,7 @@ Usage (also a pipeline stage, ``kind: learning_curve``)::
 
     mace_transfer_learning_curve --config configs/learning_curve_sw.yaml \
         [--out DIR] [--sizes 5,10,25] [--seeds 0,1] [--strategies scratch,transfer] \
-        [--max-runs N] [--md] [--timing] [--report-only] [--park]
+        [--max-runs N] [--md] [--timing] [--report-only] [--park] [--plan]
 
 Architecture: this module is the entry (:func:`run_study`); :mod:`~mace_transfer.studies.config`
 reads the YAML, :mod:`~mace_transfer.studies.data` the files and splits, :mod:`~mace_transfer.studies.runs`
@@ -52,6 +52,7 @@ from typing import Any, Dict, Optional, Sequence
 from mace_transfer import UserInputError
 from mace_transfer.studies import md_runs
 from mace_transfer.studies.config import load_config
+from mace_transfer.studies.plan import format_plan, study_plan
 from mace_transfer.studies.records import write_json
 from mace_transfer.studies.report import write_report
 from mace_transfer.studies.runs import Sweep, machine_info
@@ -61,15 +62,19 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
               seeds: Optional[Sequence[int]] = None, strategies: Optional[Sequence[str]] = None,
               max_runs: Optional[int] = None, md: bool = False, timing: bool = False,
               zero_shot: bool = True, report_only: bool = False, park: bool = False,
-              progress=print) -> Dict[str, Any]:
+              plan: bool = False, progress=print) -> Dict[str, Any]:
     """Run (or resume) a learning-curve study and write its report; returns the summary.
 
     ``config`` is a YAML path or an already-loaded mapping; ``sizes``, ``seeds`` and ``strategies``
     default to the config's. ``report_only`` only aggregates the finished runs; ``park`` copies the
-    runs cut mid-training to ``<out>/partial/`` (:meth:`Sweep.park_runs`) and trains nothing.
+    runs cut mid-training to ``<out>/partial/`` (:meth:`Sweep.park_runs`) and trains nothing; ``plan``
+    prints what is done, parked and left with a wall-time guess (:mod:`~mace_transfer.studies.plan`),
+    writes nothing and returns ``{"plan": rows}``.
     """
     if not isinstance(config, dict):
         config = load_config(config)
+    if plan and config.get("kind") in ("peers", "alloy"):
+        raise UserInputError(f"--plan is for learning-curve studies, not kind: {config['kind']}")
     if config.get("kind") == "peers":  # the yardstick: fine-tuned universal potentials (studies.peers)
         from mace_transfer.studies.peers import run_peers
 
@@ -92,6 +97,10 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
     # TorchScript/e3nn UserWarnings on every model load would drown the one-line-per-run progress
     warnings.filterwarnings("ignore", category=UserWarning)
     sweep = Sweep(config, out, work, progress=progress)
+    if plan:
+        rows = study_plan(sweep.out, sweep.work, sweep.sizes(sizes), seeds, names)
+        progress(format_plan(rows, title=f"plan: {config.get('title', sweep.out)} ({sweep.out})"))
+        return {"plan": rows}
     if park:
         sweep.park_runs()
     elif not report_only:

@@ -20,6 +20,7 @@ import numpy as np
 from mace_transfer import UserInputError
 from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
+from mace_transfer.studies.plan import finished_walls, guess_wall_s
 from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, lowest_valid_loss, read_results,
                                            supersede_runs, valid_rmse_at, write_json)
 from mace_transfer.studies.starts import STAGE_CACHES, StartModels, _fmt_time, machine_info, model_errors, run_dirs
@@ -257,7 +258,7 @@ class Sweep(StartModels):
         self.say(f"sweep: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
         if max_runs is not None:
             todo = todo[:max_runs]
-        walls = {(r["strategy"], int(r["n_train"])): r["wall_s"] for r in load_runs(self.out)}
+        walls = finished_walls(load_runs(self.out))
         for number, (strategy, n_train, seed) in enumerate(todo, 1):
             path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
             blocks = freeze if strategy == "transfer_freeze" else None
@@ -270,9 +271,9 @@ class Sweep(StartModels):
             else:
                 record = self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lrs[strategy],
                                         loss_flags=losses[strategy])
-            walls[(strategy, n_train)] = record["wall_s"]
+            walls.setdefault((strategy, n_train), []).append(float(record["wall_s"]))
             remaining = todo[number:]
-            eta = sum(self._guess_wall(walls, s, n) for s, n, _ in remaining)
+            eta = sum(guess_wall_s(walls, s, n)[0] or 0.0 for s, n, _ in remaining)
             self.say(f"[{number}/{len(todo)}] {strategy:16s} N={n_train:<4d} seed={seed}: test force MAE "
                      f"{record['test']['force_mae_meV_per_A']:7.1f} meV/Å, energy MAE "
                      f"{record['test']['energy_mae_meV_per_atom']:6.2f} meV/atom, "
@@ -302,15 +303,6 @@ class Sweep(StartModels):
             self.say(f"superseded: {len(names)} runs trained with loss {tag} moved to {folder} "
                      f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); asked-for (N, seed) "
                      f"are retrained with the chosen loss")
-
-    @staticmethod
-    def _guess_wall(walls, strategy: str, n_train: int) -> float:
-        if (strategy, n_train) in walls:
-            return walls[(strategy, n_train)]
-        same_n = [w for (s, n), w in walls.items() if n == n_train]
-        if same_n:
-            return float(np.mean(same_n))
-        return float(np.mean(list(walls.values()))) if walls else 0.0
 
     # -------------------------------------------------------------- extras
     def timing(self) -> Dict[str, Any]:

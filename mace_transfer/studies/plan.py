@@ -1,0 +1,117 @@
+"""What a study has done and what it still needs (``mace_transfer_learning_curve --plan``; trains nothing).
+
+Per (strategy, N, seed) of the requested grid: ``done`` (a record: its test errors and wall time),
+``parked`` (cut in an earlier session, under ``<out>/partial/``: the wall time trained so far), ``started``
+(a work folder with a checkpoint and no record: a run cut in this checkout, or one training now) or ``to
+train``. Each unfinished run gets a wall-time guess from the study's own finished runs
+(:func:`guess_wall_s`), so a user can size a session (or a GPU loan) before starting one. Reads records
+and folders only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mace_transfer.studies import parking
+from mace_transfer.studies.config import RECORDS, run_name
+from mace_transfer.studies.records import load_runs
+
+Walls = Dict[Tuple[str, int], List[float]]
+
+
+def finished_walls(records: Sequence[Dict[str, Any]]) -> Walls:
+    """{(strategy, N): [wall seconds of each finished seed]} of a study's records."""
+    walls: Walls = {}
+    for record in records:
+        if record.get("wall_s") is not None:
+            walls.setdefault((record["strategy"], int(record["n_train"])), []).append(float(record["wall_s"]))
+    return walls
+
+
+def guess_wall_s(walls: Walls, strategy: str, n_train: int) -> Tuple[Optional[float], str]:
+    """Wall seconds one more run of ``strategy`` at ``n_train`` should take, and where the guess comes from:
+    the mean of the finished seeds at that (strategy, N); else the same strategy at the nearest N on a log
+    scale (mean over its seeds); else the mean of every start at that N; else of every finished run.
+    ``(None, "no finished run")`` for a study with no records."""
+    if walls.get((strategy, n_train)):
+        return float(np.mean(walls[(strategy, n_train)])), f"{strategy} N={n_train}"
+    same = [n for s, n in walls if s == strategy]
+    if same:
+        nearest = min(same, key=lambda n: (abs(math.log(n) - math.log(n_train)), n))
+        return float(np.mean(walls[(strategy, nearest)])), f"{strategy} N={nearest}"
+    same_n = [w for (s, n), ws in walls.items() if n == n_train for w in ws]
+    if same_n:
+        return float(np.mean(same_n)), f"every start at N={n_train}"
+    every = [w for ws in walls.values() for w in ws]
+    if every:
+        return float(np.mean(every)), "every finished run"
+    return None, "no finished run"
+
+
+def study_plan(out, work, sizes: Sequence[int], seeds: Sequence[int],
+               strategies: Sequence[str]) -> List[Dict[str, Any]]:
+    """One row per (strategy, N, seed), N ascending as the sweep trains them: ``status``, the record's
+    test errors (done), ``trained_s`` (parked, started) and ``left_s`` (the guess less what was trained,
+    never below 0) with ``guess_from``."""
+    out, work = Path(out), Path(work)
+    records = {r["name"]: r for r in load_runs(out) if "name" in r}
+    walls = finished_walls(records.values())
+    rows = []
+    for n_train in sizes:
+        for seed in seeds:
+            for strategy in strategies:
+                name = run_name(strategy, int(n_train), int(seed))
+                row: Dict[str, Any] = {"strategy": strategy, "n_train": int(n_train), "seed": int(seed),
+                                       "name": name}
+                record = records.get(name) if (out / RECORDS / f"{name}.json").is_file() else None
+                if record is not None:
+                    test = record.get("test") or {}
+                    row.update(status="done", wall_s=record.get("wall_s"),
+                               force_mae_meV_per_A=test.get("force_mae_meV_per_A"),
+                               energy_mae_meV_per_atom=test.get("energy_mae_meV_per_atom"))
+                    rows.append(row)
+                    continue
+                folder, parked = work / name, out / parking.PARKED / name
+                if parking.checkpoints(folder):
+                    row.update(status="started", trained_s=parking.chunks_wall(folder))
+                elif parking.checkpoints(parked):
+                    row.update(status="parked", trained_s=parking.chunks_wall(parked))
+                else:
+                    row.update(status="to train", trained_s=0.0)
+                guess, source = guess_wall_s(walls, strategy, int(n_train))
+                row.update(guess_from=source,
+                           left_s=None if guess is None else max(0.0, guess - row["trained_s"]))
+                rows.append(row)
+    return rows
+
+
+def _hours(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    minutes = int(round(seconds / 60.0))
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def format_plan(rows: Sequence[Dict[str, Any]], title: str = "") -> str:
+    """The plan as aligned text: one line per run, then the totals (hours at one process per run)."""
+    lines = [title] if title else []
+    lines.append(f"{'run':28s} {'status':9s} detail")
+    for row in rows:
+        if row["status"] == "done":
+            detail = (f"{row['force_mae_meV_per_A']:.1f} meV/Å, {row['energy_mae_meV_per_atom']:.2f} meV/atom, "
+                      f"{_hours(row['wall_s'])}")
+        else:
+            trained = f"{_hours(row['trained_s'])} trained, " if row["trained_s"] else ""
+            detail = f"{trained}~{_hours(row['left_s'])} left (guess from {row['guess_from']})"
+        lines.append(f"{row['name']:28s} {row['status']:9s} {detail}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "parked", "started", "to train")}
+    left = [r["left_s"] for r in rows if r["status"] != "done"]
+    total = None if any(s is None for s in left) else sum(left)
+    lines.append(", ".join(f"{k} {v}" for k, v in counts.items())
+                 + f"; ~{_hours(total)} of training left at one process per run (guesses from this study's "
+                 "finished runs on this machine)")
+    return "\n".join(lines)
