@@ -621,7 +621,7 @@ def test_plan_guesses_each_runs_wall_time_from_the_nearest_finished_runs(tmp_pat
     assert rows[2]["trained_s"] == 50.0 and rows[2]["left_s"] == 150.0 and rows[3]["left_s"] == 200.0
     text = format_plan(rows)
     assert text.splitlines()[2].split()[:3] == ["scratch_N0005_s1", "done", "41.0"]
-    assert text.splitlines()[-1].startswith("done 2, parked 1, started 0, to train 1; ~0h06m")
+    assert text.splitlines()[-1].startswith("done 2, parked 1, started 0, to train 1; ~5m50s")
 
 
 def test_a_parked_run_is_not_resumed_under_other_settings(lc, tmp_path, monkeypatch, capsys):

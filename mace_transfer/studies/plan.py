@@ -17,8 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mace_transfer.studies import parking
-from mace_transfer.studies.config import RECORDS, run_name
+from mace_transfer.studies.config import run_name
 from mace_transfer.studies.records import load_runs
+from mace_transfer.studies.starts import _fmt_time
 
 Walls = Dict[Tuple[str, int], List[float]]
 
@@ -67,7 +68,7 @@ def study_plan(out, work, sizes: Sequence[int], seeds: Sequence[int],
                 name = run_name(strategy, int(n_train), int(seed))
                 row: Dict[str, Any] = {"strategy": strategy, "n_train": int(n_train), "seed": int(seed),
                                        "name": name}
-                record = records.get(name) if (out / RECORDS / f"{name}.json").is_file() else None
+                record = records.get(name)  # load_runs read <out>/records/<name>.json
                 if record is not None:
                     test = record.get("test") or {}
                     row.update(status="done", wall_s=record.get("wall_s"),
@@ -89,11 +90,9 @@ def study_plan(out, work, sizes: Sequence[int], seeds: Sequence[int],
     return rows
 
 
-def _hours(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    minutes = int(round(seconds / 60.0))
-    return f"{minutes // 60}h{minutes % 60:02d}m"
+def _time(seconds: Optional[float]) -> str:
+    """The sweep's time format (:func:`starts._fmt_time`); ``?`` where no guess exists."""
+    return "?" if seconds is None else _fmt_time(seconds)
 
 
 def format_plan(rows: Sequence[Dict[str, Any]], title: str = "") -> str:
@@ -103,15 +102,15 @@ def format_plan(rows: Sequence[Dict[str, Any]], title: str = "") -> str:
     for row in rows:
         if row["status"] == "done":
             detail = (f"{row['force_mae_meV_per_A']:.1f} meV/Å, {row['energy_mae_meV_per_atom']:.2f} meV/atom, "
-                      f"{_hours(row['wall_s'])}")
+                      f"{_time(row['wall_s'])}")
         else:
-            trained = f"{_hours(row['trained_s'])} trained, " if row["trained_s"] else ""
-            detail = f"{trained}~{_hours(row['left_s'])} left (guess from {row['guess_from']})"
+            trained = f"{_time(row['trained_s'])} trained, " if row["trained_s"] else ""
+            detail = f"{trained}~{_time(row['left_s'])} left (guess from {row['guess_from']})"
         lines.append(f"{row['name']:28s} {row['status']:9s} {detail}")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "parked", "started", "to train")}
     left = [r["left_s"] for r in rows if r["status"] != "done"]
     total = None if any(s is None for s in left) else sum(left)
     lines.append(", ".join(f"{k} {v}" for k, v in counts.items())
-                 + f"; ~{_hours(total)} of training left at one process per run (guesses from this study's "
+                 + f"; ~{_time(total)} of training left at one process per run (guesses from this study's "
                  "finished runs on this machine)")
     return "\n".join(lines)
