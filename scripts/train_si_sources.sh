@@ -5,7 +5,8 @@
 # best-validation (EMA) model is MACE's saved .model, runs/sources/<size>/si_pbe_<size>.model; install it
 # as a study's cached source with scripts/source_record.py. Resumable: MACE's --restart_latest picks up
 # the last (best) checkpoint; EPOCHS=<that checkpoint's epoch> ends a run there (what was done here:
-# tiny stopped at epoch 122 -> best 67, medium at epoch 36 -> best 32; see the JSON records).
+# tiny stopped at epoch 122 -> best 67, medium at epoch 36 -> best 32; see the JSON records). tiny_l1 is
+# the fast student size of issue 23 (16 channels, L = 1): its own Si source, for the student's Si->Ge start.
 #
 #   SIZE=medium OMP_NUM_THREADS=1 nohup scripts/train_si_sources.sh >> runs/source_medium.log 2>&1 &
 #   SIZE=tiny   OMP_NUM_THREADS=1 nohup scripts/train_si_sources.sh >> runs/source_tiny.log 2>&1 &
@@ -15,7 +16,8 @@ SIZE=${SIZE:-medium}
 case "$SIZE" in
   medium) ARCH="--num_channels 64 --max_L 1 --correlation 3 --r_max 5.0"; EPOCHS=${EPOCHS:-100} ;;
   tiny)   ARCH="--num_channels 16 --max_L 0 --correlation 2 --r_max 4.5"; EPOCHS=${EPOCHS:-300} ;;
-  *) echo "SIZE must be medium or tiny" >&2; exit 2 ;;
+  tiny_l1) ARCH="--num_channels 16 --max_L 1 --correlation 2 --r_max 4.5 --early_stop_patience 30"; EPOCHS=${EPOCHS:-300} ;;
+  *) echo "SIZE must be medium, tiny or tiny_l1" >&2; exit 2 ;;
 esac
 WORK=runs/sources/$SIZE
 mkdir -p "$WORK"
