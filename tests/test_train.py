@@ -172,6 +172,20 @@ def test_early_stop_ends_a_run_whose_validation_loss_never_improves(tmp_path, si
     assert tools.train is original
 
 
+def test_early_stop_reads_the_results_log_under_work_dir(tmp_path, si_data, capsys):
+    """Only --work_dir given (MACE puts its results log in <work_dir>/results): the early stop must read
+    that log, not ./results; before this was fixed such a run never stopped (a 300-epoch Si source ran
+    225 epochs past its best)."""
+    work = tmp_path / "wd"
+    argv = ["--train_file", str(si_data), "--E0s", "average", "--name", "wd", "--work_dir", str(work)] + TINY + [
+        "--max_num_epochs", "40", "--lr", "0.0", "--early_stop_patience", "2"]
+    assert train.main(argv) == 0
+    rows = [r for r in early_stop.iter_mace_results(work / "results")
+            if r.get("mode") == "eval" and r.get("epoch") is not None]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert "early stop before epoch 3" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--early_stop_patience", "0"], "must be >= 1"),
     (["--early_stop_patience", "5", "--swa"], "stage two would never start"),

@@ -37,8 +37,12 @@ def iter_mace_results(results_dir) -> Iterator[Dict[str, Any]]:
 
 
 def results_file(args) -> Path:
-    """MACE's results log of this run: ``<results_dir>/<name>_run-<seed>_train.txt`` (JSON lines)."""
-    return Path(args.results_dir or "results") / f"{args.name}_run-{args.seed}_train.txt"
+    """MACE's results log of this run: ``<results_dir>/<name>_run-<seed>_train.txt`` (JSON lines).
+
+    Read before MACE's ``tools.check_args`` fills the directories in, so resolved as it will:
+    without ``--results_dir``, ``<work_dir>/results`` (``--work_dir`` defaults to ".")."""
+    folder = args.results_dir or Path(getattr(args, "work_dir", None) or ".") / "results"
+    return Path(folder) / f"{args.name}_run-{args.seed}_train.txt"
 
 
 def validation_history(path) -> List[tuple]:
