@@ -28,7 +28,8 @@ LABELS = ROOT / "data" / "ge_teacher_medium_N20s0.xyz"
 RATE_FILE = RESULTS / "teacher_labelling_rate.json"
 
 #: (label, size key of md_speed_sizes.json, final record, pretraining stage json or None, M teacher labels,
-#:  kind) -- kind: "teacher", "student" (taught, then fine-tuned on the 20 PBE), "dft" (the 20 PBE alone)
+#:  kind[, the teacher's record when not TEACHER's]) -- kind: "teacher", "student" (taught, then fine-tuned on the
+#:  20 PBE), "dft" (the 20 PBE alone). The Si sources (trained once, reused) are not counted.
 ROUTES = (
     ("medium teacher: Si→Ge transfer_rescale", (64, 1, 3), TEACHER["record"], None, 0, "teacher"),
     ("tiny L=0, taught M=2000", (16, 0, 2), "teacher_tiny/records/teacher_pretrain_N0020_s0.json",
@@ -46,6 +47,12 @@ ROUTES = (
     ("tiny L=0, scratch on DFT alone", (16, 0, 2), "converged_tiny/records/scratch_N0020_s0.json", None, 0, "dft"),
     ("small L=0, scratch on DFT alone", (32, 0, 2), "teacher_small/records/scratch_N0020_s0.json", None, 0, "dft"),
     ("tiny L=1, scratch on DFT alone", (16, 1, 2), "teacher_l1/records/scratch_N0020_s0.json", None, 0, "dft"),
+    ("tiny L=1, Si→Ge transfer_rescale on DFT alone", (16, 1, 2),
+     "teacher_l1_transfer/records/transfer_rescale_N0020_s0.json", None, 0, "dft"),
+    ("tiny L=1 from its Si remap, taught M=500 by the 10:1 teacher", (16, 1, 2),
+     "teacher_l1_s0_e10_remap/records/teacher_pretrain_N0020_s0.json",
+     "teacher_l1_s0_e10_remap/classical/student_l1_s0_e10_remap_pretrained.json", 500, "student",
+     "converged_medium/records/transfer_rescale_N0020_s0.json"),
 )
 MARKERS = {"teacher": ("*", "C3"), "student": ("o", "C0"), "dft": ("s", "0.5")}
 
@@ -76,9 +83,9 @@ def speeds() -> dict:
 
 def rows(rate: dict) -> list:
     speed = speeds()
-    teacher_wall = json.loads((RESULTS / TEACHER["record"]).read_text())["wall_s"]
     out = []
-    for label, size, record, stage, labels, kind in ROUTES:
+    for label, size, record, stage, labels, kind, *teacher_record in ROUTES:
+        teacher_wall = json.loads((RESULTS / (teacher_record or [TEACHER["record"]])[0]).read_text())["wall_s"]
         rec = json.loads((RESULTS / record).read_text())
         pretrain = json.loads((RESULTS / stage).read_text())["wall_s"] if stage else 0.0
         labelling = labels * rate["s_per_structure"]
