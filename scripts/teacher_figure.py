@@ -85,12 +85,14 @@ def rows(rate: dict) -> list:
     speed = speeds()
     out = []
     for label, size, record, stage, labels, kind, *teacher_record in ROUTES:
-        teacher_wall = json.loads((RESULTS / (teacher_record or [TEACHER["record"]])[0]).read_text())["wall_s"]
         rec = json.loads((RESULTS / record).read_text())
         pretrain = json.loads((RESULTS / stage).read_text())["wall_s"] if stage else 0.0
         labelling = labels * rate["s_per_structure"]
         # a student's route pays for its teacher too; the teacher and the DFT-alone routes for themselves
-        cost = rec["wall_s"] + pretrain + (teacher_wall + labelling if kind == "student" else 0.0)
+        cost = rec["wall_s"] + pretrain
+        if kind == "student":
+            teacher = teacher_record[0] if teacher_record else TEACHER["record"]
+            cost += json.loads((RESULTS / teacher).read_text())["wall_s"] + labelling
         out.append({"label": label, "kind": kind, "speed_vs_teacher": speed[size] / speed[(64, 1, 3)],
                     "force": rec["test"]["force_mae_meV_per_A"], "energy": rec["test"]["energy_mae_meV_per_atom"],
                     "cpu_h": cost / 3600.0, "labelling_s": labelling, "pretrain_s": pretrain,
