@@ -145,3 +145,39 @@ def test_pretrain_structures_sampled_by_the_teachers_own_md(tmp_path, monkeypatc
     (tmp_path / "peer.yaml").write_text(yaml.safe_dump(dict(config, stages=[peer])))
     with pytest.raises(UserInputError, match="cannot drive"):
         Pipeline(load_pipeline(tmp_path / "peer.yaml")).run()
+
+
+def test_teacher_tables_goal_rule(tmp_path, monkeypatch, capsys):
+    """scripts/teacher_tables.py: a remap-started student is 'met' only within 1.15x its teacher's force error,
+    at <= 2 meV/atom, and below both DFT-alone routes in force and energy at the same (N, seed)."""
+    import importlib.util
+
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("teacher_tables", Path(__file__).parents[1] / "scripts" / "teacher_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+
+    def record(study, strategy, n, seed, force, energy):
+        folder = tmp_path / study / "records"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{strategy}_N{n:04d}_s{seed}.json").write_text(json.dumps(
+            {"strategy": strategy, "n_train": n, "seed": seed,
+             "test": {"force_mae_meV_per_A": force, "energy_mae_meV_per_atom": energy}}))
+
+    (tmp_path / "md_speed_sizes.json").write_text(json.dumps({"sizes": [
+        {"channels": 16, "max_L": 1, "atom_steps_per_s": 600.0}, {"channels": 64, "max_L": 1, "atom_steps_per_s": 100.0}]}))
+    record("converged_medium", "transfer_rescale", 20, 0, 10.0, 1.0)
+    record("converged_medium", "transfer_rescale", 20, 1, 10.0, 1.0)
+    record("converged_medium", "transfer_rescale", 20, 2, 10.0, 1.0)
+    for seed in (0, 1, 2):
+        record("teacher_l1", "scratch", 20, seed, 20.0, 5.0)
+        record("teacher_l1_transfer", "transfer_rescale", 20, seed, 13.0, 1.5)
+    record("teacher_l1_s0_e10_remap", "teacher_pretrain", 20, 0, 11.5, 0.9)   # 1.15x, below both: met
+    record("teacher_l1_s1_e10_remap", "teacher_pretrain", 20, 1, 11.6, 0.9)   # 1.16x its teacher: not met
+    record("teacher_l1_s2_e10_remap", "teacher_pretrain", 20, 2, 11.0, 1.6)   # energy above the transfer's: not met
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    tables.print_goal_table()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20,")]
+    assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["**met**", "not met", "not met"]
+    assert "6.0×" in rows[0] and "1.15×" in rows[0]
