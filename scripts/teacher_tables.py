@@ -25,7 +25,7 @@ RESULTS = Path("docs/results")
 STUDENT_ROUTES = (
     ("scratch on the PBE structures alone (lr and loss tuned where noted in the text)", "scratch",
      ("teacher_l1_n5_s1_dft_alone", "teacher_l1_n50_s0_dft_alone", "teacher_l1_n5_s0_e10", "teacher_l1",
-      "teacher_l1_s1")),
+      "teacher_l1_s1", "teacher_l1_s2_dft_alone")),
     ("Si→Ge transfer_rescale on the PBE structures alone", "transfer_rescale", ("teacher_l1_transfer",)),
     ("taught (M = 500, 10:1 teacher) from scratch, fine-tuned 1:1", "teacher_pretrain",
      ("teacher_l1_n5_s0_e10", "teacher_l1_n5_s1_e10", "teacher_l1_s1_e10", "teacher_l1_n50_s0_e10")),
