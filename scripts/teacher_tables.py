@@ -1,6 +1,8 @@
 """The summary tables of docs/RESULTS.md section 12 (issue 23), from the study records only:
 
     .venv/bin/python scripts/teacher_tables.py > /tmp/teacher_tables.md
+    .venv/bin/python scripts/teacher_tables.py --write docs/RESULTS.md   # between its two markers
+
 
 1. The tiny-L1 student size (16 ch, L = 1) per route, test force / energy MAE (meV/Å, meV/atom) on the 60 PBE
    test structures, per N and seed, and the medium teacher that labelled for it.
@@ -14,6 +16,9 @@ Each route lists its studies in priority order: where two hold a run for the sam
 at that N and the untuned one), the first wins.
 """
 
+import argparse
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -37,6 +42,7 @@ STUDENT_ROUTES = (
 TEACHER = ("the teacher (medium, Si→Ge transfer_rescale, 10:1)", "transfer_rescale", ("converged_medium",))
 REMAP_ROUTE = STUDENT_ROUTES[-1]
 BASELINE_ROUTES = STUDENT_ROUTES[:2]
+BEGIN, END = "<!-- teacher_tables.py: begin -->", "<!-- teacher_tables.py: end -->"
 FORCE = "force_mae_meV_per_A"
 ENERGY = "energy_mae_meV_per_atom"
 
@@ -102,10 +108,29 @@ def print_goal_table() -> None:
     print()
 
 
+def write_between_markers(path: Path, text: str) -> None:
+    """Replace what lies between BEGIN and END in ``path`` (both must be there, once each) by ``text``."""
+    document = path.read_text()
+    if document.count(BEGIN) != 1 or document.count(END) != 1 or document.index(BEGIN) > document.index(END):
+        sys.exit(f"{path}: needs one '{BEGIN}' line and, after it, one '{END}' line")
+    head, rest = document.split(BEGIN)
+    _, tail = rest.split(END)
+    path.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write", type=Path, help="put the tables between the markers of this Markdown file")
+    args = parser.parse_args()
     sizes = sorted({n for _, strategy, studies in STUDENT_ROUTES for n, _ in route_runs(strategy, studies)})
-    print_route_table(sizes)
-    print_goal_table()
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        print_route_table(sizes)
+        print_goal_table()
+    if args.write:
+        write_between_markers(args.write, buffer.getvalue())
+    else:
+        print(buffer.getvalue(), end="")
 
 
 if __name__ == "__main__":

@@ -181,3 +181,11 @@ def test_teacher_tables_goal_rule(tmp_path, monkeypatch, capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20,")]
     assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["**met**", "not met", "not met"]
     assert "6.0×" in rows[0] and "1.15×" in rows[0]
+
+    document = tmp_path / "RESULTS.md"
+    document.write_text(f"before\n{tables.BEGIN}\nold table\n{tables.END}\nafter\n")
+    tables.write_between_markers(document, "| new |\n")
+    assert document.read_text() == f"before\n{tables.BEGIN}\n| new |\n{tables.END}\nafter\n"
+    document.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        tables.write_between_markers(document, "| new |\n")
