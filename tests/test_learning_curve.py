@@ -391,6 +391,33 @@ def test_extra_train_frames_join_every_training_set_outside_n_and_validation(lc,
     assert sweep.check_data()["extra_train"]["configurations"] == 3
 
 
+def test_extra_train_weight_is_the_loss_weight_mace_reads(lc, tmp_path):
+    """data.extra_train_weight: every extra frame, and no target frame, reaches MACE with that loss weight
+    (its per-configuration ``config_weight``); a weight without extra frames, or not positive, is refused."""
+    from ase.io import read
+    from mace.data.utils import config_from_atoms
+
+    write_sw_ge_dataset(tmp_path / "t.xyz", 12, seed=5)
+    write_sw_ge_dataset(tmp_path / "x.xyz", 3, seed=7)
+    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
+              "n_valid": 4, "valid_seed": 1, "mace": {"batch_size": 2}, "target_E0s": "{32: 0.0}",
+              "budget": {"steps": 40, "min_epochs": 1, "max_epochs": 1000},
+              "strategies": {"scratch": {"lr": 0.01}},
+              "data": {"source": "si.xyz", "target": str(tmp_path / "t.xyz"), "test": str(tmp_path / "t.xyz"),
+                       "extra_train": str(tmp_path / "x.xyz"), "extra_train_weight": 0.1}}
+    subset = lc.Sweep(config).write_subset(tmp_path / "run", 5, seed=0)
+    weights = [config_from_atoms(atoms).weight
+               for atoms in read(subset["train_file"], ":")]
+    assert weights == [1.0] * 5 + [0.1] * 3
+    assert "config_weight" not in read(tmp_path / "x.xyz", 0).info   # the data file itself is untouched
+    assert lc.Sweep(config).check_data()["extra_train"]["config_weight"] == 0.1
+    for bad in ({"extra_train_weight": 0.0}, {"extra_train_weight": 0.1, "extra_train": None}):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(dict(config, data=dict(config["data"], **bad), sizes=[5], seeds=[0])))
+        with pytest.raises(UserInputError, match="extra_train_weight"):
+            lc.load_config(path)
+
+
 def test_converged_budget_counts_patience_in_optimizer_steps(lc):
     budget = {"mode": "converged", "patience_steps": 600, "min_patience_epochs": 20, "max_steps": 20000,
               "max_epochs": 5000, "scheduler_patience_steps": 200}

@@ -57,6 +57,10 @@ def load_config(path) -> Dict[str, Any]:
     for key in ("source", "target", "test"):
         if key not in config["data"]:
             raise UserInputError(f"{path}: data needs {key!r}")
+    weight = config["data"].get("extra_train_weight")
+    if weight is not None and (not config["data"].get("extra_train") or isinstance(weight, bool)
+                               or not isinstance(weight, (int, float)) or weight <= 0):
+        raise UserInputError(f"{path}: data.extra_train_weight must be a positive number and needs data.extra_train")
     for name, spec in config["strategies"].items():
         if name not in STRATEGIES:
             raise UserInputError(f"{path}: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")

@@ -160,6 +160,8 @@ class StudyData:
                 digest = _sha256_text(" ".join(file_sha256(p) for p in paths))
             current[key] = {"path": ", ".join(map(str, paths)), "configurations": len(self.frames(key)),
                             "sha256": digest}
+        if self.config["data"].get("extra_train_weight") is not None and "extra_train" in current:
+            current["extra_train"]["config_weight"] = float(self.config["data"]["extra_train_weight"])
         record = self.out / "data.json"
         if record.is_file():
             before = json.loads(record.read_text())
@@ -172,8 +174,18 @@ class StudyData:
         return current
 
     def extra_train_frames(self) -> list:
-        """The ``data.extra_train`` configurations (none when the key is absent)."""
-        return self.frames("extra_train") if self.config["data"].get("extra_train") else []
+        """The ``data.extra_train`` configurations (none when the key is absent); with
+        ``data.extra_train_weight`` w each carries ``info["config_weight"] = w``, MACE's per-configuration
+        loss weight (e.g. a teacher's labels replayed at a low weight beside the DFT structures)."""
+        if not self.config["data"].get("extra_train"):
+            return []
+        weight = self.config["data"].get("extra_train_weight")
+        if weight is None:
+            return self.frames("extra_train")
+        frames = [atoms.copy() for atoms in self.frames("extra_train")]
+        for atoms in frames:
+            atoms.info["config_weight"] = float(weight)
+        return frames
 
     def valid_frames(self) -> list:
         target = self.frames("target")

@@ -22,7 +22,8 @@ for every N, seed and strategy. Training subsets are nested: for seed s the rest
 shuffled once with s and the first N are taken, so N=5 is inside N=10 for the same seed. The seed
 is also MACE's ``--seed``. ``data.extra_train`` (optional): configurations added to every run's
 training set, not counted in N and never in validation (e.g. close-pair cells for the short-range
-wall, ``scripts/make_close_pairs.py``).
+wall, ``scripts/make_close_pairs.py``), each at MACE's per-configuration loss weight ``data.extra_train_weight``
+when given (e.g. a teacher's labels replayed beside the DFT structures).
 
 Strategies: ``scratch``; ``transfer`` (remap the source, fine-tune); ``transfer_freeze`` (+ a
 frozen block set); ``transfer_rescale`` (+ corresponding-states s, k); ``mace_freeze`` (MACE's own
