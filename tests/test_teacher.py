@@ -189,3 +189,37 @@ def test_teacher_tables_goal_rule(tmp_path, monkeypatch, capsys):
     document.write_text("no markers\n")
     with pytest.raises(SystemExit):
         tables.write_between_markers(document, "| new |\n")
+
+
+def test_the_teacher_student_route_as_one_pipeline(tmp_path, monkeypatch):
+    """configs/pipeline_teacher_student.yaml's route with tiny models: a teacher (transferred from a Si model)
+    labels sampled Ge cells, a student of another size started from the Si model is taught on them, then
+    fine-tuned on the Ge data from the taught student; the labels are exactly the teacher stage's predictions."""
+    monkeypatch.chdir(tmp_path)
+    config = {"workdir": "runs/r", "mace": TINY_MACE, "stages": [
+        {"name": "si", "kind": "classical_pretrain", "element": "Si", "potential": "sw", "n": 6,
+         "options": FAST_SAMPLING, "mace": {"E0s": "{14: 0.0}", "valid_fraction": 0.34, "num_channels": 4}},
+        {"name": "ge_data", "kind": "sample", "element": "Ge", "potential": "sw", "n": 6, "options": FAST_SAMPLING},
+        {"name": "teacher", "kind": "train", "subset": {"file": "runs/r/ge_data/ge_data.xyz", "n_train": 4, "n_valid": 2},
+         "mace": {"E0s": "{32: 0.0}"}},
+        {"name": "student", "kind": "pretrain", "teacher": "teacher", "source": "si", "element_map": "Si:Ge",
+         "structures": {"element": "Ge", "potential": "sw", "n": 6, "options": dict(FAST_SAMPLING, seed=9)},
+         "mace": {"E0s": "{32: 0.0}", "valid_fraction": 0.34, "num_channels": 4}},
+        {"name": "student_ft", "kind": "train", "source": "student", "element_map": "Ge:Ge",
+         "subset": {"file": "runs/r/ge_data/ge_data.xyz", "n_train": 4, "n_valid": 2},
+         "mace": {"E0s": "{32: 0.0}", "num_channels": 4, "corresponding_states": False}}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    outputs = Pipeline(load_pipeline(tmp_path / "p.yaml")).run()
+    teacher = torch.load(outputs["teacher"], map_location="cpu", weights_only=False)
+    student = torch.load(outputs["student_ft"], map_location="cpu", weights_only=False)
+    assert [int(z) for z in student.atomic_numbers] == [32]
+    # two sizes: the teacher 8 channels (TINY_MACE), the student 4 (its Si source's)
+    assert teacher.node_embedding.linear.weight.numel() == 2 * student.node_embedding.linear.weight.numel()
+    labels = read(tmp_path / "runs/r/student/teacher_labels.xyz", ":")
+    assert len(labels) == 6
+    for frame in labels:
+        energy, forces = energy_forces(teacher, frame)
+        assert frame.info["REF_energy"] == pytest.approx(energy, abs=1e-9)
+        np.testing.assert_allclose(frame.arrays["REF_forces"], forces, atol=1e-7)  # extxyz keeps 8 decimals
+    argv = json.loads((tmp_path / "runs/r/student_ft/argv.json").read_text())
+    assert argv[argv.index("--source_model") + 1] == str(outputs["student"])
