@@ -363,18 +363,23 @@ def test_config_base_merges_and_null_removes(lc, tmp_path):
         lc.load_config(tmp_path / "self.yaml")
 
 
+def _sweep_config_with_extra_file(tmp_path, **data) -> dict:
+    """A 12-frame SW-Ge target (4 validation) and a 3-frame extra file x.xyz; ``data`` joins the data keys."""
+    write_sw_ge_dataset(tmp_path / "t.xyz", 12, seed=5)
+    write_sw_ge_dataset(tmp_path / "x.xyz", 3, seed=7)
+    return {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
+            "n_valid": 4, "valid_seed": 1, "mace": {"batch_size": 2}, "target_E0s": "{32: 0.0}",
+            "budget": {"steps": 40, "min_epochs": 1, "max_epochs": 1000},
+            "strategies": {"scratch": {"lr": 0.01}},
+            "data": {"source": "si.xyz", "target": str(tmp_path / "t.xyz"), "test": str(tmp_path / "t.xyz"), **data}}
+
+
 def test_extra_train_frames_join_every_training_set_outside_n_and_validation(lc, tmp_path):
     """data.extra_train: added to every run's train.xyz, never to validation, not counted in N; the
     step budget counts them; its file is fingerprinted with the rest of the data."""
     from ase.io import read
 
-    write_sw_ge_dataset(tmp_path / "t.xyz", 12, seed=5)
-    write_sw_ge_dataset(tmp_path / "x.xyz", 3, seed=7)
-    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
-              "n_valid": 4, "valid_seed": 1, "mace": {"batch_size": 2}, "target_E0s": "{32: 0.0}",
-              "budget": {"steps": 40, "min_epochs": 1, "max_epochs": 1000},
-              "strategies": {"scratch": {"lr": 0.01}},
-              "data": {"source": "si.xyz", "target": str(tmp_path / "t.xyz"), "test": str(tmp_path / "t.xyz")}}
+    config = _sweep_config_with_extra_file(tmp_path)
     plain = lc.Sweep(dict(config))
     config["data"] = dict(config["data"], extra_train=str(tmp_path / "x.xyz"))
     sweep = lc.Sweep(config)
@@ -397,14 +402,7 @@ def test_extra_train_weight_is_the_loss_weight_mace_reads(lc, tmp_path):
     from ase.io import read
     from mace.data.utils import config_from_atoms
 
-    write_sw_ge_dataset(tmp_path / "t.xyz", 12, seed=5)
-    write_sw_ge_dataset(tmp_path / "x.xyz", 3, seed=7)
-    config = {"out": str(tmp_path / "res"), "work": str(tmp_path / "work"), "element_map": "Si:Ge",
-              "n_valid": 4, "valid_seed": 1, "mace": {"batch_size": 2}, "target_E0s": "{32: 0.0}",
-              "budget": {"steps": 40, "min_epochs": 1, "max_epochs": 1000},
-              "strategies": {"scratch": {"lr": 0.01}},
-              "data": {"source": "si.xyz", "target": str(tmp_path / "t.xyz"), "test": str(tmp_path / "t.xyz"),
-                       "extra_train": str(tmp_path / "x.xyz"), "extra_train_weight": 0.1}}
+    config = _sweep_config_with_extra_file(tmp_path, extra_train=str(tmp_path / "x.xyz"), extra_train_weight=0.1)
     subset = lc.Sweep(config).write_subset(tmp_path / "run", 5, seed=0)
     weights = [config_from_atoms(atoms).weight
                for atoms in read(subset["train_file"], ":")]
