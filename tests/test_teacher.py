@@ -151,19 +151,18 @@ def test_teacher_tables_goal_rule(tmp_path, monkeypatch, capsys):
     """scripts/teacher_tables.py: a remap-started student is 'met' only within 1.15x its teacher's force error,
     at <= 2 meV/atom, and below both DFT-alone routes in force and energy at the same (N, seed)."""
     import importlib.util
-
     from pathlib import Path
+
+    from mace_transfer.studies.records import write_json
 
     spec = importlib.util.spec_from_file_location("teacher_tables", Path(__file__).parents[1] / "scripts" / "teacher_tables.py")
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)
 
     def record(study, strategy, n, seed, force, energy):
-        folder = tmp_path / study / "records"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{strategy}_N{n:04d}_s{seed}.json").write_text(json.dumps(
-            {"strategy": strategy, "n_train": n, "seed": seed,
-             "test": {"force_mae_meV_per_A": force, "energy_mae_meV_per_atom": energy}}))
+        write_json(tmp_path / study / "records" / f"{strategy}_N{n:04d}_s{seed}.json",
+                   {"strategy": strategy, "n_train": n, "seed": seed,
+                    "test": {"force_mae_meV_per_A": force, "energy_mae_meV_per_atom": energy}})
 
     (tmp_path / "md_speed_sizes.json").write_text(json.dumps({"sizes": [
         {"channels": 16, "max_L": 1, "atom_steps_per_s": 600.0}, {"channels": 64, "max_L": 1, "atom_steps_per_s": 100.0}]}))
@@ -177,10 +176,15 @@ def test_teacher_tables_goal_rule(tmp_path, monkeypatch, capsys):
     record("teacher_l1_s1_e10_remap", "teacher_pretrain", 20, 1, 11.6, 0.9)   # 1.16x its teacher: not met
     record("teacher_l1_s2_e10_remap", "teacher_pretrain", 20, 2, 11.0, 1.6)   # energy above the transfer's: not met
     monkeypatch.setattr(tables, "RESULTS", tmp_path)
-    tables.print_goal_table()
+    tables.print_goal_table(tables.load_routes())
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 20,")]
     assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["**met**", "not met", "not met"]
     assert "6.0×" in rows[0] and "1.15×" in rows[0]
+    capped = json.loads((tmp_path / "teacher_l1/records/scratch_N0020_s0.json").read_text())
+    write_json(tmp_path / "teacher_l1/records/scratch_N0020_s0.json", dict(capped, converged=False))
+    tables.print_route_table(tables.load_routes())
+    table = capsys.readouterr().out
+    assert "20.0 / 5.00 (s0, cap), 20.0 / 5.00 (s1), 20.0 / 5.00 (s2)" in table
 
     document = tmp_path / "RESULTS.md"
     document.write_text(f"before\n{tables.BEGIN}\nold table\n{tables.END}\nafter\n")
