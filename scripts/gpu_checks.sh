@@ -6,8 +6,7 @@
 # each test's outcome. Commit that file.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-.venv/bin}
-[ -x "$BIN/python" ] || make venv >/dev/null
+source scripts/gpu_env.sh
 mkdir -p docs/gpu runs
 stamp=$(date -u +%Y%m%dT%H%MZ)
 "$BIN/python" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py --junitxml "runs/gpu_checks_$stamp.xml" | tail -5

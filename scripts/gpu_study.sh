@@ -1,43 +1,158 @@
 #!/usr/bin/env bash
-# The medium converged study (configs/converged_medium.yaml, issue 21) on one GPU in about 10 minutes.
+# The converged studies' missing medium runs (issue 21, and the medium alloy routes of issue 18) on one
+# GPU, within a deadline, whatever is left of them.
 #
-#   bash scripts/gpu_study.sh            # on the GPU machine, from the repository root
+#   bash scripts/gpu_study.sh                      # from the repository root, on the GPU machine
+#   BUDGET_S=420 PARALLEL=16 BACK=$OUT bash scripts/gpu_study.sh
 #
-# Needs the cached medium Si source (docs/results/converged_medium/source/si_pbe_medium.model, trained
-# on CPU by scripts/train_si_sources.sh). Runs several one-thread study processes side by side on the
-# one GPU (MACE's small 16-atom batches leave it mostly idle): first the lr selection at N = 20 (one
-# process per start), then every (start, N, seed) run spread over the processes. Every process is
-# cut at its deadline; what finished is a record under docs/results/converged_medium/records/ and a
-# later call resumes. Writes docs/results/converged_medium/gpu_machine.txt (the GPU named).
+# Every run left to train becomes one job; PARALLEL one-thread jobs share the GPU (MACE's 16-atom batches
+# leave each step bound by Python and kernel launches: on one H200 each of 14 jobs ran at about one CPU
+# thread's pace, docs/gpu/study_20261204.md, so the jobs scale with the CPU cores), in the order of
+# JOBS below: the runs that finish soonest and fill the seeds first, the long N = 50 / 292 runs last.
+# Each job is cut at the deadline (BUDGET_S from the start); then every study parks its cut runs
+# (--park: the newest checkpoint under <out>/partial/, resumed by any later call, CPU or GPU) and
+# rewrites its report. Records carry the GPU's name (machine.gpu); gpu_machine.txt names it once more.
+#
+# Environment: scripts/gpu_env.sh (the .venv, or the wheels carried in .whl/ on a GPU machine's image).
+# Beside the jobs: scripts/gpu_checks.sh (the CUDA tests of issue 19) and, with SOURCE_FROM set, the
+# medium Si source trained further on the GPU (scripts/train_si_sources.sh, cut at the deadline).
+# With BACK set, every file this call wrote that a study keeps (records, models, parked runs, reports,
+# logs) is packed into at most PACK_PARTS (4) tar files of <= 15 MiB each under $BACK (untar them at the
+# repository root); models and parked checkpoints that do not fit are listed in $BACK/left_out.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-CONFIG=${CONFIG:-configs/converged_medium.yaml}
-OUT=${OUT:-docs/results/converged_medium}
-BUDGET_S=${BUDGET_S:-540}          # whole script, seconds
-SELECT_S=${SELECT_S:-240}          # lr selection phase, seconds
-BIN=${BIN:-.venv/bin}
-[ -x "$BIN/mace_transfer_learning_curve" ] || make venv >/dev/null
+BUDGET_S=${BUDGET_S:-420}
+PARALLEL=${PARALLEL:-14}
+BACK=${BACK:-}
 START=$(date +%s)
-mkdir -p "$OUT" runs
-{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU seen";
-  "$BIN/python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-  date -u +%FT%TZ; } > "$OUT/gpu_machine.txt"
-cat "$OUT/gpu_machine.txt"
-lc() { OMP_NUM_THREADS=1 timeout "$1" "$BIN/mace_transfer_learning_curve" --config "$CONFIG" --no_zero_shot "${@:2}"; }
+DEADLINE=$(( START + BUDGET_S ))
+STAMP=$(mktemp); touch -d "@$START" "$STAMP"
+mkdir -p runs/gpu_logs
 
-# phase 1: each start's learning rate on validation (N = 20, seed 0), one process per start
-for s in scratch transfer transfer_rescale; do
-  lc "$SELECT_S" --strategies "$s" --sizes 20 --seeds 0 > "runs/gpu_select_$s.log" 2>&1 &
-done
+source scripts/gpu_env.sh
+export BIN
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU seen"
+  "$BIN/python" -c "import torch, mace, e3nn; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '', 'mace', mace.__version__, 'e3nn', e3nn.__version__)"
+  date -u +%FT%TZ; echo "BUDGET_S=$BUDGET_S PARALLEL=$PARALLEL nproc=$(nproc)"; } > runs/gpu_logs/gpu_machine.txt 2>&1
+cat runs/gpu_logs/gpu_machine.txt
+
+# beside the jobs: the CUDA tests, and the Si source trained further (cut at the deadline; resumable)
+timeout "$BUDGET_S" bash scripts/gpu_checks.sh > runs/gpu_logs/gpu_checks.log 2>&1 &
+if [ -n "${SOURCE_FROM:-}" ]; then
+  SIZE=${SOURCE_SIZE:-medium} FROM=$SOURCE_FROM EPOCHS=${SOURCE_EPOCHS:-300} LR=${SOURCE_LR:-0.005} \
+    DEVICE=${SOURCE_DEVICE:-cuda} OMP_NUM_THREADS=1 timeout "$BUDGET_S" bash scripts/train_si_sources.sh \
+    > runs/gpu_logs/source_cont.log 2>&1 &
+fi
+
+# One job per line: config | strategies | sizes | seeds. The default list: what --plan showed left on
+# 2026-12-04 (the runs a CPU chain is on are left out). A job whose run is done already does nothing.
+MEDIUM=configs/converged_medium.yaml
+ALLOY=configs/alloy_sige_medium.yaml
+DEFAULT_JOBS="
+$MEDIUM|scratch|20|2
+$MEDIUM|transfer|20|2
+$MEDIUM|scratch|10|2
+$MEDIUM|transfer|10|2
+$MEDIUM|transfer_rescale|10|2
+$MEDIUM|scratch|5|2
+$MEDIUM|transfer|5|2
+$MEDIUM|scratch|2|1
+$MEDIUM|scratch|2|2
+$MEDIUM|transfer|2|0
+$MEDIUM|transfer|2|1
+$MEDIUM|transfer|2|2
+$MEDIUM|transfer_rescale|2|2
+$ALLOY|replay|20|0
+$ALLOY|scratch|20|0
+$ALLOY|plain|20|0
+$MEDIUM|transfer|50|0
+$MEDIUM|scratch|50|1
+$MEDIUM|transfer|50|1
+$MEDIUM|transfer_rescale|50|1
+$MEDIUM|transfer|50|2
+$MEDIUM|scratch|50|2
+$MEDIUM|transfer_rescale|50|2
+$ALLOY|replay|20|1
+$ALLOY|scratch|20|1
+$ALLOY|plain|20|1
+$ALLOY|mixed|20|2
+$ALLOY|replay|20|2
+$ALLOY|scratch|20|2
+$ALLOY|plain|20|2
+$MEDIUM|transfer|292|0
+$MEDIUM|transfer_rescale|292|0
+$MEDIUM|scratch|292|0
+"
+JOBS=${JOBS:-$DEFAULT_JOBS}
+
+run_job() {  # config|strategies|sizes|seeds: train it until the deadline
+  IFS='|' read -r config strategies sizes seeds <<< "$1"
+  left=$(( DEADLINE - $(date +%s) ))
+  [ "$left" -gt 60 ] || { echo "skip (deadline): $1"; return 0; }
+  name="$(basename "$config" .yaml)_${strategies}_N${sizes}_s${seeds}"
+  echo "$(date -u +%T) start $name (${left}s left)"
+  OMP_NUM_THREADS=1 timeout "$left" "$BIN/mace_transfer_learning_curve" --config "$config" --no-zero-shot \
+    --strategies "$strategies" --sizes "$sizes" --seeds "$seeds" > "runs/gpu_logs/$name.log" 2>&1
+  echo "$(date -u +%T) end $name: exit $?"
+}
+export -f run_job; export DEADLINE
+printf '%s\n' "$JOBS" | grep -v '^[[:space:]]*$' | xargs -d '\n' -P "$PARALLEL" -I{} bash -c 'run_job "$@"' _ {}
+
 wait
-# phase 2: the sweep, one process per (start, seed) for N <= 50 and one per start at N = 292
-LEFT=$(( BUDGET_S - ($(date +%s) - START) ))
-for s in scratch transfer transfer_rescale; do
-  for seed in 0 1 2; do
-    lc "$LEFT" --strategies "$s" --sizes 2,5,10,20,50 --seeds "$seed" > "runs/gpu_${s}_s$seed.log" 2>&1 &
-  done
-  lc "$LEFT" --strategies "$s" --sizes 292 --seeds 0 > "runs/gpu_${s}_292.log" 2>&1 &
+# park what the deadline cut, rewrite each study's report
+for config in $(printf '%s\n' "$JOBS" | grep -v '^[[:space:]]*$' | cut -d'|' -f1 | sort -u); do
+  "$BIN/mace_transfer_learning_curve" --config "$config" --park > "runs/gpu_logs/park_$(basename "$config" .yaml).log" 2>&1
+  "$BIN/mace_transfer_learning_curve" --config "$config" --report-only --no-zero-shot > "runs/gpu_logs/report_$(basename "$config" .yaml).log" 2>&1
+  tail -n 3 "runs/gpu_logs/report_$(basename "$config" .yaml).log"
 done
-wait
-"$BIN/mace_transfer_learning_curve" --config "$CONFIG" --report_only | tail -1
-ls "$OUT/records" | wc -l
+echo "trained for $(( $(date +%s) - START )) s"
+
+[ -n "$BACK" ] || exit 0
+# copy each finished run's model beside its record (what the CPU sessions do by hand), then pack
+"$BIN/python" - "$STAMP" "$BACK" $(printf '%s\n' "$JOBS" | grep -v '^[[:space:]]*$' | cut -d'|' -f1 | sort -u) <<'PY'
+import os, shutil, sys, tarfile
+from pathlib import Path
+import yaml
+stamp, back, configs = os.path.getmtime(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+def setting(config, key):
+    data = yaml.safe_load(open(config))
+    while key not in data and "base" in data:
+        data = yaml.safe_load(open(data["base"]))
+    return data[key]
+small, large = [], []
+for config in configs:
+    out, work = Path(setting(config, "out")), Path(setting(config, "work"))
+    for record in (out / "records").glob("*.json"):
+        model = work / record.stem / f"{record.stem}.model"
+        if record.stat().st_mtime >= stamp and model.exists():
+            (out / "models").mkdir(exist_ok=True)
+            shutil.copy2(model, out / "models" / model.name)
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and path.stat().st_mtime >= stamp:
+            (large if path.suffix in (".model", ".pt") or path.stat().st_size > 2**20 else small).append(path)
+small += sorted(p for p in Path("runs/gpu_logs").iterdir() if p.is_file())
+small += [p for p in Path("docs/gpu").glob("*.json") if p.stat().st_mtime >= stamp]
+for folder in Path("runs/sources").glob("*_cont"):   # the source trained further: model, curve, checkpoint
+    for path in folder.rglob("*"):
+        if path.is_file() and "compiled" not in path.name and path.stat().st_mtime >= stamp:
+            (large if path.suffix in (".model", ".pt") else small).append(path)
+limit, max_parts, parts = 15 * 2**20, int(os.environ.get("PACK_PARTS", "4")), []
+def order(path):  # the source trained further first, then finished runs' models, then parked checkpoints
+    return ("runs" not in path.parts, "partial" in path.parts, path.stat().st_size)
+for path in small + sorted(large, key=order):
+    size = path.stat().st_size
+    for part in parts:
+        if part[0] + size <= limit:
+            part[0] += size; part[1].append(path); break
+    else:
+        if len(parts) < max_parts and size <= limit:
+            parts.append([size, [path]])
+        else:
+            with open(back / "left_out.txt", "a") as handle:
+                handle.write(f"{path} {size}\n")
+for index, (size, paths) in enumerate(parts):
+    with tarfile.open(back / f"part{index}.tar", "w") as tar:
+        for path in paths:
+            tar.add(path)
+    print(f"part{index}.tar: {len(paths)} files, {size / 2**20:.1f} MiB")
+PY

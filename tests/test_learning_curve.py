@@ -584,7 +584,8 @@ def _cut_and_parked_run(lc, tmp_path, monkeypatch, max_steps):
 def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, monkeypatch, capsys):
     """A run cut after training (here: its test evaluation fails) keeps its checkpoint; --park copies
     it to <out>/partial/, a fresh work folder (another machine) resumes from it: no epoch is trained
-    again (the plateau is already in MACE's log), the record counts both chunks' wall time."""
+    again (the plateau is already in MACE's log), the record counts both chunks' wall time and names
+    what each chunk ran on."""
     import shutil
 
     from mace_transfer.studies.plan import study_plan
@@ -608,6 +609,7 @@ def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, m
     record = lc.Sweep(config).train_run("scratch", 4, 0, record_path)
     assert "resuming from its checkpoint" in capsys.readouterr().out
     assert record["curve"]["epoch"] == first_epochs and record["wall_s"] >= before > 0
+    assert record["devices"] == ["cpu", "cpu"]  # one entry per chunk: the cut one and the resumed one
     row = state()
     assert row["status"] == "done" and row["wall_s"] == record["wall_s"]
     assert row["force_mae_meV_per_A"] == record["test"]["force_mae_meV_per_A"]

@@ -51,6 +51,12 @@ def chunks_wall(folder: Path) -> float:
     return float(chunks.get("wall_s_before", 0.0)) + cut_chunk_s(folder, chunks)
 
 
+def chunk_devices(folder: Path) -> List[str]:
+    """What each training chunk of a run ran on so far (``cpu`` or a GPU's name), oldest first."""
+    path = folder / CHUNKS
+    return list(json.loads(path.read_text()).get("devices", [])) if path.is_file() else []
+
+
 def unpark(out: Path, name: str, folder: Path) -> bool:
     """Copy the parked run ``name`` into its work ``folder`` (when that does not exist yet)."""
     parked = out / PARKED / name
@@ -87,7 +93,7 @@ def park_runs(work: Path, out: Path, say: Callable[[str], None] = print, skip: S
         chunks = json.loads((folder / CHUNKS).read_text()) if (folder / CHUNKS).is_file() else {}
         write_json(target / CHUNKS, {"wall_s_before": chunks.get("wall_s_before", 0.0),
                                      "parked_chunk_s": cut_chunk_s(folder, chunks),
-                                     **({"settings": chunks["settings"]} if "settings" in chunks else {})})
+                                     **{key: chunks[key] for key in ("settings", "devices") if key in chunks}})
         parked.append(folder.name)
         say(f"parked {folder.name}: {newest[-1].name} -> {target}")
     return parked

@@ -31,8 +31,17 @@ from mace_transfer.studies.data import StudyData, file_sha256
 from mace_transfer.studies.records import best_epoch, read_results, valid_rmse_at, write_json
 
 
+def torch_device_name(device: str) -> str:
+    """``cpu``, or the CUDA card's name (``NVIDIA H200``) for a ``cuda`` device: what a chunk ran on."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return str(device)
+
+
 def machine_info(threads: int) -> Dict[str, Any]:
-    """nproc, CPU model, load average, torch threads and versions, for the results file."""
+    """nproc, CPU model, the GPU (None without CUDA), load average, torch threads and versions, for the results file."""
     import torch
 
     model = None
@@ -43,7 +52,8 @@ def machine_info(threads: int) -> Dict[str, Any]:
                 break
     import mace
 
-    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(), "gpu": gpu,
             "load_average_1_5_15": list(os.getloadavg()), "torch_threads": threads,
             "torch": torch.__version__, "mace": getattr(mace, "__version__", "?"),
             "python": platform.python_version(), "host": platform.node()}
@@ -413,8 +423,9 @@ class StartModels(StudyData):
         model, ...) is not resumed: its training state and parked copy go and the run starts again
         (a cut run from before settings were recorded is resumed as it is)."""
         settings = run_settings(options)
+        chunks = folder / parking.CHUNKS
+        devices = parking.chunk_devices(folder) if done_before is not None else []
         if done_before is not None:
-            chunks = folder / parking.CHUNKS
             earlier = json.loads(chunks.read_text()).get("settings") if chunks.is_file() else None
             if earlier is not None and earlier != settings:
                 changed = sorted(k for k in set(earlier) | set(settings) if earlier.get(k) != settings.get(k))
@@ -424,11 +435,12 @@ class StartModels(StudyData):
                 for part in ("checkpoints", "results", "logs"):
                     shutil.rmtree(folder / part, ignore_errors=True)
                 parking.drop_parked(self.out, name)
-                done_before = None
+                done_before, devices = None, []
         if done_before is not None:
             options["restart_latest"] = True
             self.say(f"{name}: resuming from its checkpoint ({_fmt_time(done_before)} trained before)")
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / parking.CHUNKS, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time(),
-                                             "settings": settings})
+        device = torch_device_name(options.get("device", "cpu"))
+        write_json(chunks, {"wall_s_before": done_before or 0.0, "chunk_start_unix": time.time(),
+                            "settings": settings, "devices": devices + [device]})
         return (done_before or 0.0) + self._train(options, folder)
