@@ -44,46 +44,18 @@ if [ -n "${SOURCE_FROM:-}" ]; then
     > runs/gpu_logs/source_cont.log 2>&1 &
 fi
 
-# One job per line: config | strategies | sizes | seeds. The default list: what --plan showed left on
-# 2026-12-04 (the runs a CPU chain is on are left out). A job whose run is done already does nothing.
+# One job per line: config | strategies | sizes | seeds. By default every run the medium study's --plan
+# shows unfinished: parked runs first (they resume nearest their end), then the rest by N, smallest first.
+# JOBS (lines of that form) overrides it, e.g. for the medium alloy routes of configs/alloy_sige_medium.yaml.
+# A run a CPU chain is training must not be in the list (two processes would train one run folder).
 MEDIUM=configs/converged_medium.yaml
-ALLOY=configs/alloy_sige_medium.yaml
-DEFAULT_JOBS="
-$MEDIUM|scratch|20|2
-$MEDIUM|transfer|20|2
-$MEDIUM|scratch|10|2
-$MEDIUM|transfer|10|2
-$MEDIUM|transfer_rescale|10|2
-$MEDIUM|scratch|5|2
-$MEDIUM|transfer|5|2
-$MEDIUM|scratch|2|1
-$MEDIUM|scratch|2|2
-$MEDIUM|transfer|2|0
-$MEDIUM|transfer|2|1
-$MEDIUM|transfer|2|2
-$MEDIUM|transfer_rescale|2|2
-$ALLOY|replay|20|0
-$ALLOY|scratch|20|0
-$ALLOY|plain|20|0
-$MEDIUM|transfer|50|0
-$MEDIUM|scratch|50|1
-$MEDIUM|transfer|50|1
-$MEDIUM|transfer_rescale|50|1
-$MEDIUM|transfer|50|2
-$MEDIUM|scratch|50|2
-$MEDIUM|transfer_rescale|50|2
-$ALLOY|replay|20|1
-$ALLOY|scratch|20|1
-$ALLOY|plain|20|1
-$ALLOY|mixed|20|2
-$ALLOY|replay|20|2
-$ALLOY|scratch|20|2
-$ALLOY|plain|20|2
-$MEDIUM|transfer|292|0
-$MEDIUM|transfer_rescale|292|0
-$MEDIUM|scratch|292|0
-"
-JOBS=${JOBS:-$DEFAULT_JOBS}
+if [ -z "${JOBS:-}" ]; then
+  JOBS=$("$BIN/mace_transfer_learning_curve" --config "$MEDIUM" --plan | "$BIN/python" -c '
+import re, sys
+rows = [m.groups() for m in (re.match(r"^(\w+?)_N(\d+)_s(\d+)\s+(parked|started|to train)", l) for l in sys.stdin) if m]
+rows.sort(key=lambda r: (r[3] != "parked", int(r[1]), r[0], int(r[2])))
+print("\n".join(f"'"$MEDIUM"'|{s}|{int(n)}|{seed}" for s, n, seed, _ in rows))')
+fi
 
 run_job() {  # config|strategies|sizes|seeds: train it until the deadline
   IFS='|' read -r config strategies sizes seeds <<< "$1"
