@@ -876,3 +876,15 @@ def test_a_long_run_says_its_progress_while_it_trains(lc, tmp_path, monkeypatch,
         best = int(line.split("best validation at epoch ")[1].split(" ")[0])
         assert f"(force RMSE {rmse_at[best]:.1f} meV/Å)" in line
     assert "best validation at epoch" not in (tmp_path / "work" / "scratch_N0004_s0" / "console.log").read_text()
+
+
+def test_a_chunk_on_device_auto_is_recorded_as_what_it_ran_on():
+    """Records name each chunk's device: ``auto`` resolves as the sweep resolves it (CUDA's card name
+    when torch sees a GPU, else cpu), never the word ``auto``."""
+    import torch
+
+    from mace_transfer.studies.starts import torch_device_name
+
+    expected = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    assert torch_device_name("auto") == expected != "auto"
+    assert torch_device_name("cpu") == "cpu"

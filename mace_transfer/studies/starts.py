@@ -32,9 +32,12 @@ from mace_transfer.studies.records import best_epoch, read_results, valid_rmse_a
 
 
 def torch_device_name(device: str) -> str:
-    """``cpu``, or the CUDA card's name (``NVIDIA H200``) for a ``cuda`` device: what a chunk ran on."""
+    """``cpu``, or the CUDA card's name (``NVIDIA H200``) for a ``cuda`` device (``auto``: CUDA when torch
+    sees one, as :meth:`Sweep._train` resolves it): what a chunk ran on."""
     import torch
 
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
     return str(device)
