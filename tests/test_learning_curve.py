@@ -610,6 +610,7 @@ def test_a_cut_converged_run_is_parked_and_resumed_not_retrained(lc, tmp_path, m
     assert "resuming from its checkpoint" in capsys.readouterr().out
     assert record["curve"]["epoch"] == first_epochs and record["wall_s"] >= before > 0
     assert record["devices"] == ["cpu", "cpu"]  # one entry per chunk: the cut one and the resumed one
+    assert record["kept_epoch"] == record["best_epoch"]  # the model MACE reloaded is the run's best epoch
     row = state()
     assert row["status"] == "done" and row["wall_s"] == record["wall_s"]
     assert row["force_mae_meV_per_A"] == record["test"]["force_mae_meV_per_A"]

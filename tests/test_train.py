@@ -221,3 +221,43 @@ def test_lr_named_in_a_config_file_counts_as_given(tmp_path):
     args = train.parse_args(["--config", str(config), "--name", "x", "--train_file", "t.xyz"])
     train.choose_defaults(args)
     assert args.lr == 0.0005 and args.source_model == "si.model"
+
+
+def test_a_resumed_run_keeps_its_best_epoch_not_its_last_chunks(tmp_path, monkeypatch):
+    """A process resumed from a checkpoint starts MACE's loop with ``lowest_loss = inf``: left alone it
+    saves its first epoch as "best" (0.55 here) although the earlier chunk validated lower (0.5 at epoch
+    1), and MACE's final reload of the highest epoch would keep it. Inside the seam only epochs below
+    every earlier epoch of the log are saved."""
+    import argparse
+    import json
+
+    from mace import tools
+
+    from mace_transfer.transfer.early_stop import early_stop_seam
+
+    log = tmp_path / "results" / "run_run-0_train.txt"
+    log.parent.mkdir()
+    earlier_chunk = [(0, 1.0), (1, 0.5), (2, 0.6), (3, 0.7)]
+    log.write_text("".join(json.dumps({"mode": "eval", "epoch": e, "loss": l}) + "\n" for e, l in earlier_chunk))
+
+    class Handler:  # MACE's CheckpointHandler.save, as the training loop calls it
+        saved = []
+
+        def save(self, state, epochs, keep_last=False):
+            self.saved.append(epochs)
+
+    def resumed_chunk(**kw):  # MACE's loop resumed after epoch 1: each validated epoch is a new "lowest"
+        for epoch, loss in ((2, 0.55), (3, 0.45)):
+            with log.open("a") as handle:
+                handle.write(json.dumps({"mode": "eval", "epoch": epoch, "loss": loss}) + "\n")
+            kw["checkpoint_handler"].save(state=None, epochs=epoch)
+
+    monkeypatch.setattr(tools, "train", resumed_chunk)
+    args = argparse.Namespace(early_stop_patience=100, early_stop_min_epochs=0, early_stop_min_delta=0.0,
+                              max_num_epochs=10, results_dir=str(log.parent), work_dir=str(tmp_path),
+                              name="run", seed=0)
+    handler = Handler()
+    with early_stop_seam(args):
+        tools.train(checkpoint_handler=handler, swa=None, max_num_epochs=10)
+    assert handler.saved == [3]
+    assert tools.train is resumed_chunk  # the seam restored MACE's function

@@ -20,13 +20,15 @@ PARKED = "partial"
 CHUNKS = "chunks.json"
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch in a MACE checkpoint's name (``<name>_run-<seed>_epoch-<E>.pt``); -1 without one."""
+    match = re.search(r"_epoch-(\d+)", Path(path).name)
+    return int(match.group(1)) if match else -1
+
+
 def checkpoints(folder: Path) -> List[Path]:
     """MACE's checkpoints of a run folder, oldest epoch first (none when the folder is missing)."""
-    def epoch(path: Path) -> int:
-        match = re.search(r"_epoch-(\d+)", path.name)
-        return int(match.group(1)) if match else -1
-
-    return sorted((folder / "checkpoints").glob("*.pt"), key=epoch) if folder.is_dir() else []
+    return sorted((folder / "checkpoints").glob("*.pt"), key=checkpoint_epoch) if folder.is_dir() else []
 
 
 def cut_chunk_s(folder: Path, chunks: Dict[str, Any]) -> float:

@@ -102,6 +102,8 @@ class Sweep(StartModels):
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        kept = parking.checkpoints(folder)  # MACE reloads the highest epoch on disk: the model kept
+        record["kept_epoch"] = parking.checkpoint_epoch(kept[-1]) if kept else None
         self.finish_run(name, folder, record_path, record)
         return record
 

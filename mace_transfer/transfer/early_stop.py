@@ -73,6 +73,33 @@ def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0, mi
     return last_epoch >= min_epochs and last_epoch - improved_epoch >= patience
 
 
+def improves_on_earlier_epochs(history: Sequence[tuple], epoch: int) -> bool:
+    """True when ``epoch``'s validation loss is below every earlier epoch's in ``history`` (the run's
+    whole log, all its chunks): what MACE's ``loss < lowest_loss`` means within one process."""
+    losses = dict(history)
+    if epoch not in losses:
+        return True  # nothing logged for it: leave MACE's own decision
+    earlier = [loss for e, loss in history if e < epoch]
+    return not earlier or losses[epoch] < min(earlier)
+
+
+def keep_global_best(handler, results_path: Path):
+    """Make ``handler.save`` (MACE's ``CheckpointHandler``) skip checkpoints that are not the best epoch of
+    the whole run. A resumed MACE process starts with ``lowest_loss = inf`` and saves its first epoch
+    as "best" even when the checkpoint it resumed from was better; its final ``load_latest`` (the
+    highest epoch on disk) would then keep the resumed chunk's best, not the run's. Returns the handler."""
+    original = handler.save
+
+    def save_if_global_best(state, epochs, keep_last=False):
+        if improves_on_earlier_epochs(validation_history(results_path), int(epochs)):
+            return original(state, epochs, keep_last)
+        logging.info(f"mace-transfer: epoch {epochs} not saved: an earlier chunk of this run validated lower")
+        return None
+
+    handler.save = save_if_global_best
+    return handler
+
+
 class EpochLimit:
     """Stands in for ``max_num_epochs`` in MACE's ``while epoch < max_num_epochs`` (``tools.train``).
 
@@ -102,8 +129,10 @@ class EpochLimit:
 def early_stop_seam(args):
     """The seam: MACE's ``run`` calls ``mace.tools.train(..., max_num_epochs=args.max_num_epochs)``;
     inside this context that call gets an :class:`EpochLimit` instead, so the loop ends once the
-    validation loss has not improved for ``--early_stop_patience`` epochs. Everything after the loop
-    (best checkpoint reloaded, error tables, the saved ``.model``) is MACE's own. The original
+    validation loss has not improved for ``--early_stop_patience`` epochs, and (without Stage Two) MACE's
+    checkpoint handler saves only epochs that beat every earlier epoch of the run's log
+    (:func:`keep_global_best`: a run resumed over several processes keeps its best epoch, not its last
+    chunk's). Everything after the loop (best checkpoint reloaded, error tables, the saved ``.model``) is MACE's own. The original
     function is restored on exit, also after an error. Without the flag nothing is patched."""
     if args.early_stop_patience is None:
         yield None
@@ -116,6 +145,8 @@ def early_stop_seam(args):
 
     def train_with_early_stop(*a, **kw):
         kw["max_num_epochs"] = limit
+        if kw.get("swa") is None and kw.get("checkpoint_handler") is not None:  # Stage Two changes the loss
+            keep_global_best(kw["checkpoint_handler"], limit.results_path)
         original(*a, **kw)
         if limit.stopped_at is not None:
             message = (f"mace-transfer: early stop before epoch {limit.stopped_at}: validation loss not "
