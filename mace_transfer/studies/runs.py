@@ -91,8 +91,7 @@ class Sweep(StartModels):
             "test": {k: errors[k] for k in METRICS},
             "test_per_config_type": grouped["per_config_type"],
             "test_per_length_scale": grouped["per_length_scale"],
-            "wall_s": wall, "devices": parking.chunk_devices(folder),
-            "epochs_run": len(curve["epoch"]), "best_epoch": epoch,
+            "wall_s": wall, "epochs_run": len(curve["epoch"]), "best_epoch": epoch,
             **self._convergence(options, curve, epoch, n_train + subset["n_extra_train"]),
             "best_valid_rmse_f_meV_A": valid_rmse_at(curve, epoch),
             "initial_valid_rmse_f_meV_A": curve["initial_valid_rmse_f_meV_A"],
@@ -102,14 +101,17 @@ class Sweep(StartModels):
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        kept = parking.checkpoints(folder)  # MACE reloads the highest epoch on disk: the model kept
-        record["kept_epoch"] = parking.checkpoint_epoch(kept[-1]) if kept else None
         self.finish_run(name, folder, record_path, record)
         return record
 
     # ------------------------------------------------ runs that outlive a session (studies.parking)
     def finish_run(self, name: str, folder: Path, record_path: Path, record: Dict[str, Any]) -> None:
-        """Write a finished run's record; its checkpoints and parked copy go (the model stays)."""
+        """Write a finished run's record, with what each training chunk ran on (``devices``) and the epoch
+        of the model MACE kept (``kept_epoch``: the highest checkpoint on disk, which it reloads); its
+        checkpoints and parked copy go (the model stays)."""
+        kept = parking.checkpoints(folder)
+        record.update(devices=parking.chunk_devices(folder),
+                      kept_epoch=parking.checkpoint_epoch(kept[-1]) if kept else None)
         with contextlib.suppress(OSError):
             shutil.rmtree(folder / "checkpoints")
         write_json(record_path, record)
