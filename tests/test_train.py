@@ -225,9 +225,9 @@ def test_lr_named_in_a_config_file_counts_as_given(tmp_path):
 
 def test_a_resumed_run_keeps_its_best_epoch_not_its_last_chunks(tmp_path, monkeypatch):
     """A process resumed from a checkpoint starts MACE's loop with ``lowest_loss = inf``: left alone it
-    saves its first epoch as "best" (0.55 here) although the earlier chunk validated lower (0.5 at epoch
-    1), and MACE's final reload of the highest epoch would keep it. Inside the seam only epochs below
-    every earlier epoch of the log are saved."""
+    saves its first epochs as "best" (0.8, then 0.55 here) although the earlier chunk validated lower
+    (0.5 at epoch 1, the epoch it resumed from and trains again), and MACE's final reload of the highest
+    epoch would keep them. Inside the seam only validations below every earlier one of the log are saved."""
     import argparse
     import json
 
@@ -246,8 +246,8 @@ def test_a_resumed_run_keeps_its_best_epoch_not_its_last_chunks(tmp_path, monkey
         def save(self, state, epochs, keep_last=False):
             self.saved.append(epochs)
 
-    def resumed_chunk(**kw):  # MACE's loop resumed after epoch 1: each validated epoch is a new "lowest"
-        for epoch, loss in ((2, 0.55), (3, 0.45)):
+    def resumed_chunk(**kw):  # MACE's loop resumed at epoch 1's checkpoint, retraining epoch 1 first:
+        for epoch, loss in ((1, 0.8), (2, 0.55), (3, 0.45)):  # each validation is a new "lowest" to MACE
             with log.open("a") as handle:
                 handle.write(json.dumps({"mode": "eval", "epoch": epoch, "loss": loss}) + "\n")
             kw["checkpoint_handler"].save(state=None, epochs=epoch)

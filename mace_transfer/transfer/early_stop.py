@@ -73,14 +73,29 @@ def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0, mi
     return last_epoch >= min_epochs and last_epoch - improved_epoch >= patience
 
 
-def improves_on_earlier_epochs(history: Sequence[tuple], epoch: int) -> bool:
-    """True when ``epoch``'s validation loss is below every earlier epoch's in ``history`` (the run's
-    whole log, all its chunks): what MACE's ``loss < lowest_loss`` means within one process."""
-    losses = dict(history)
-    if epoch not in losses:
+def validated_epochs_in_order(path) -> List[tuple]:
+    """(epoch, validation loss) per validation, in the order MACE logged them, all chunks of a run: an
+    epoch trained again after a resume appears again (the last head's row when several heads log)."""
+    rows: List[tuple] = []
+    for row in iter_mace_results_file(path):
+        if row.get("mode") == "eval" and row.get("epoch") is not None and row.get("loss") is not None:
+            entry = (int(row["epoch"]), float(row["loss"]))
+            if rows and rows[-1][0] == entry[0]:
+                rows[-1] = entry  # another head of the same validation
+            else:
+                rows.append(entry)
+    return rows
+
+
+def improves_on_earlier_epochs(logged: Sequence[tuple], epoch: int) -> bool:
+    """True when the newest validation (``epoch``, the last of ``logged``) is below every validation
+    logged before it in the run, whichever chunk logged it: MACE's ``loss < lowest_loss`` over the whole
+    run. (A resumed chunk retrains from its checkpoint's epoch: the loss the checkpoint was kept for
+    stays in the log and still counts.)"""
+    if not logged or logged[-1][0] != epoch:
         return True  # nothing logged for it: leave MACE's own decision
-    earlier = [loss for e, loss in history if e < epoch]
-    return not earlier or losses[epoch] < min(earlier)
+    earlier = [loss for _, loss in logged[:-1]]
+    return not earlier or logged[-1][1] < min(earlier)
 
 
 def keep_global_best(handler, results_path: Path):
@@ -91,7 +106,7 @@ def keep_global_best(handler, results_path: Path):
     original = handler.save
 
     def save_if_global_best(state, epochs, keep_last=False):
-        if improves_on_earlier_epochs(validation_history(results_path), int(epochs)):
+        if improves_on_earlier_epochs(validated_epochs_in_order(results_path), int(epochs)):
             return original(state, epochs, keep_last)
         logging.info(f"mace-transfer: epoch {epochs} not saved: an earlier chunk of this run validated lower")
         return None
