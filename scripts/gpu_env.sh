@@ -1,7 +1,8 @@
 # Sourced by scripts/gpu_study.sh and scripts/gpu_checks.sh: sets BIN, the folder of a python that holds
 # MACE and this package (absolute path), and PY=$BIN/python.
 # The repository's .venv when there is one (`make venv`). Otherwise, on a GPU machine whose own image
-# has torch (CUDA) but no MACE and no network: the wheels carried in $WHEELS (default .whl/: mace-torch
+# has torch (CUDA) but no MACE and no network: the wheels carried in $WHEELS (default .whl/, filled by
+# scripts/gpu_wheels.sh: mace-torch
 # 0.3.16, e3nn 0.4.4, ase, matscipy, torch-ema, prettytable, configargparse, GitPython, lmdb, orjson, and
 # python-hostlist's one module hostlist.py, which PyPI ships only as a source archive) go to /tmp/site,
 # and this package's command-line entry points are written beside the image's python3 (the GPU machine
