@@ -84,16 +84,11 @@ echo "trained for $(( $(date +%s) - START )) s"
 "$BIN/python" - "$STAMP" "$BACK" $(printf '%s\n' "$JOBS" | grep -v '^[[:space:]]*$' | cut -d'|' -f1 | sort -u) <<'PY'
 import os, shutil, sys, tarfile
 from pathlib import Path
-import yaml
+from mace_transfer.studies.config import load_config
 stamp, back, configs = os.path.getmtime(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-def setting(config, key):
-    data = yaml.safe_load(open(config))
-    while key not in data and "base" in data:
-        data = yaml.safe_load(open(data["base"]))
-    return data[key]
 small, large = [], []
-for config in configs:
-    out, work = Path(setting(config, "out")), Path(setting(config, "work"))
+for config in map(load_config, configs):
+    out, work = Path(config["out"]), Path(config["work"])
     for record in (out / "records").glob("*.json"):
         model = work / record.stem / f"{record.stem}.model"
         if record.stat().st_mtime >= stamp and model.exists():

@@ -31,16 +31,25 @@ from mace_transfer.studies.data import StudyData, file_sha256
 from mace_transfer.studies.records import best_epoch, read_results, valid_rmse_at, write_json
 
 
-def torch_device_name(device: str) -> str:
-    """``cpu``, or the CUDA card's name (``NVIDIA H200``) for a ``cuda`` device (``auto``: CUDA when torch
-    sees one, as :meth:`Sweep._train` resolves it): what a chunk ran on."""
+def resolve_device(device: str) -> str:
+    """A config's ``device``; ``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu`` (the same config
+    on a laptop and a GPU node)."""
     import torch
 
     if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return str(device)
+
+
+def torch_device_name(device: str) -> str:
+    """``cpu``, or the CUDA card's name (``NVIDIA H200``) for a ``cuda`` device (``auto`` resolved by
+    :func:`resolve_device`): what a chunk ran on."""
+    import torch
+
+    device = resolve_device(device)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return device
 
 
 def machine_info(threads: int) -> Dict[str, Any]:
@@ -220,8 +229,8 @@ class StartModels(StudyData):
         from mace_transfer.transfer.train import mace_argv
 
         torch.set_num_threads(self.threads)
-        if options.get("device", "cpu") == "auto":  # the same config on a laptop and a GPU node
-            options = dict(options, device="cuda" if torch.cuda.is_available() else "cpu")
+        if options.get("device", "cpu") == "auto":
+            options = dict(options, device=resolve_device("auto"))
         start = time.time()
         console = sys.stdout  # MACE's console goes to console.log below; progress lines stay here
 
@@ -427,9 +436,10 @@ class StartModels(StudyData):
         (a cut run from before settings were recorded is resumed as it is)."""
         settings = run_settings(options)
         chunks = folder / parking.CHUNKS
-        devices = parking.chunk_devices(folder) if done_before is not None else []
+        earlier_chunks = json.loads(chunks.read_text()) if done_before is not None and chunks.is_file() else {}
+        devices = list(earlier_chunks.get("devices", []))
         if done_before is not None:
-            earlier = json.loads(chunks.read_text()).get("settings") if chunks.is_file() else None
+            earlier = earlier_chunks.get("settings")
             if earlier is not None and earlier != settings:
                 changed = sorted(k for k in set(earlier) | set(settings) if earlier.get(k) != settings.get(k))
                 self.say(f"{name}: its checkpoint was trained with other settings ("

@@ -45,19 +45,6 @@ def results_file(args) -> Path:
     return Path(folder) / f"{args.name}_run-{args.seed}_train.txt"
 
 
-def validation_history(path) -> List[tuple]:
-    """(epoch, validation loss) per validated epoch from MACE's results log, in order.
-
-    With several heads (multihead replay) MACE keeps the checkpoint on the last head's loss: so
-    does this (the last eval row of each epoch). The initial evaluation (epoch null) is skipped.
-    """
-    last: Dict[int, float] = {}
-    for row in iter_mace_results_file(path):
-        if row.get("mode") == "eval" and row.get("epoch") is not None and row.get("loss") is not None:
-            last[int(row["epoch"])] = float(row["loss"])
-    return sorted(last.items())
-
-
 def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0, min_delta: float = 0.0) -> bool:
     """True when the last validated epoch is >= ``min_epochs`` and >= ``patience`` epochs after the
     last improvement: an epoch whose loss is below ``(1 - min_delta)`` x the loss of the improvement
@@ -85,6 +72,16 @@ def validated_epochs_in_order(path) -> List[tuple]:
             else:
                 rows.append(entry)
     return rows
+
+
+def validation_history(path) -> List[tuple]:
+    """(epoch, validation loss) per validated epoch from MACE's results log, in epoch order; an epoch
+    logged again (retrained after a resume) counts with its newest loss.
+
+    With several heads (multihead replay) MACE keeps the checkpoint on the last head's loss: so
+    does this (the last eval row of each epoch). The initial evaluation (epoch null) is skipped.
+    """
+    return sorted(dict(validated_epochs_in_order(path)).items())
 
 
 def improves_on_earlier_epochs(logged: Sequence[tuple], epoch: int) -> bool:
