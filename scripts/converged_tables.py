@@ -3,6 +3,7 @@
     python scripts/converged_tables.py > /tmp/tables.md
 
 Per model size (and the tiny model's SW-Ge pretraining): test force MAE (meV/Å), test energy MAE (meV/atom), optimizer steps to the kept epoch,
+the run's wall time (minutes, every chunk of it, one CPU thread unless the record's `devices` say otherwise),
 mean ± sample std over seeds (n = seeds), the zero-shot remap and the data-efficiency ratio on the seed
 means (``records.data_efficiency``); then the runs a loss choice superseded
 (``<study>/superseded/<loss>/records/``, e.g. the medium study's forces:energy 100:1 runs), as their own table.
@@ -24,16 +25,17 @@ STARTS = ("scratch", "transfer", "transfer_rescale", "classical_pretrain")
 BASELINE_VARIANTS = {"docs/results/converged_tiny": ("docs/results/converged_tiny_scratch_lr",)}
 
 
-def cell(stats, digits):
+def cell(stats, digits, scale=1.0):
+    """mean ± sample std (n seeds) of one table cell, each value times ``scale`` (e.g. 1/60: s -> min)."""
     if not stats or stats.get("mean") is None:
         return "–"
-    text = f"{stats['mean']:.{digits}f}"
-    return text + (f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else "") + f" ({stats['n']})"
+    text = f"{stats['mean'] * scale:.{digits}f}"
+    return text + (f" ± {stats['std'] * scale:.{digits}f}" if stats["n"] > 1 else "") + f" ({stats['n']})"
 
 
 def print_tables(table, metrics) -> None:
     sizes = sorted({int(n) for s in table.values() for n in s})
-    for key, digits, what in metrics:
+    for key, digits, what, *scale in metrics:
         if not sizes:
             break
         print(f"| {what} | " + " | ".join(f"N={n}" for n in sizes) + " |")
@@ -41,7 +43,7 @@ def print_tables(table, metrics) -> None:
         for start in STARTS:
             row = table.get(start, {})
             if row:
-                print(f"| {start} | " + " | ".join(cell(row.get(str(n), {}).get(key), digits) for n in sizes) + " |")
+                print(f"| {start} | " + " | ".join(cell(row.get(str(n), {}).get(key), digits, *scale) for n in sizes) + " |")
         print()
 
 
@@ -87,7 +89,9 @@ def main() -> None:
         print(f"**{label}** ({summary['n_runs']} runs; `{folder}/summary.md`)\n")
         print_tables(summary["table"], (("force_mae_meV_per_A", 1, "test force MAE (meV/Å)"),
                                         ("energy_mae_meV_per_atom", 1, "test energy MAE (meV/atom)"),
-                                        ("optimizer_steps_to_best", 0, "optimizer steps to the kept epoch")))
+                                        ("optimizer_steps_to_best", 0, "optimizer steps to the kept epoch"),
+                                        ("wall_s", 0, "wall time of the whole run (min, one thread; GPU chunks included)",
+                                         1 / 60)))
         zero = summary.get("zero_shot", {})
         if zero:
             print("zero-shot: " + ", ".join(f"{k} {v['force_mae_meV_per_A']:.1f} meV/Å / {v['energy_mae_meV_per_atom']:.0f} "
