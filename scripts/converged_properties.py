@@ -7,11 +7,14 @@ For every run record whose model is at hand (its work folder or ``<out>/models/`
 bounded search, Birch-Murnaghan fit within ±2 %), against ``data/ge_pbe_reference.json`` (PBE E-V of the
 8-atom cell, 4x4x4 k); (2) the same fit on the five 16-atom Ge cells of ``data/sige_ev_pbe16.xyz`` (x = 1,
 a = 5.783 Å × 0.97 … 1.03, ideal sites, the labels' own DFT settings), model and PBE on identical cells.
-One JSON per run in ``<out>/properties/`` (a run already there is skipped), then a markdown table.
+One JSON per run in ``<out>/properties/`` (a run already there is skipped), then a markdown table per run and
+one per (study, start, N): the 8-atom a0 error (%) and B (GPa), mean ± sample std over the seeds at hand.
 """
 
 import json
+import statistics
 import sys
+from collections import defaultdict
 import time
 import warnings
 from pathlib import Path
@@ -56,6 +59,7 @@ def main(outs) -> None:
           f"16-atom scan a0 {pbe16['a0_A']:.4f} Å, B {pbe16['B0_GPa']:.1f} GPa\n")
     print("| study | run | a0 (Å), 8-atom, relaxed | vs PBE | B (GPa) | vs PBE | a0 on the PBE scan cells | vs PBE | B there | vs PBE |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    by_start = defaultdict(list)  # (study, start, N) -> [(a0 error %, B GPa)] over seeds
     for out in map(Path, outs):
         folder = out / "properties"
         for rec in load_runs(out):
@@ -76,6 +80,9 @@ def main(outs) -> None:
                                   "wall_s": time.time() - start})
             values = json.loads(path.read_text())
             d8, s16 = values["diamond8"], values["pbe_scan16"]
+            if d8["lattice_constant_A"] is not None and d8["bulk_modulus_GPa"] is not None:
+                by_start[(out.name, rec["strategy"], rec["n_train"])].append(
+                    (100 * (d8["lattice_constant_A"] / reference["lattice_constant_A"] - 1), d8["bulk_modulus_GPa"]))
 
             def rel(value, ref):
                 return "–" if value is None else f"{100 * (value / ref - 1):+.2f} %"
@@ -88,6 +95,22 @@ def main(outs) -> None:
                   f"{num(d8['bulk_modulus_GPa'], 1)} | {rel(d8['bulk_modulus_GPa'], reference['bulk_modulus_GPa'])} | "
                   f"{num(s16['a0_A'], 4)} | {rel(s16['a0_A'], pbe16['a0_A'])} | {num(s16['B0_GPa'], 1)} | "
                   f"{rel(s16['B0_GPa'], pbe16['B0_GPa'])} |")
+
+    print_seed_means(by_start, reference)
+
+
+def mean_std(values, digits, sign=""):
+    text = f"{statistics.mean(values):{sign}.{digits}f}"
+    return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "") + f" ({len(values)})"
+
+
+def print_seed_means(by_start, reference) -> None:
+    """Per (study, start, N): the relaxed 8-atom a0 error (%) and B (GPa), mean ± sample std (seeds)."""
+    print(f"\n| study | start | N | a0 error (%), 8-atom | B (GPa; PBE {reference['bulk_modulus_GPa']:.1f}) |")
+    print("|---|---|---|---|---|")
+    for (study, start, n), values in sorted(by_start.items()):
+        print(f"| {study} | {start} | {n} | {mean_std([v[0] for v in values], 2, '+')} | "
+              f"{mean_std([v[1] for v in values], 1)} |")
 
 
 if __name__ == "__main__":
