@@ -48,12 +48,15 @@ def print_tables(table, metrics) -> None:
 
 
 def print_efficiency(rows, title) -> None:
-    print(f"| {title} | N_ref | scratch needs N | ratio (seed range) | extrapolated |")
-    print("|---|---|---|---|---|")
+    print(f"| {title} | N_ref | scratch needs N | ratio (seed range) | bootstrap over seeds, 68 % / 95 % | extrapolated |")
+    print("|---|---|---|---|---|---|")
     for e in rows:
         p = e["pooled"]
+        boot = p.get("ratio_bootstrap") or {}
+        interval = (f"{boot['p16']:.1f}–{boot['p84']:.1f} / {boot['p2.5']:.1f}–{boot['p97.5']:.1f}"
+                    if "p16" in boot else "–")
         print(f"| {e['strategy']} | {e['n_ref']} | {p['n_equal']:.0f} | {p['ratio']:.1f} "
-              f"({p['ratio_range'][0]:.1f}–{p['ratio_range'][1]:.1f}) | {'yes' if p['extrapolated'] else 'no'} |")
+              f"({p['ratio_range'][0]:.1f}–{p['ratio_range'][1]:.1f}) | {interval} | {'yes' if p['extrapolated'] else 'no'} |")
     print()
 
 

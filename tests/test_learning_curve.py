@@ -503,6 +503,13 @@ def test_data_efficiency_solves_the_fitted_power_law(lc):
     assert pooled["ratio"] == pytest.approx(3.0) and pooled["slope"] == pytest.approx(-0.5)
     assert pooled["ratio_range"][1] > 3.0 > pooled["ratio_range"][0]
     assert pooled["baseline_sizes"] == {"5": 2, "10": 2, "20": 2, "50": 2} and not pooled["extrapolated"]
+    # the bootstrap over seeds: scratch's seeds agree, so only transfer's spread widens it, around 3
+    boot = pooled["ratio_bootstrap"]
+    assert boot["p2.5"] < boot["p16"] < 3.0 < boot["p84"] < boot["p97.5"] and boot["dropped"] == 0
+    assert boot["p2.5"] >= pooled["ratio_range"][0] - 1e-9 and boot["p97.5"] <= pooled["ratio_range"][1] + 1e-9
+    # no spread anywhere: every resample is the point estimate, exactly
+    same = lc.data_efficiency(scratch + [_record("transfer", 10, s, 100.0 * 40 ** -0.5) for s in (0, 1)], "transfer", 10)
+    assert all(v == pytest.approx(4.0) for k, v in same["pooled"]["ratio_bootstrap"].items() if k.startswith("p"))
     # seeds that never hold two scratch sizes each: no per-seed ratio, the pooled one still exists
     split = [_record("scratch", 20, 1, 100.0 * 20 ** -0.5), _record("scratch", 50, 0, 100.0 * 50 ** -0.5),
              _record("transfer", 20, 0, 100.0 * 80 ** -0.5)]

@@ -235,8 +235,28 @@ def _pooled_efficiency(records: Sequence[Dict[str, Any]], strategy: str, n_ref: 
     # the worst seed (highest MAE) needs the fewest baseline structures, the best seed the most
     low, high = _n_equal(base, max(target))[0], _n_equal(base, min(target))[0]
     return {"n_equal": n_equal, "ratio": n_equal / n_ref, "ratio_range": [low / n_ref, high / n_ref],
+            "ratio_bootstrap": _bootstrap_ratio(by_n, target, n_ref),
             "slope": slope, "baseline_sizes": {str(n): len(by_n[n]) for n, _ in base},
             "n_strategy_seeds": len(target), "extrapolated": n_equal > max(n for n, _ in base)}
+
+
+def _bootstrap_ratio(by_n: Dict[int, List[float]], target: Sequence[float], n_ref: int,
+                     resamples: int = 2000, seed: int = 0) -> Dict[str, Any]:
+    """Percentiles of the pooled ratio when the seeds are resampled with replacement, independently
+    for the baseline at each N and for the strategy at ``n_ref`` (fixed RNG seed: reproducible). It
+    carries both spreads, the baseline curve's and the strategy's; a size with one seed contributes
+    no spread of its own. Resamples whose fit does not fall with N are dropped and counted."""
+    rng = np.random.default_rng(seed)
+    sizes = sorted(by_n)
+    ratios = []
+    for _ in range(resamples):
+        base = [(n, float(np.mean(rng.choice(by_n[n], len(by_n[n]))))) for n in sizes]
+        solved = _n_equal(base, float(np.mean(rng.choice(list(target), len(target)))))
+        if solved is not None:
+            ratios.append(solved[0] / n_ref)
+    levels = {"p2.5": 2.5, "p16": 16.0, "p50": 50.0, "p84": 84.0, "p97.5": 97.5}
+    percentiles = {key: float(np.percentile(ratios, q)) for key, q in levels.items()} if ratios else {}
+    return {**percentiles, "resamples": resamples, "dropped": resamples - len(ratios), "rng_seed": seed}
 
 
 def file_at_hand(out: Path, rec: Dict[str, Any], key: str = "model") -> Optional[str]:
