@@ -394,6 +394,12 @@ def test_extra_train_frames_join_every_training_set_outside_n_and_validation(lc,
     assert sweep.strategy_options("scratch", 5, 0)["max_num_epochs"] == lc.epochs_for(8, 2, config["budget"])
     assert plain.strategy_options("scratch", 5, 0)["max_num_epochs"] == lc.epochs_for(5, 2, config["budget"])
     assert sweep.check_data()["extra_train"]["configurations"] == 3
+    # a transferred start's s, k and shift are estimated on the N target structures alone
+    estimate = read(subset["estimate_file"], ":")
+    assert len(estimate) == 5
+    for atoms, ref in zip(estimate, train[:5]):
+        np.testing.assert_array_equal(atoms.positions, ref.positions)
+    assert plain.write_subset(tmp_path / "run1", 5, seed=0)["estimate_file"] is None
 
 
 def test_extra_train_weight_is_the_loss_weight_mace_reads(lc, tmp_path):

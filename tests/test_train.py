@@ -261,3 +261,62 @@ def test_a_resumed_run_keeps_its_best_epoch_not_its_last_chunks(tmp_path, monkey
         tools.train(checkpoint_handler=handler, swa=None, max_num_epochs=10)
     assert handler.saved == [3]
     assert tools.train is resumed_chunk  # the seam restored MACE's function
+
+
+def test_estimate_file_keeps_far_from_equilibrium_cells_out_of_k_and_the_shift(tmp_path, capsys):
+    """Ge labels made by the Si model rescaled with s = 1.04, k = 0.9 (E0 -4 eV): estimated on those
+    alone (--estimate_file), the remapped model reproduces the labels' forces and energies exactly;
+    close-pair cells in --train_file, labelled with a 2x stiffer wall and +1 eV/atom, pull k and the
+    shift away when they are part of the estimate (the default)."""
+    from mace_transfer.transfer.remap import remap_elements
+
+    src = make_mace_model([14], correlation=2)
+    torch.save(src, tmp_path / "si.model")
+    s_true, k_true = 1.04, 0.9
+    truth = remap_elements(src, {"Si": "Ge"}, length_scale=s_true, energy_scale=k_true, atomic_energies={"Ge": -4.0})
+    stiff = remap_elements(src, {"Si": "Ge"}, length_scale=s_true, energy_scale=2 * k_true, atomic_energies={"Ge": -4.0})
+
+    def label(model, atoms, offset=0.0):
+        energy, forces = energy_forces(model, atoms)
+        atoms.info["REF_energy"] = energy + offset * len(atoms)
+        atoms.arrays["REF_forces"] = forces
+        return atoms
+
+    near = [label(truth, rattled_diamond("Ge", a=5.43 * s_true, rattle=0.05, seed=i)) for i in range(3)]
+    close = []
+    for i in range(2):
+        atoms = rattled_diamond("Ge", a=5.43 * s_true, rattle=0.05, seed=10 + i)
+        atoms.positions[1] = atoms.positions[0] + 0.75 * (atoms.positions[1] - atoms.positions[0])
+        close.append(label(stiff, atoms, offset=1.0))
+    write(tmp_path / "train.xyz", near + close, format="extxyz")
+    write(tmp_path / "estimate.xyz", near, format="extxyz")
+    probe = rattled_diamond("Ge", a=5.43 * s_true, rattle=0.05, seed=99)
+    e_true, f_true = energy_forces(truth, probe)
+
+    def remapped(*extra):
+        out = tmp_path / f"out{len(extra)}"
+        args = train.parse_args(["--name", "x", "--train_file", str(tmp_path / "train.xyz"), "--E0s", "{32: -4.0}",
+                                 "--model_dir", str(out), "--checkpoints_dir", str(out / "c"),
+                                 "--results_dir", str(out / "r"), "--log_dir", str(out / "l"), "--device", "cpu",
+                                 "--source_model", str(tmp_path / "si.model"), "--element_map", "Si:Ge",
+                                 "--length_scale", str(s_true), "--energy_scale", "auto", *extra])
+        train.choose_defaults(args)
+        return energy_forces(train.prepare_source_model(args), probe)
+
+    energy, forces = remapped("--estimate_file", str(tmp_path / "estimate.xyz"))
+    np.testing.assert_allclose(forces, f_true, rtol=1e-4, atol=1e-6)
+    assert energy == pytest.approx(e_true, abs=1e-4 * len(probe))
+    energy, forces = remapped()
+    assert np.abs(forces - f_true).max() > 0.05 * np.abs(f_true).max()  # k pulled towards the stiff wall
+    assert abs(energy - e_true) > 0.1 * len(probe)  # the shift pulled by the +1 eV/atom cells
+    capsys.readouterr()
+
+
+def test_estimate_file_needs_a_source_and_must_exist(tmp_path, capsys):
+    write_sw_si_dataset(tmp_path / "si.xyz", n=2)
+    base = ["--name", "x", "--train_file", str(tmp_path / "si.xyz"), "--E0s", "{14: 0.0}", "--device", "cpu",
+            "--model_dir", str(tmp_path / "o")]
+    assert _guarded(_train, base + ["--estimate_file", str(tmp_path / "missing.xyz")]) == 2
+    assert "--estimate_file" in capsys.readouterr().err
+    assert _guarded(_train, base + ["--estimate_file", str(tmp_path / "si.xyz")]) == 2
+    assert "needs --source_model" in capsys.readouterr().err

@@ -209,7 +209,11 @@ class StudyData:
         extra = self.extra_train_frames()
         write(folder / "train.xyz", [target[i] for i in train_idx] + list(extra), format="extxyz")
         write(folder / "valid.xyz", [target[i] for i in valid_idx], format="extxyz")
-        return {"train_file": str(folder / "train.xyz"), "valid_file": str(folder / "valid.xyz"),
-                "train_indices": train_idx, "n_extra_train": len(extra)}
+        subset = {"train_file": str(folder / "train.xyz"), "valid_file": str(folder / "valid.xyz"),
+                  "train_indices": train_idx, "n_extra_train": len(extra), "estimate_file": None}
+        if extra:  # a transferred start's s, k and shift come from the N target structures alone
+            write(folder / "estimate.xyz", [target[i] for i in train_idx], format="extxyz")
+            subset["estimate_file"] = str(folder / "estimate.xyz")
+        return subset
 
     # -------------------------------------------------------------- MACE

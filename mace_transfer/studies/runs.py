@@ -76,6 +76,10 @@ class Sweep(StartModels):
         options = self.strategy_options(strategy, n_train, seed, freeze_blocks, lr, loss_flags)
         options.update(train_file=subset["train_file"], valid_file=subset["valid_file"],
                        **run_dirs(folder, name))
+        if subset["estimate_file"] and options.get("source_model"):
+            # data.extra_train (e.g. close-pair cells) trains the model but would dominate the
+            # corresponding-states k and the shift refit with its large forces and energies
+            options["estimate_file"] = subset["estimate_file"]
         wall = self.train_chunk(name, options, folder, done_before)
         model_path = folder / f"{name}.model"
         curve = read_results(folder / "results")
@@ -88,6 +92,7 @@ class Sweep(StartModels):
             "patience": options.get("patience"), "freeze_blocks": options.get("freeze_blocks"),
             "mace_freeze": options.get("freeze"), "init": self.config["strategies"][strategy].get("init", "scratch"),
             "extra_flags": self.config["strategies"][strategy].get("mace", {}), "loss_flags": loss_flags or {},
+            "estimate_file": options.get("estimate_file"),
             "test": {k: errors[k] for k in METRICS},
             "test_per_config_type": grouped["per_config_type"],
             "test_per_length_scale": grouped["per_length_scale"],

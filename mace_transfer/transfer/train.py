@@ -93,6 +93,15 @@ def build_parser():
         "training energies before training (removes the constant energy offset between elements)",
     )
     group.add_argument(
+        "--estimate_file",
+        type=str,
+        default=None,
+        help="with --source_model: the target structures the 'auto' scales and the shift refit are "
+        "estimated from (default: --train_file). Give the near-equilibrium data alone when the training "
+        "set also holds far-from-equilibrium cells (e.g. close-pair cells for the short-range wall): "
+        "their large forces and energies would otherwise dominate the fit of k and the shift",
+    )
+    group.add_argument(
         "--freeze_blocks",
         type=str,
         default=None,
@@ -288,6 +297,19 @@ def _read_train_atoms(args):
     return frames
 
 
+def _read_estimate_atoms(args):
+    """The structures the corresponding-states scales and the shift refit are fitted to: the first
+    :data:`MAX_FRAMES_FOR_ESTIMATES` of ``--estimate_file`` when given, else of ``--train_file``."""
+    if not getattr(args, "estimate_file", None):
+        return _read_train_atoms(args)
+    from ase.io import read
+
+    try:
+        return read(args.estimate_file, index=f":{MAX_FRAMES_FOR_ESTIMATES}")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
+        raise UserInputError(f"cannot read --estimate_file {args.estimate_file}: {exc}") from None
+
+
 def prepare_source_model(args, spec=None):
     """Remap ``--source_model`` and point MACE's ``--foundation_model`` at the result.
 
@@ -296,6 +318,8 @@ def prepare_source_model(args, spec=None):
     if not args.source_model:
         if args.element_map:
             raise UserInputError("--element_map needs --source_model")
+        if getattr(args, "estimate_file", None):
+            raise UserInputError("--estimate_file needs --source_model (it feeds the remap's estimates)")
         return None
     import torch
 
@@ -312,18 +336,17 @@ def prepare_source_model(args, spec=None):
     length_scale = _parse_scale(args.length_scale, "--length_scale")
     energy_scale = _parse_scale(args.energy_scale, "--energy_scale")
     e0s = _parse_e0s(args.E0s)
-    atoms_list = None
     average = str(args.E0s).strip().lower() == "average"
     if average:  # MACE would average after our shift refit: average first, so both use the same E0s
-        atoms_list = _read_train_atoms(args)
-        e0s = remap.average_e0s(atoms_list, energy_key=args.energy_key)
+        e0s = remap.average_e0s(_read_train_atoms(args), energy_key=args.energy_key)
+    estimate_atoms = None
     if "auto" in (length_scale, energy_scale):
-        atoms_list = atoms_list or _read_train_atoms(args)
+        estimate_atoms = _read_estimate_atoms(args)
         try:
             est = remap.estimate_corresponding_states(
                 model,
                 element_map,
-                atoms_list,
+                estimate_atoms,
                 forces_key=args.forces_key,
                 length_scale=None if length_scale == "auto" else length_scale,
             )
@@ -345,9 +368,9 @@ def prepare_source_model(args, spec=None):
         length_scale=length_scale,
         energy_scale=energy_scale,
     )
-    if args.refit_shift and args.train_file:
-        atoms_list = atoms_list or _read_train_atoms(args)
-        remapped, delta = remap.refit_energy_shift(remapped, atoms_list, energy_key=args.energy_key)
+    if args.refit_shift and (args.train_file or getattr(args, "estimate_file", None)):
+        estimate_atoms = estimate_atoms or _read_estimate_atoms(args)
+        remapped, delta = remap.refit_energy_shift(remapped, estimate_atoms, energy_key=args.energy_key)
         print(f"mace-transfer: remapped model's energy shift refitted by {delta:+.4f} eV/atom", flush=True)
     if average:
         energies = remapped.atomic_energies_fn.atomic_energies.detach().reshape(-1, len(remapped.atomic_numbers))[-1]
@@ -390,6 +413,8 @@ def check_data_files(args) -> None:
         path = getattr(args, flag, None)
         if path and not str(path).startswith("@") and not any(Path(p).exists() for p in str(path).split(",")):
             raise UserInputError(f"--{flag} {path} does not exist")
+    if getattr(args, "estimate_file", None) and not Path(args.estimate_file).is_file():
+        raise UserInputError(f"--estimate_file {args.estimate_file} does not exist")
     if not args.train_file or not _reads_extxyz(args.train_file) or not Path(args.train_file).is_file():
         return
     frames = [a for a in _read_train_atoms(args) if a.info.get("config_type") != "IsolatedAtom"]
