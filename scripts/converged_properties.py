@@ -14,9 +14,9 @@ one per (study, start, N): the 8-atom a0 error (%) and B (GPa), mean ± sample s
 import json
 import statistics
 import sys
-from collections import defaultdict
 import time
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

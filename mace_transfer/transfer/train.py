@@ -272,29 +272,39 @@ MAX_FRAMES_FOR_ESTIMATES = 200
 
 
 #: (path, size, mtime) -> the structures read: the key check, the scale estimate, the E0 average
-#: and the shift refit of one run share a single read of the training file
-_TRAIN_ATOMS_READ: Dict[tuple, list] = {}
+#: and the shift refit of one run share a single read of each file (--train_file, --estimate_file)
+_ATOMS_READ: Dict[tuple, list] = {}
+#: files kept in :data:`_ATOMS_READ` at once: one run's training and estimate files (a study trains
+#: many runs in one process)
+_FILES_KEPT = 2
+
+
+def _read_frames(path_text: str, flag: str) -> list:
+    """The first :data:`MAX_FRAMES_FOR_ESTIMATES` structures of the file ``flag`` names (read once a run);
+    a file ASE cannot read is one line naming ``flag``."""
+    from ase.io import read
+
+    path = Path(path_text)
+    stat = path.stat() if path.is_file() else None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
+    if key in _ATOMS_READ:
+        return _ATOMS_READ[key]
+    try:
+        frames = read(path_text, index=f":{MAX_FRAMES_FOR_ESTIMATES}")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
+        raise UserInputError(f"cannot read {flag} {path_text}: {exc}") from None
+    if key is not None:
+        while len(_ATOMS_READ) >= _FILES_KEPT:
+            del _ATOMS_READ[next(iter(_ATOMS_READ))]  # the oldest read goes first
+        _ATOMS_READ[key] = frames
+    return frames
 
 
 def _read_train_atoms(args):
     """The first :data:`MAX_FRAMES_FOR_ESTIMATES` structures of ``--train_file`` (read once a run)."""
-    from ase.io import read
-
     if not args.train_file:
         raise UserInputError("'auto' length/energy scale needs --train_file with target data")
-    path = Path(args.train_file)
-    stat = path.stat() if path.is_file() else None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
-    if key in _TRAIN_ATOMS_READ:
-        return _TRAIN_ATOMS_READ[key]
-    try:
-        frames = read(args.train_file, index=f":{MAX_FRAMES_FOR_ESTIMATES}")
-    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
-        raise UserInputError(f"cannot read --train_file {args.train_file}: {exc}") from None
-    if key is not None:
-        _TRAIN_ATOMS_READ.clear()  # one file at a time: a study trains many runs in one process
-        _TRAIN_ATOMS_READ[key] = frames
-    return frames
+    return _read_frames(args.train_file, "--train_file")
 
 
 def _read_estimate_atoms(args):
@@ -302,12 +312,7 @@ def _read_estimate_atoms(args):
     :data:`MAX_FRAMES_FOR_ESTIMATES` of ``--estimate_file`` when given, else of ``--train_file``."""
     if not getattr(args, "estimate_file", None):
         return _read_train_atoms(args)
-    from ase.io import read
-
-    try:
-        return read(args.estimate_file, index=f":{MAX_FRAMES_FOR_ESTIMATES}")
-    except Exception as exc:  # noqa: BLE001 - ASE raises many kinds
-        raise UserInputError(f"cannot read --estimate_file {args.estimate_file}: {exc}") from None
+    return _read_frames(args.estimate_file, "--estimate_file")
 
 
 def prepare_source_model(args, spec=None):
