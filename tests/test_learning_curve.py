@@ -665,6 +665,29 @@ def test_plan_guesses_each_runs_wall_time_from_the_nearest_finished_runs(tmp_pat
     assert text.splitlines()[-1].startswith("done 2, parked 1, started 0, to train 1; ~5m50s")
 
 
+def test_seeds_above_trains_fewer_seeds_at_large_n_and_the_plan_lists_only_those(tmp_path):
+    """``seeds_above: {n: 50, seeds: [0]}`` (issue 21: three seeds for N <= 50, one at N = 292): every seed up to
+    and at N = 50, only seed 0 above; the plan lists exactly those runs; a malformed limit is a one-line error."""
+    from pathlib import Path
+
+    from mace_transfer.studies.config import load_config, seeds_at_size
+    from mace_transfer.studies.plan import study_plan
+
+    limit = {"n": 50, "seeds": [0]}
+    assert seeds_at_size(limit, 50, [0, 1, 2]) == [0, 1, 2] and seeds_at_size(limit, 292, [0, 1, 2]) == [0]
+    assert seeds_at_size(limit, 292, [1, 2]) == [] and seeds_at_size(None, 292, [0, 1, 2]) == [0, 1, 2]
+    rows = study_plan(tmp_path / "res", tmp_path / "work", [50, 292], [0, 1, 2], ["scratch", "transfer"], limit)
+    assert [r["name"] for r in rows if r["n_train"] == 292] == ["scratch_N0292_s0", "transfer_N0292_s0"]
+    assert len(rows) == 3 * 2 + 2
+    base = Path(__file__).resolve().parents[1] / "configs" / "converged_tiny.yaml"
+    assert load_config(base)["seeds_above"] == limit  # the converged studies' design
+    for bad in ({"n": 1.5}, {"n": 0, "seeds": [0]}, {"n": 50, "seeds": []}, {"n": 50, "seeds": ["0"]}, [50, 0]):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({"base": str(base), "seeds_above": bad}))
+        with pytest.raises(UserInputError, match="seeds_above must be"):
+            load_config(path)
+
+
 def test_a_parked_run_is_not_resumed_under_other_settings(lc, tmp_path, monkeypatch, capsys):
     """A checkpoint cut under one learning rate is not continued under another (a mixed run): the
     run says which setting changed and trains again from its start; its parked copy goes."""

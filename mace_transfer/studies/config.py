@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Sequence
 
 from mace_transfer import UserInputError
 
@@ -94,7 +94,29 @@ def load_config(path) -> Dict[str, Any]:
         raise UserInputError(f"{path}: kind must be 'learning_curve', 'peers' or 'alloy', got {kind!r}")
     if kind == "peers":
         _check_peers(config, path)
+    for key in ("seeds_above", "peers_seeds_above"):
+        _check_seeds_above(config.get(key), key, path)
     return config
+
+
+def _check_seeds_above(limit, key: str, path) -> None:
+    """``{n: 50, seeds: [0]}``: a positive integer N and a non-empty list of integer seeds (None: no limit)."""
+    if limit is None:
+        return
+    n = limit.get("n") if isinstance(limit, dict) else None
+    seeds = limit.get("seeds") if isinstance(limit, dict) else None
+    if (isinstance(n, bool) or not isinstance(n, int) or n < 1 or not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise UserInputError(f"{path}: {key} must be {{n: <positive integer>, seeds: [<integer>, ...]}}, got {limit!r}")
+
+
+def seeds_at_size(limit, n_train: int, seeds: Sequence[int]) -> List[int]:
+    """The seeds a study trains at training size ``n_train``: every one of ``seeds`` up to ``limit['n']``,
+    above it only those also in ``limit['seeds']`` (``limit`` None: every seed at every N). Issue 21's
+    design, ``seeds_above: {n: 50, seeds: [0]}``: three seeds for N <= 50, one at N = 292."""
+    if limit is None or n_train <= int(limit["n"]):
+        return [int(s) for s in seeds]
+    return [int(s) for s in seeds if int(s) in {int(k) for k in limit["seeds"]}]
 
 
 #: what a ``peers.<name>`` block may hold (studies.peers.PEER_DEFAULTS gives the first four)

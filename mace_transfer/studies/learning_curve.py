@@ -99,7 +99,7 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
     warnings.filterwarnings("ignore", category=UserWarning)
     sweep = Sweep(config, out, work, progress=progress)
     if plan:
-        rows = study_plan(sweep.out, sweep.work, sweep.sizes(sizes), seeds, names)
+        rows = study_plan(sweep.out, sweep.work, sweep.sizes(sizes), seeds, names, config.get("seeds_above"))
         progress(format_plan(rows, title=f"plan: {config.get('title', sweep.out)} ({sweep.out})"))
         return {"plan": rows}
     if park:

@@ -42,7 +42,7 @@ from mace_transfer import UserInputError
 from ase.calculators.calculator import Calculator, all_changes
 
 from mace_transfer.studies import selection
-from mace_transfer.studies.config import METRICS, PEERS, RECORDS, run_name
+from mace_transfer.studies.config import METRICS, PEERS, RECORDS, run_name, seeds_at_size
 from mace_transfer.studies.data import StudyData
 from mace_transfer.studies.records import write_json
 from mace_transfer.evaluate.errors import fit_energy_shift  # noqa: F401 (re-exported)
@@ -303,10 +303,7 @@ class PeerSweep(StudyData):
         """Fine-tune every missing (peer, N, seed); ``peers_seeds_above`` limits the seeds at large N."""
         lrs = {peer: self.lr_choice(peer) for peer in peers}
         few = self.config.get("peers_seeds_above")  # e.g. {n: 20, seeds: [0]}: one seed where N > 20
-        plan = []
-        for n in sizes:
-            chosen = [s for s in seeds if few is None or n <= int(few["n"]) or s in few["seeds"]]
-            plan += [(p, n, s) for s in chosen for p in peers]
+        plan = [(p, n, s) for n in sizes for s in seeds_at_size(few, n, seeds) for p in peers]
         todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
         self.say(f"peers: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
         for number, (peer, n_train, seed) in enumerate(todo[:max_runs] if max_runs is not None else todo, 1):

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mace_transfer.studies import parking
-from mace_transfer.studies.config import run_name
+from mace_transfer.studies.config import run_name, seeds_at_size
 from mace_transfer.studies.records import load_runs
 from mace_transfer.studies.starts import _fmt_time
 
@@ -54,8 +54,9 @@ def guess_wall_s(walls: Walls, strategy: str, n_train: int) -> Tuple[Optional[fl
 
 
 def study_plan(out, work, sizes: Sequence[int], seeds: Sequence[int],
-               strategies: Sequence[str]) -> List[Dict[str, Any]]:
-    """One row per (strategy, N, seed), N ascending as the sweep trains them: ``status``, the record's
+               strategies: Sequence[str], seeds_above=None) -> List[Dict[str, Any]]:
+    """One row per (strategy, N, seed), N ascending as the sweep trains them (the seeds at each N as the
+    config's ``seeds_above`` allows, :func:`~mace_transfer.studies.config.seeds_at_size`): ``status``, the record's
     test errors (done), ``trained_s`` (parked, started) and ``left_s`` (the guess less what was trained,
     never below 0) with ``guess_from``."""
     out, work = Path(out), Path(work)
@@ -63,7 +64,7 @@ def study_plan(out, work, sizes: Sequence[int], seeds: Sequence[int],
     walls = finished_walls(records.values())
     rows = []
     for n_train in sizes:
-        for seed in seeds:
+        for seed in seeds_at_size(seeds_above, int(n_train), seeds):
             for strategy in strategies:
                 name = run_name(strategy, int(n_train), int(seed))
                 row: Dict[str, Any] = {"strategy": strategy, "n_train": int(n_train), "seed": int(seed),

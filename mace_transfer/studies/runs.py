@@ -19,7 +19,7 @@ import numpy as np
 
 from mace_transfer import UserInputError
 from mace_transfer.studies import parking, selection
-from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name
+from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name, seeds_at_size
 from mace_transfer.studies.plan import finished_walls, guess_wall_s
 from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, lowest_valid_loss, read_results,
                                            supersede_runs, valid_rmse_at, write_json)
@@ -258,12 +258,14 @@ class Sweep(StartModels):
     # -------------------------------------------------------------- sweep
     def sweep(self, sizes: Sequence[int], seeds: Sequence[int], strategies: Sequence[str],
               max_runs: Optional[int] = None) -> int:
-        """Train every missing (strategy, N, seed); N ascending. Returns the number trained."""
+        """Train every missing (strategy, N, seed); N ascending; ``seeds_above`` in the config limits the seeds
+        at large N (:func:`~mace_transfer.studies.config.seeds_at_size`). Returns the number trained."""
         freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
         lrs = {strategy: self.lr_choice(strategy) for strategy in strategies}  # None: the strategy's lr
         losses = {strategy: self.loss_choice(strategy) for strategy in strategies}  # None: the mace block's
         self._supersede_other_losses(losses)
-        plan = [(s, n, seed) for n in sizes for seed in seeds for s in strategies]
+        plan = [(s, n, seed) for n in sizes for seed in seeds_at_size(self.config.get("seeds_above"), n, seeds)
+                for s in strategies]
         todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
         self.say(f"sweep: {len(plan)} runs, {len(plan) - len(todo)} done already, {len(todo)} to train")
         if max_runs is not None:
