@@ -1,0 +1,2 @@
+set -x; source runs/chain_lib.sh
+run scratch 50 1

@@ -1,0 +1,2 @@
+set -x; source runs/chain_lib.sh
+run transfer 50 2
