@@ -36,20 +36,8 @@ the identity, so frozen tensors stay bit-identical through ``ema.average_paramet
 (tested).  Excluding them would need a second patch of MACE (the EMA is built outside the seam),
 so we do not.
 
-Block names (see :func:`block_names`)
--------------------------------------
-``embedding`` (``node_embedding.*``), ``radial`` (every radial MLP,
-``interactions.N.conv_tp_weights.*``), ``interactions.N`` / ``products.N`` / ``readouts.N`` (the
-whole block; ``interactions.N`` *includes* its radial MLP, so it overlaps ``radial``),
-``interactions`` / ``products`` / ``readouts`` (all of them), any other top-level module that has
-parameters (e.g. ``joint_embedding``), and ``re:<regex>`` (``re.search`` over parameter names).
-
-Specificity (when several names cover one parameter, the most specific decides):
-``re:`` (4) > ``radial`` (3) > ``embedding``, ``interactions.N``, ``products.N``, ``readouts.N``,
-other top-level modules (2) > ``interactions``, ``products``, ``readouts`` (1).
-``radial`` names a part *inside* interaction blocks, hence it beats a whole ``interactions.N``;
-for one layer's radial MLP use ``re:^interactions\\.0\\.conv_tp_weights\\.``.  Two regexes that
-cover one parameter must agree, otherwise it is an error.
+Block names (``embedding``, ``radial``, ``interactions.N`` ..., ``re:<regex>``) and their specificity are
+defined in :mod:`mace_transfer.transfer.blocks`.
 
 Semantics
 ---------
@@ -88,12 +76,24 @@ import sys
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mace_transfer import UserInputError
+from mace_transfer.transfer.blocks import (  # noqa: F401  (block_names, param_block, is_radial re-exported)
+    block_names,
+    check_selectors,
+    check_syntax,
+    covers,
+    display_block,
+    freeze_blocks,
+    is_radial,
+    param_block,
+    specificity,
+    split_list,
+)
 
 __all__ = [
     "FreezeSpec",
@@ -113,10 +113,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERAL_BLOCKS = ("interactions", "products", "readouts")
-EMBEDDING = "embedding"
-RADIAL = "radial"
-REGEX_PREFIX = "re:"
 #: key of the info dict (nominal lr, held for thawing) put in every param group the seam builds
 GROUP_TAG = "mace_transfer_seam"
 
@@ -124,135 +120,6 @@ GROUP_TAG = "mace_transfer_seam"
 LAST_INITIAL_STATE: Optional[Dict[str, torch.Tensor]] = None
 #: the last :class:`SeamSession` that built an optimizer (plan, step count, unfreeze record)
 LAST_SESSION: Optional["SeamSession"] = None
-
-
-# --------------------------------------------------------------------------- block names
-def param_block(name: str) -> str:
-    """Whole block a parameter belongs to: ``embedding``, ``interactions.N``, ``products.N``,
-    ``readouts.N`` or, for anything else, its top-level module name (e.g. ``scale_shift``)."""
-    parts = name.split(".")
-    if parts[0] == "node_embedding":
-        return EMBEDDING
-    if parts[0] in GENERAL_BLOCKS and len(parts) > 1 and parts[1].isdigit():
-        return f"{parts[0]}.{parts[1]}"
-    return parts[0]
-
-
-def is_radial(name: str) -> bool:
-    """True for a radial-MLP parameter, ``interactions.N.conv_tp_weights.*``."""
-    parts = name.split(".")
-    return len(parts) > 2 and parts[0] == "interactions" and parts[2] == "conv_tp_weights"
-
-
-def _display_block(name: str) -> str:
-    """Row label of the log table: the block, with ``[radial]`` for radial-MLP parameters."""
-    block = param_block(name)
-    return f"{block} [radial]" if is_radial(name) else block
-
-
-def _index_key(block: str) -> Tuple:
-    head, _, index = block.partition(".")
-    return (head, int(index) if index.isdigit() else -1)
-
-
-def block_names(model: torch.nn.Module) -> List[str]:
-    """Valid ``--freeze_blocks`` / ``--block_lr_factors`` names for ``model`` (besides ``re:``)."""
-    names = [n for n, _ in model.named_parameters()]
-    blocks = {param_block(n) for n in names}
-    out: List[str] = []
-    if EMBEDDING in blocks:
-        out.append(EMBEDDING)
-    if any(is_radial(n) for n in names):
-        out.append(RADIAL)
-    for general in GENERAL_BLOCKS:
-        indexed = sorted((b for b in blocks if b.startswith(general + ".")), key=_index_key)
-        if indexed:
-            out.append(general)
-            out.extend(indexed)
-    others = sorted(b for b in blocks if b != EMBEDDING and b.partition(".")[0] not in GENERAL_BLOCKS)
-    out.extend(others)
-    return out
-
-
-def _specificity(selector: str) -> int:
-    if selector.startswith(REGEX_PREFIX):
-        return 4
-    if selector == RADIAL:
-        return 3
-    if selector in GENERAL_BLOCKS:
-        return 1
-    return 2
-
-
-def _covers(selector: str, name: str) -> bool:
-    if selector.startswith(REGEX_PREFIX):
-        return re.search(selector[len(REGEX_PREFIX):], name) is not None
-    if selector == RADIAL:
-        return is_radial(name)
-    if selector in GENERAL_BLOCKS:
-        return name.startswith(selector + ".")
-    return param_block(name) == selector
-
-
-def _check_selectors(model: torch.nn.Module, selectors: Iterable[str], flag: str) -> None:
-    """Raise UserInputError for a name this model does not have or a regex that matches nothing."""
-    valid = block_names(model)
-    names = [n for n, _ in model.named_parameters()]
-    for selector in selectors:
-        if selector.startswith(REGEX_PREFIX):
-            if not any(_covers(selector, n) for n in names):
-                raise UserInputError(
-                    f"{flag}: {selector!r} matches no parameter of this model "
-                    f"(names look like {names[0]!r}, {names[-1]!r})"
-                )
-        elif selector not in valid:
-            raise UserInputError(
-                f"{flag}: unknown block {selector!r}; valid for this model: "
-                f"{', '.join(valid)}, or re:<regex over parameter names>"
-            )
-
-
-def _split_list(text: str) -> List[str]:
-    """Split a comma-separated list; commas inside (), [] or {} (regex syntax) are kept."""
-    items, depth, current = [], 0, []
-    for char in text:
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth = max(depth - 1, 0)
-        if char == "," and depth == 0:
-            items.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    items.append("".join(current))
-    return [item.strip() for item in items if item.strip()]
-
-
-def _check_syntax(selector: str, flag: str) -> None:
-    if selector.startswith(REGEX_PREFIX):
-        pattern = selector[len(REGEX_PREFIX):]
-        if not pattern:
-            raise UserInputError(f"{flag}: empty regular expression in {selector!r}")
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise UserInputError(f"{flag}: bad regular expression {pattern!r}: {exc}") from None
-
-
-def freeze_blocks(model: torch.nn.Module, names: Union[str, Sequence[str]]) -> List[str]:
-    """Set ``requires_grad=False`` on every parameter covered by any of ``names`` (block names or
-    ``re:`` patterns, a list or a comma-separated string). Returns the frozen parameter names."""
-    selectors = _split_list(names) if isinstance(names, str) else [s.strip() for s in names]
-    for selector in selectors:
-        _check_syntax(selector, "freeze_blocks")
-    _check_selectors(model, selectors, "freeze_blocks")
-    frozen = []
-    for name, param in model.named_parameters():
-        if any(_covers(s, name) for s in selectors):
-            param.requires_grad_(False)
-            frozen.append(name)
-    return frozen
 
 
 # --------------------------------------------------------------------------- the spec
@@ -284,9 +151,9 @@ class FreezeSpec:
 
         Raises UserInputError on malformed JSON, negative factors, bad regexes, a name in both
         flags, or ``unfreeze_after`` < 1 or without ``freeze_blocks``."""
-        freeze = tuple(_split_list(freeze_blocks or ""))
+        freeze = tuple(split_list(freeze_blocks or ""))
         for selector in freeze:
-            _check_syntax(selector, "--freeze_blocks")
+            check_syntax(selector, "--freeze_blocks")
         factors: List[Tuple[str, float]] = []
         if block_lr_factors not in (None, ""):
             try:
@@ -309,7 +176,7 @@ class FreezeSpec:
                     raise UserInputError(
                         f"--block_lr_factors: factor of {name!r} must be finite and >= 0, got {value}"
                     )
-                _check_syntax(name.strip(), "--block_lr_factors")
+                check_syntax(name.strip(), "--block_lr_factors")
                 factors.append((name.strip(), float(value)))
         both = sorted(set(freeze) & {n for n, _ in factors})
         if both:
@@ -366,17 +233,17 @@ def plan_parameters(model: torch.nn.Module, spec: FreezeSpec) -> Dict[str, Param
     """Resolve ``spec`` against ``model``: parameter name -> :class:`ParamPlan`.
 
     Raises UserInputError for names the model lacks (listing the valid ones)."""
-    _check_selectors(model, spec.freeze, "--freeze_blocks")
-    _check_selectors(model, [n for n, _ in spec.lr_factors], "--block_lr_factors")
+    check_selectors(model, spec.freeze, "--freeze_blocks")
+    check_selectors(model, [n for n, _ in spec.lr_factors], "--block_lr_factors")
     plan: Dict[str, ParamPlan] = {}
     for name, _ in model.named_parameters():
         lr_entries = [
-            (_specificity(sel), sel, "lr", factor)
+            (specificity(sel), sel, "lr", factor)
             for sel, factor in spec.lr_factors
-            if _covers(sel, name)
+            if covers(sel, name)
         ]
         freeze_entries = [
-            (_specificity(sel), sel, "freeze", 0.0) for sel in spec.freeze if _covers(sel, name)
+            (specificity(sel), sel, "freeze", 0.0) for sel in spec.freeze if covers(sel, name)
         ]
         factor = _decide(lr_entries, name)[3] if lr_entries else 1.0
         if not lr_entries and not freeze_entries:
@@ -406,7 +273,7 @@ def format_plan_table(
     parameter is in no group; for a held parameter, the lr it gets once thawed)."""
     rows: Dict[str, Dict] = {}
     for name, param in model.named_parameters():
-        label = _display_block(name)
+        label = display_block(name)
         p = plan.get(name, ParamPlan("trainable", 1.0))
         if p.state == "thaws":
             state = f"frozen, thaws after epoch {unfreeze_after}"
@@ -636,7 +503,7 @@ def _split_groups(options, names: Dict[int, str], plan: Dict[str, ParamPlan]):
             p = plan[name]
             if p.state == "frozen":
                 continue
-            key = (_display_block(name), p.state, p.factor)
+            key = (display_block(name), p.state, p.factor)
             buckets.setdefault(key, []).append((name, param))
         for (label, state, factor), members in buckets.items():
             new = {k: v for k, v in group.items() if k != "params"}
