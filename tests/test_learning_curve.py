@@ -665,6 +665,41 @@ def test_plan_guesses_each_runs_wall_time_from_the_nearest_finished_runs(tmp_pat
     assert text.splitlines()[-1].startswith("done 2, parked 1, started 0, to train 1; ~5m50s")
 
 
+def test_plan_lists_the_selection_tries_still_to_train_first_and_counts_no_run_twice(tmp_path):
+    """--plan lists every lr_grid value, loss_grid option and freeze candidate not yet tried, before the sweep's
+    runs; a try already summarised or recorded is left out, the loss option ``{}`` is left out where the sweep's
+    own run at the selection's (N, seed) exists (it is reused), and the sweep run a pending try will become is
+    not listed again."""
+    from mace_transfer.studies.plan import full_plan
+
+    config = {"strategies": {"scratch": {"lr": 0.01}, "transfer_rescale": {"lr": 0.003},
+                             "transfer_freeze": {"lr": 0.003, "freeze_candidates": ["interactions", "interactions,products"],
+                                                 "select": {"n": 20, "seed": 0}}},
+              "lr_grid": {"select": {"n": 20, "seed": 0}, "scratch": [0.01, 0.003]},
+              "loss_grid": {"select": {"n": 20, "seed": 1}, "strategies": ["scratch", "transfer_rescale"],
+                            "options": {"f100_e1": {}, "f10_e1": {"forces_weight": 10.0, "energy_weight": 1.0}}}}
+    out = tmp_path / "res"
+    (out / "lr_selection").mkdir(parents=True)
+    (out / "lr_selection" / "scratch.json").write_text(json.dumps({"tries": {"0.01": {"best_valid_loss": 1.0}}}))
+    (out / "selection").mkdir()
+    (out / "selection" / "loss-transfer_rescale-f10_e1_N0020_s1.json").write_text("{}")  # cut before its summary
+    (out / "records").mkdir()
+    own = {"strategy": "transfer_rescale", "n_train": 20, "seed": 1, "name": "transfer_rescale_N0020_s1",
+           "wall_s": 60.0, "test": {"force_mae_meV_per_A": 12.0, "energy_mae_meV_per_atom": 1.0}}
+    (out / "records" / "transfer_rescale_N0020_s1.json").write_text(json.dumps(own))
+    rows = full_plan(out, tmp_path / "work", config, [20], [0, 1], ["scratch", "transfer_rescale", "transfer_freeze"])
+    names = [r["name"] for r in rows]
+    assert names[:5] == ["lr-scratch-0.003_N0020_s0", "loss-scratch-f100_e1_N0020_s1", "loss-scratch-f10_e1_N0020_s1",
+                         "freeze-interactions_N0020_s0", "freeze-interactions-products_N0020_s0"]
+    assert all(r["status"] == "to train" for r in rows[:5])
+    # scratch s1 and transfer_freeze s0 are what the pending loss and freeze tries become; scratch s0 stays:
+    # the lr try there may not carry the loss chosen afterwards
+    assert names[5:] == ["scratch_N0020_s0", "transfer_rescale_N0020_s0", "transfer_rescale_N0020_s1",
+                         "transfer_freeze_N0020_s1"]
+    assert [r["left_s"] for r in rows if r["status"] != "done"] == [60.0] * 8  # guessed from the one finished run
+    assert [r["becomes_run"] for r in rows[:5]] == [False, True, True, True, True]
+
+
 def test_seeds_above_trains_fewer_seeds_at_large_n_and_the_plan_lists_only_those(tmp_path):
     """``seeds_above: {n: 50, seeds: [0]}`` (issue 21: three seeds for N <= 50, one at N = 292): every seed up to
     and at N = 50, only seed 0 above; the plan lists exactly those runs; a malformed limit is a one-line error."""

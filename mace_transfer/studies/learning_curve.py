@@ -53,7 +53,7 @@ from typing import Any, Dict, Optional, Sequence
 from mace_transfer import UserInputError
 from mace_transfer.studies import md_runs
 from mace_transfer.studies.config import load_config
-from mace_transfer.studies.plan import format_plan, study_plan
+from mace_transfer.studies.plan import format_plan, full_plan
 from mace_transfer.studies.records import write_json
 from mace_transfer.studies.report import write_report
 from mace_transfer.studies.runs import Sweep, machine_info
@@ -99,7 +99,7 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
     warnings.filterwarnings("ignore", category=UserWarning)
     sweep = Sweep(config, out, work, progress=progress)
     if plan:
-        rows = study_plan(sweep.out, sweep.work, sweep.sizes(sizes), seeds, names, config.get("seeds_above"))
+        rows = full_plan(sweep.out, sweep.work, config, sweep.sizes(sizes), seeds, names)
         progress(format_plan(rows, title=f"plan: {config.get('title', sweep.out)} ({sweep.out})"))
         return {"plan": rows}
     if park:

@@ -5,12 +5,15 @@ Per (strategy, N, seed) of the requested grid: ``done`` (a record: its test erro
 (a work folder with a checkpoint and no record: a run cut in this checkout, or one training now) or ``to
 train``. Each unfinished run gets a wall-time guess from the study's own finished runs
 (:func:`guess_wall_s`), so a user can size a session (or a GPU loan) before starting one. Reads records
-and folders only.
+and folders only. Selection tries still to train (``lr_grid``, ``loss_grid``, ``transfer_freeze``'s
+``freeze_candidates``; :func:`selection_plan`) come first, as the sweep trains them first.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -53,6 +56,73 @@ def guess_wall_s(walls: Walls, strategy: str, n_train: int) -> Tuple[Optional[fl
     return None, "no finished run"
 
 
+def _unfinished_row(out: Path, work: Path, walls: Walls, strategy: str, n_train: int, seed: int,
+                    name: str) -> Dict[str, Any]:
+    """A row for a run without a record: started (checkpoint in ``work``), parked or to train, with its guess."""
+    row: Dict[str, Any] = {"strategy": strategy, "n_train": int(n_train), "seed": int(seed), "name": name}
+    folder, parked = work / name, out / parking.PARKED / name
+    if parking.checkpoints(folder):
+        row.update(status="started", trained_s=parking.chunks_wall(folder))
+    elif parking.checkpoints(parked):
+        row.update(status="parked", trained_s=parking.chunks_wall(parked))
+    else:
+        row.update(status="to train", trained_s=0.0)
+    guess, source = guess_wall_s(walls, strategy, int(n_train))
+    row.update(guess_from=source, left_s=None if guess is None else max(0.0, guess - row["trained_s"]))
+    return row
+
+
+def _tried(path: Path, key: str) -> Dict[str, Any]:
+    """The ``key`` entry (``tries`` or ``candidates``) of a selection summary file, ``{}`` when absent."""
+    return (json.loads(path.read_text()).get(key) or {}) if path.is_file() else {}
+
+
+def selection_plan(out, work, config: Dict[str, Any], strategies: Sequence[str]) -> List[Dict[str, Any]]:
+    """The selection tries ``strategies`` still need before their sweep runs (``status`` started, parked or
+    to train, named as their records under ``<out>/selection/``; ``becomes_run``: the chosen try will be the
+    sweep's run at that N and seed): each ``lr_grid`` value, each ``loss_grid``
+    option (but ``{}`` where the sweep's own run at that N and seed is done: it is reused) and, for
+    ``transfer_freeze`` without fixed ``freeze_blocks``, each of its ``freeze_candidates``. Tries already
+    summarised or recorded are left out."""
+    out, work = Path(out), Path(work)
+    walls = finished_walls(load_runs(out))
+    tries = []  # (strategy, n, seed, name, done, becomes the sweep's run at that N and seed)
+    lr_grid = config.get("lr_grid") or {}
+    loss_grid = config.get("loss_grid") or {}
+    for strategy in strategies:
+        select = lr_grid.get("select", {"n": 20, "seed": 0})
+        n_train, seed = int(select["n"]), int(select["seed"])
+        done = _tried(out / "lr_selection" / f"{strategy}.json", "tries")
+        options = loss_grid.get("options") or {}
+        loss_selected = bool(options) and strategy in loss_grid.get("strategies", list(config.get("strategies") or {}))
+        for lr in lr_grid.get(strategy) or []:
+            key = f"{float(lr):g}"  # the chosen try is the sweep's run unless a loss choice may change its loss
+            tries.append((strategy, n_train, seed, f"lr-{strategy}-{key}_N{n_train:04d}_s{seed}", key in done,
+                          not loss_selected))
+        if loss_selected:
+            select = loss_grid.get("select", {"n": 20, "seed": 0})
+            n_train, seed = int(select["n"]), int(select["seed"])
+            done = _tried(out / "loss_selection" / f"{strategy}.json", "tries")
+            own_run = (out / "records" / f"{run_name(strategy, n_train, seed)}.json").is_file()
+            for tag, flags in options.items():
+                reused = not flags and own_run
+                finished = reused or (tag in done and done[tag].get("flags") == flags)
+                tries.append((strategy, n_train, seed, f"loss-{strategy}-{tag}_N{n_train:04d}_s{seed}", finished,
+                              True))
+    spec = (config.get("strategies") or {}).get("transfer_freeze") or {}
+    if "transfer_freeze" in strategies and not spec.get("freeze_blocks"):
+        select = spec.get("select", {"n": 10, "seed": 0})
+        n_train, seed = int(select["n"]), int(select["seed"])
+        done = _tried(out / "freeze_selection.json", "candidates")
+        for blocks in spec.get("freeze_candidates") or []:
+            tag = re.sub(r"[^A-Za-z0-9]+", "-", blocks).strip("-")
+            tries.append(("transfer_freeze", n_train, seed, f"freeze-{tag}_N{n_train:04d}_s{seed}", blocks in done,
+                          True))
+    return [dict(_unfinished_row(out, work, walls, strategy, n_train, seed, name), becomes_run=becomes)
+            for strategy, n_train, seed, name, done, becomes in tries
+            if not done and not (out / "selection" / f"{name}.json").is_file()]
+
+
 def study_plan(out, work, sizes: Sequence[int], seeds: Sequence[int],
                strategies: Sequence[str], seeds_above=None) -> List[Dict[str, Any]]:
     """One row per (strategy, N, seed), N ascending as the sweep trains them (the seeds at each N as the
@@ -77,18 +147,20 @@ def study_plan(out, work, sizes: Sequence[int], seeds: Sequence[int],
                                energy_mae_meV_per_atom=test.get("energy_mae_meV_per_atom"))
                     rows.append(row)
                     continue
-                folder, parked = work / name, out / parking.PARKED / name
-                if parking.checkpoints(folder):
-                    row.update(status="started", trained_s=parking.chunks_wall(folder))
-                elif parking.checkpoints(parked):
-                    row.update(status="parked", trained_s=parking.chunks_wall(parked))
-                else:
-                    row.update(status="to train", trained_s=0.0)
-                guess, source = guess_wall_s(walls, strategy, int(n_train))
-                row.update(guess_from=source,
-                           left_s=None if guess is None else max(0.0, guess - row["trained_s"]))
-                rows.append(row)
+                rows.append(_unfinished_row(out, work, walls, strategy, int(n_train), int(seed), name))
     return rows
+
+
+def full_plan(out, work, config: Dict[str, Any], sizes: Sequence[int], seeds: Sequence[int],
+              strategies: Sequence[str]) -> List[Dict[str, Any]]:
+    """:func:`selection_plan`'s tries, then :func:`study_plan`'s runs, less the runs a pending try will
+    become (the sweep reuses the chosen try at its selection N and seed: a loss or freeze try always, an lr
+    try where no loss choice follows), so no run is counted twice."""
+    tries = selection_plan(out, work, config, strategies)
+    pending = {(row["strategy"], row["n_train"], row["seed"]) for row in tries if row["becomes_run"]}
+    runs = study_plan(out, work, sizes, seeds, strategies, config.get("seeds_above"))
+    return tries + [row for row in runs
+                    if row["status"] != "to train" or (row["strategy"], row["n_train"], row["seed"]) not in pending]
 
 
 def _time(seconds: Optional[float]) -> str:
@@ -99,7 +171,8 @@ def _time(seconds: Optional[float]) -> str:
 def format_plan(rows: Sequence[Dict[str, Any]], title: str = "") -> str:
     """The plan as aligned text: one line per run, then the totals (hours at one process per run)."""
     lines = [title] if title else []
-    lines.append(f"{'run':28s} {'status':9s} detail")
+    width = max([28] + [len(row["name"]) for row in rows])
+    lines.append(f"{'run':{width}s} {'status':9s} detail")
     for row in rows:
         if row["status"] == "done":
             detail = (f"{row['force_mae_meV_per_A']:.1f} meV/Å, {row['energy_mae_meV_per_atom']:.2f} meV/atom, "
@@ -107,7 +180,7 @@ def format_plan(rows: Sequence[Dict[str, Any]], title: str = "") -> str:
         else:
             trained = f"{_time(row['trained_s'])} trained, " if row["trained_s"] else ""
             detail = f"{trained}~{_time(row['left_s'])} left (guess from {row['guess_from']})"
-        lines.append(f"{row['name']:28s} {row['status']:9s} {detail}")
+        lines.append(f"{row['name']:{width}s} {row['status']:9s} {detail}")
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "parked", "started", "to train")}
     left = [r["left_s"] for r in rows if r["status"] != "done"]
     total = None if any(s is None for s in left) else sum(left)
