@@ -6,7 +6,8 @@ One folder per layer, arrows down only (README "Layout"):
 * ``studies``: learning-curve studies (``config``, ``data``, ``runs``, ``records``, ``report``) and
   staged pipelines;
 * ``evaluate``: judge any ASE calculator (test errors, MD stability, crystal properties, close contact);
-* ``transfer``: the MACE-facing core (``remap``, ``freeze``, ``train``: the one door to MACE's run,
+* ``transfer``: the MACE-facing core (``remap``, ``estimate``: corresponding states, E0s and shift from the
+  target data, ``blocks``: block names, ``freeze``, ``train``: the one door to MACE's run,
   ``early_stop``: its results log and epoch-limit seam);
 * ``datagen``: labelled configurations (``classical`` SW/Tersoff, ``sampling``, ``dft`` through CP2K).
 

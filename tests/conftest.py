@@ -65,7 +65,7 @@ def make_mace_model(
 
 def energy_forces(model, atoms):
     """(energy eV, forces eV/Å) of ``atoms`` under an in-memory MACE model."""
-    from mace_transfer.transfer.remap import predict
+    from mace_transfer.transfer.estimate import predict
 
     return predict(model, atoms)
 

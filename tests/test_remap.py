@@ -6,14 +6,8 @@ import torch
 from conftest import energy_forces, make_mace_model, rattled_diamond
 
 from mace_transfer import UserInputError
-from mace_transfer.transfer.remap import (
-    estimate_corresponding_states,
-    load_model,
-    parse_element_map,
-    predict,
-    refit_energy_shift,
-    remap_elements,
-)
+from mace_transfer.transfer.estimate import estimate_corresponding_states, predict, refit_energy_shift
+from mace_transfer.transfer.remap import load_model, parse_element_map, remap_elements
 
 INTERACTIONS = [
     "RealAgnosticResidualInteractionBlock",
@@ -261,7 +255,7 @@ def test_cueq_layout_model_is_refused_with_conversion_hint():
 
 
 def test_auto_length_scale_from_volume_per_atom():
-    from mace_transfer.transfer.remap import _source_equilibrium_crystal, atomic_length
+    from mace_transfer.transfer.estimate import _source_equilibrium_crystal, atomic_length
 
     bulk_ge = rattled_diamond("Ge", a=5.654, rattle=0.0)
     assert atomic_length([bulk_ge]) == pytest.approx((5.654**3 / 8) ** (1 / 3))

@@ -360,12 +360,12 @@ class StartModels(StudyData):
                 and (not classical or "classical" in result)
                 and {"energy_zero_fitted", "stress_mae_meV_per_A3"} <= set(result["remap"])):
             return result
-        from mace_transfer.transfer import remap
+        from mace_transfer.transfer import estimate, remap
 
         self.say("zero-shot: remapped source model on the test set")
         if "remap" not in result:
             model = remap.load_model(self.source_model())
-            scales = remap.estimate_corresponding_states(
+            scales = estimate.estimate_corresponding_states(
                 model, self.config["element_map"], self.valid_frames(),
                 forces_key=self.config["mace"].get("forces_key", "REF_forces"))
             rescaled = self.remapped_model(scales["length_scale"], scales["energy_scale"], "_rescaled")

@@ -328,7 +328,7 @@ def prepare_source_model(args, spec=None):
         return None
     import torch
 
-    from mace_transfer.transfer import remap
+    from mace_transfer.transfer import estimate, remap
 
     if args.foundation_model:
         raise UserInputError("give either --source_model or --foundation_model, not both")
@@ -343,12 +343,12 @@ def prepare_source_model(args, spec=None):
     e0s = _parse_e0s(args.E0s)
     average = str(args.E0s).strip().lower() == "average"
     if average:  # MACE would average after our shift refit: average first, so both use the same E0s
-        e0s = remap.average_e0s(_read_train_atoms(args), energy_key=args.energy_key)
+        e0s = estimate.average_e0s(_read_train_atoms(args), energy_key=args.energy_key)
     estimate_atoms = None
     if "auto" in (length_scale, energy_scale):
         estimate_atoms = _read_estimate_atoms(args)
         try:
-            est = remap.estimate_corresponding_states(
+            est = estimate.estimate_corresponding_states(
                 model,
                 element_map,
                 estimate_atoms,
@@ -375,7 +375,7 @@ def prepare_source_model(args, spec=None):
     )
     if args.refit_shift and (args.train_file or getattr(args, "estimate_file", None)):
         estimate_atoms = estimate_atoms or _read_estimate_atoms(args)
-        remapped, delta = remap.refit_energy_shift(remapped, estimate_atoms, energy_key=args.energy_key)
+        remapped, delta = estimate.refit_energy_shift(remapped, estimate_atoms, energy_key=args.energy_key)
         print(f"mace-transfer: remapped model's energy shift refitted by {delta:+.4f} eV/atom", flush=True)
     if average:
         energies = remapped.atomic_energies_fn.atomic_energies.detach().reshape(-1, len(remapped.atomic_numbers))[-1]
