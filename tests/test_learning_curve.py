@@ -422,6 +422,38 @@ def test_extra_train_weight_is_the_loss_weight_mace_reads(lc, tmp_path):
             lc.load_config(path)
 
 
+def test_extra_train_energy_weight_leaves_the_extra_frames_forces_only_in_mace_s_loss(lc, tmp_path):
+    """data.extra_train_energy_weight 0: MACE reads an energy weight of 0 on every extra frame and 1 on every target
+    frame, forces kept at 1 (its ``config_energy_weight``); with extra_train_weight both apply; a negative weight or
+    one without extra frames is refused."""
+    from ase.io import read
+    from mace.data.utils import KeySpecification
+    from mace.data.utils import config_from_atoms as mace_reads
+
+    keys = KeySpecification(info_keys={"energy": "REF_energy"}, arrays_keys={"forces": "REF_forces"})
+
+    def config_from_atoms(atoms):
+        return mace_reads(atoms, keys)
+
+    config = _sweep_config_with_extra_file(tmp_path, extra_train=str(tmp_path / "x.xyz"), extra_train_energy_weight=0)
+    frames = read(lc.Sweep(config).write_subset(tmp_path / "run", 5, seed=0)["train_file"], ":")
+    read_by_mace = [config_from_atoms(atoms) for atoms in frames]
+    assert [c.property_weights["energy"] for c in read_by_mace] == [1.0] * 5 + [0.0] * 3
+    assert [c.property_weights["forces"] for c in read_by_mace] == [1.0] * 8
+    assert [c.weight for c in read_by_mace] == [1.0] * 8
+    assert lc.Sweep(config).check_data()["extra_train"]["config_energy_weight"] == 0.0
+    both = dict(config, data=dict(config["data"], extra_train_weight=0.1))
+    frames = read(lc.Sweep(both).write_subset(tmp_path / "run2", 5, seed=0)["train_file"], ":")
+    assert [(c.weight, c.property_weights["energy"]) for c in map(config_from_atoms, frames)][4:] == \
+        [(1.0, 1.0)] + [(0.1, 0.0)] * 3
+    for bad in ({"extra_train_energy_weight": -1.0}, {"extra_train_energy_weight": 0, "extra_train": None},
+                {"extra_train_energy_weight": True}):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(dict(config, data=dict(config["data"], **bad), sizes=[5], seeds=[0])))
+        with pytest.raises(UserInputError, match="extra_train_energy_weight"):
+            lc.load_config(path)
+
+
 def test_converged_budget_counts_patience_in_optimizer_steps(lc):
     budget = {"mode": "converged", "patience_steps": 600, "min_patience_epochs": 20, "max_steps": 20000,
               "max_epochs": 5000, "scheduler_patience_steps": 200}

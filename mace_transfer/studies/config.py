@@ -61,6 +61,11 @@ def load_config(path) -> Dict[str, Any]:
     if weight is not None and (not config["data"].get("extra_train") or isinstance(weight, bool)
                                or not isinstance(weight, (int, float)) or weight <= 0):
         raise UserInputError(f"{path}: data.extra_train_weight must be a positive number and needs data.extra_train")
+    energy_weight = config["data"].get("extra_train_energy_weight")
+    if energy_weight is not None and (not config["data"].get("extra_train") or isinstance(energy_weight, bool)
+                                      or not isinstance(energy_weight, (int, float)) or energy_weight < 0):
+        raise UserInputError(f"{path}: data.extra_train_energy_weight must be a number >= 0 and needs "
+                             "data.extra_train")
     for name, spec in config["strategies"].items():
         if name not in STRATEGIES:
             raise UserInputError(f"{path}: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")

@@ -74,6 +74,11 @@ def _frames_sha256(frames) -> str:
 
 
 
+#: config keys for the extra training frames -> the ``atoms.info`` keys MACE's ``config_from_atoms`` reads
+#: (mace/data/utils.py: ``config_weight`` scales a frame's whole loss, ``config_energy_weight`` its energy term)
+EXTRA_TRAIN_WEIGHTS = {"extra_train_weight": "config_weight", "extra_train_energy_weight": "config_energy_weight"}
+
+
 class StudyData:
     """The configurations a study trains, validates and tests on (``config["data"]``)."""
 
@@ -160,8 +165,9 @@ class StudyData:
                 digest = _sha256_text(" ".join(file_sha256(p) for p in paths))
             current[key] = {"path": ", ".join(map(str, paths)), "configurations": len(self.frames(key)),
                             "sha256": digest}
-        if self.config["data"].get("extra_train_weight") is not None and "extra_train" in current:
-            current["extra_train"]["config_weight"] = float(self.config["data"]["extra_train_weight"])
+        for key, info_key in EXTRA_TRAIN_WEIGHTS.items():
+            if self.config["data"].get(key) is not None and "extra_train" in current:
+                current["extra_train"][info_key] = float(self.config["data"][key])
         record = self.out / "data.json"
         if record.is_file():
             before = json.loads(record.read_text())
@@ -176,15 +182,19 @@ class StudyData:
     def extra_train_frames(self) -> list:
         """The ``data.extra_train`` configurations (none when the key is absent); with
         ``data.extra_train_weight`` w each carries ``info["config_weight"] = w``, MACE's per-configuration
-        loss weight (e.g. a teacher's labels replayed at a low weight beside the DFT structures)."""
+        loss weight (e.g. a teacher's labels replayed at a low weight beside the DFT structures), and with
+        ``data.extra_train_energy_weight`` w_E ``info["config_energy_weight"] = w_E``, MACE's per-configuration
+        weight of the energy term alone (0: the frames teach forces only, e.g. close-pair cells whose
+        wall energies would otherwise pull the equation of state)."""
         if not self.config["data"].get("extra_train"):
             return []
-        weight = self.config["data"].get("extra_train_weight")
-        if weight is None:
+        weights = {info_key: float(self.config["data"][key]) for key, info_key in EXTRA_TRAIN_WEIGHTS.items()
+                   if self.config["data"].get(key) is not None}
+        if not weights:
             return self.frames("extra_train")
         frames = [atoms.copy() for atoms in self.frames("extra_train")]
         for atoms in frames:
-            atoms.info["config_weight"] = float(weight)
+            atoms.info.update(weights)
         return frames
 
     def valid_frames(self) -> list:

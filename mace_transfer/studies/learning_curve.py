@@ -23,7 +23,8 @@ shuffled once with s and the first N are taken, so N=5 is inside N=10 for the sa
 is also MACE's ``--seed``. ``data.extra_train`` (optional): configurations added to every run's
 training set, not counted in N and never in validation (e.g. close-pair cells for the short-range
 wall, ``scripts/make_close_pairs.py``), each at MACE's per-configuration loss weight ``data.extra_train_weight``
-when given (e.g. a teacher's labels replayed beside the DFT structures).
+when given (e.g. a teacher's labels replayed beside the DFT structures), and with its energy term weighted by
+``data.extra_train_energy_weight`` when given (0: forces only).
 
 Strategies: ``scratch``; ``transfer`` (remap the source, fine-tune); ``transfer_freeze`` (+ a
 frozen block set); ``transfer_rescale`` (+ corresponding-states s, k); ``mace_freeze`` (MACE's own
