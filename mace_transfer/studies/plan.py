@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mace_transfer.studies import parking
+from mace_transfer.studies.selection import freeze_try_name, loss_try_name, lr_try_name
 from mace_transfer.studies.config import run_name, seeds_at_size
 from mace_transfer.studies.records import load_runs
 from mace_transfer.studies.starts import _fmt_time
@@ -97,7 +97,7 @@ def selection_plan(out, work, config: Dict[str, Any], strategies: Sequence[str])
         loss_selected = bool(options) and strategy in loss_grid.get("strategies", list(config.get("strategies") or {}))
         for lr in lr_grid.get(strategy) or []:
             key = f"{float(lr):g}"  # the chosen try is the sweep's run unless a loss choice may change its loss
-            tries.append((strategy, n_train, seed, f"lr-{strategy}-{key}_N{n_train:04d}_s{seed}", key in done,
+            tries.append((strategy, n_train, seed, lr_try_name(strategy, lr, n_train, seed), key in done,
                           not loss_selected))
         if loss_selected:
             select = loss_grid.get("select", {"n": 20, "seed": 0})
@@ -107,16 +107,14 @@ def selection_plan(out, work, config: Dict[str, Any], strategies: Sequence[str])
             for tag, flags in options.items():
                 reused = not flags and own_run
                 finished = reused or (tag in done and done[tag].get("flags") == flags)
-                tries.append((strategy, n_train, seed, f"loss-{strategy}-{tag}_N{n_train:04d}_s{seed}", finished,
-                              True))
+                tries.append((strategy, n_train, seed, loss_try_name(strategy, tag, n_train, seed), finished, True))
     spec = (config.get("strategies") or {}).get("transfer_freeze") or {}
     if "transfer_freeze" in strategies and not spec.get("freeze_blocks"):
         select = spec.get("select", {"n": 10, "seed": 0})
         n_train, seed = int(select["n"]), int(select["seed"])
         done = _tried(out / "freeze_selection.json", "candidates")
         for blocks in spec.get("freeze_candidates") or []:
-            tag = re.sub(r"[^A-Za-z0-9]+", "-", blocks).strip("-")
-            tries.append(("transfer_freeze", n_train, seed, f"freeze-{tag}_N{n_train:04d}_s{seed}", blocks in done,
+            tries.append(("transfer_freeze", n_train, seed, freeze_try_name(blocks, n_train, seed), blocks in done,
                           True))
     return [dict(_unfinished_row(out, work, walls, strategy, n_train, seed, name), becomes_run=becomes)
             for strategy, n_train, seed, name, done, becomes in tries

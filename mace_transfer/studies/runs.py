@@ -239,9 +239,8 @@ class Sweep(StartModels):
             if blocks in results:
                 continue
             self.say(f"freeze selection: transfer + freeze {blocks} at N={n_train} seed={seed}")
-            tag = re.sub(r"[^A-Za-z0-9]+", "-", blocks).strip("-")
             record = self.train_run("transfer_freeze", n_train, seed,
-                                    self.out / "selection" / f"freeze-{tag}_N{n_train:04d}_s{seed}.json",
+                                    self.out / "selection" / f"{selection.freeze_try_name(blocks, n_train, seed)}.json",
                                     freeze_blocks=blocks)
             results[blocks] = {"best_valid_rmse_f_meV_A": record["best_valid_rmse_f_meV_A"],
                                "test_force_mae_meV_per_A": record["test"]["force_mae_meV_per_A"],

@@ -7,10 +7,27 @@ resumes and the chosen run is reused by the sweep instead of being trained twice
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from mace_transfer.studies.records import write_json
+
+
+def lr_try_name(strategy: str, lr: float, n_train: int, seed: int) -> str:
+    """Record stem (under ``<out>/selection/``) of one ``lr_grid`` try."""
+    return f"lr-{strategy}-{float(lr):g}_N{n_train:04d}_s{seed}"
+
+
+def loss_try_name(strategy: str, tag: str, n_train: int, seed: int) -> str:
+    """Record stem of one ``loss_grid`` try."""
+    return f"loss-{strategy}-{tag}_N{n_train:04d}_s{seed}"
+
+
+def freeze_try_name(blocks: str, n_train: int, seed: int) -> str:
+    """Record stem of one ``freeze_candidates`` try (the block list with punctuation turned into dashes)."""
+    tag = re.sub(r"[^A-Za-z0-9]+", "-", blocks).strip("-")
+    return f"freeze-{tag}_N{n_train:04d}_s{seed}"
 
 RULE = "lowest best validation loss (the test error is recorded, not used)"
 
@@ -33,7 +50,7 @@ def choose_lr(out: Path, strategy: str, grid: Sequence[float], n_train: int, see
         if key in tries:
             continue
         say(f"lr selection: {strategy} lr={key} at N={n_train} seed={seed}")
-        record_path = out / "selection" / f"lr-{strategy}-{key}_N{n_train:04d}_s{seed}.json"
+        record_path = out / "selection" / f"{lr_try_name(strategy, lr, n_train, seed)}.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else train(float(lr), record_path)
         tries[key] = summarise(record)
         write_json(path, entry)
@@ -92,7 +109,7 @@ def choose_loss(out: Path, strategy: str, options: Dict[str, Dict[str, Any]], n_
         if tag in tries and tries[tag].get("flags") == flags:
             continue
         say(f"loss selection: {strategy} {tag} {flags} at N={n_train} seed={seed}")
-        record_path = out / "selection" / f"loss-{strategy}-{tag}_N{n_train:04d}_s{seed}.json"
+        record_path = out / "selection" / f"{loss_try_name(strategy, tag, n_train, seed)}.json"
         record = json.loads(record_path.read_text()) if record_path.is_file() else train(tag, flags, record_path)
         tries[tag] = dict(validate(record), flags=flags, lr=record.get("lr"),
                           test_force_mae_meV_per_A=record["test"]["force_mae_meV_per_A"],
