@@ -42,6 +42,18 @@ def read_yaml_mapping(path, what: str = "config file") -> Dict[str, Any]:
     return config
 
 
+def _check_extra_train_weight(path: Path, data: dict, key: str, zero_allowed: bool) -> None:
+    """A per-frame loss weight on the extra training frames (``data.<key>``): a number (> 0, or >= 0 where
+    ``zero_allowed``) that needs ``data.extra_train``; absent means MACE's default of 1."""
+    weight = data.get(key)
+    if weight is None:
+        return
+    bound = "a number >= 0" if zero_allowed else "a positive number"
+    if (not data.get("extra_train") or isinstance(weight, bool) or not isinstance(weight, (int, float))
+            or weight < 0 or (weight == 0 and not zero_allowed)):
+        raise UserInputError(f"{path}: data.{key} must be {bound} and needs data.extra_train")
+
+
 def load_config(path) -> Dict[str, Any]:
     """Read and check the learning-curve YAML (see configs/learning_curve_sw.yaml)."""
     path = Path(path)
@@ -57,15 +69,8 @@ def load_config(path) -> Dict[str, Any]:
     for key in ("source", "target", "test"):
         if key not in config["data"]:
             raise UserInputError(f"{path}: data needs {key!r}")
-    weight = config["data"].get("extra_train_weight")
-    if weight is not None and (not config["data"].get("extra_train") or isinstance(weight, bool)
-                               or not isinstance(weight, (int, float)) or weight <= 0):
-        raise UserInputError(f"{path}: data.extra_train_weight must be a positive number and needs data.extra_train")
-    energy_weight = config["data"].get("extra_train_energy_weight")
-    if energy_weight is not None and (not config["data"].get("extra_train") or isinstance(energy_weight, bool)
-                                      or not isinstance(energy_weight, (int, float)) or energy_weight < 0):
-        raise UserInputError(f"{path}: data.extra_train_energy_weight must be a number >= 0 and needs "
-                             "data.extra_train")
+    for key, zero_allowed in (("extra_train_weight", False), ("extra_train_energy_weight", True)):
+        _check_extra_train_weight(path, config["data"], key, zero_allowed)
     for name, spec in config["strategies"].items():
         if name not in STRATEGIES:
             raise UserInputError(f"{path}: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mace_transfer.studies import parking
-from mace_transfer.studies.selection import freeze_try_name, loss_try_name, lr_try_name
+from mace_transfer.studies.selection import (freeze_try_name, loss_selected, loss_try_name, lr_try_name,
+                                             select_point)
 from mace_transfer.studies.config import run_name, seeds_at_size
 from mace_transfer.studies.records import load_runs
 from mace_transfer.studies.starts import _fmt_time
@@ -90,28 +91,24 @@ def selection_plan(out, work, config: Dict[str, Any], strategies: Sequence[str])
     lr_grid = config.get("lr_grid") or {}
     loss_grid = config.get("loss_grid") or {}
     for strategy in strategies:
-        select = lr_grid.get("select", {"n": 20, "seed": 0})
-        n_train, seed = int(select["n"]), int(select["seed"])
+        n_train, seed = select_point(lr_grid)
         done = _tried(out / "lr_selection" / f"{strategy}.json", "tries")
-        options = loss_grid.get("options") or {}
-        loss_selected = bool(options) and strategy in loss_grid.get("strategies", list(config.get("strategies") or {}))
+        by_loss = loss_selected(config, strategy)
         for lr in lr_grid.get(strategy) or []:
             key = f"{float(lr):g}"  # the chosen try is the sweep's run unless a loss choice may change its loss
             tries.append((strategy, n_train, seed, lr_try_name(strategy, lr, n_train, seed), key in done,
-                          not loss_selected))
-        if loss_selected:
-            select = loss_grid.get("select", {"n": 20, "seed": 0})
-            n_train, seed = int(select["n"]), int(select["seed"])
+                          not by_loss))
+        if by_loss:
+            n_train, seed = select_point(loss_grid)
             done = _tried(out / "loss_selection" / f"{strategy}.json", "tries")
             own_run = (out / "records" / f"{run_name(strategy, n_train, seed)}.json").is_file()
-            for tag, flags in options.items():
+            for tag, flags in loss_grid["options"].items():
                 reused = not flags and own_run
                 finished = reused or (tag in done and done[tag].get("flags") == flags)
                 tries.append((strategy, n_train, seed, loss_try_name(strategy, tag, n_train, seed), finished, True))
     spec = (config.get("strategies") or {}).get("transfer_freeze") or {}
     if "transfer_freeze" in strategies and not spec.get("freeze_blocks"):
-        select = spec.get("select", {"n": 10, "seed": 0})
-        n_train, seed = int(select["n"]), int(select["seed"])
+        n_train, seed = select_point(spec, default_n=10)
         done = _tried(out / "freeze_selection.json", "candidates")
         for blocks in spec.get("freeze_candidates") or []:
             tries.append(("transfer_freeze", n_train, seed, freeze_try_name(blocks, n_train, seed), blocks in done,

@@ -153,8 +153,7 @@ class Sweep(StartModels):
         grid = (self.config.get("lr_grid") or {}).get(strategy)
         if not grid:
             return None
-        select = (self.config.get("lr_grid") or {}).get("select", {"n": 20, "seed": 0})
-        n_train, seed = int(select["n"]), int(select["seed"])
+        n_train, seed = selection.select_point(self.config.get("lr_grid"))
 
         def summarise(record):
             return {"best_valid_loss": lowest_valid_loss(record),
@@ -173,12 +172,11 @@ class Sweep(StartModels):
         (N, seed), trained with the start's chosen learning rate and judged on the validation cells
         (``loss_grid.energy_goal_meV_per_atom``, default 5). An option equal to a run already trained
         there (e.g. ``{}``: the study's own loss) reuses that run while its model is at hand."""
-        grid = self.config.get("loss_grid") or {}
-        options = grid.get("options") or {}
-        if not options or strategy not in grid.get("strategies", list(self.config["strategies"])):
+        if not selection.loss_selected(self.config, strategy):
             return None
-        select = grid.get("select", {"n": 20, "seed": 0})
-        n_train, seed = int(select["n"]), int(select["seed"])
+        grid = self.config["loss_grid"]
+        options = grid["options"]
+        n_train, seed = selection.select_point(grid)
         lr = self.lr_choice(strategy)
         valid_indices, _ = self.split()
         valid = [self.frames("target")[i] for i in valid_indices]
@@ -232,8 +230,7 @@ class Sweep(StartModels):
             raise UserInputError("transfer_freeze needs freeze_blocks or freeze_candidates")
         path = self.out / "freeze_selection.json"
         done = json.loads(path.read_text()) if path.is_file() else {}
-        select = spec.get("select", {"n": 10, "seed": 0})
-        n_train, seed = int(select["n"]), int(select["seed"])
+        n_train, seed = selection.select_point(spec, default_n=10)
         results = done.get("candidates", {})
         for blocks in candidates:
             if blocks in results:

@@ -9,9 +9,23 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from mace_transfer.studies.records import write_json
+
+
+def select_point(block: Optional[Dict[str, Any]], default_n: int = 20) -> Tuple[int, int]:
+    """(N, seed) at which a selection is made: the ``select`` entry of ``block`` (``lr_grid``, ``loss_grid``
+    or a ``transfer_freeze`` spec), else (``default_n``, 0)."""
+    select = (block or {}).get("select") or {"n": default_n, "seed": 0}
+    return int(select["n"]), int(select["seed"])
+
+
+def loss_selected(config: Dict[str, Any], strategy: str) -> bool:
+    """Whether ``loss_grid`` chooses the loss of ``strategy``: it has options and names the strategy
+    (no ``strategies`` list: every strategy of the config)."""
+    grid = config.get("loss_grid") or {}
+    return bool(grid.get("options")) and strategy in grid.get("strategies", list(config.get("strategies") or {}))
 
 
 def lr_try_name(strategy: str, lr: float, n_train: int, seed: int) -> str:
