@@ -17,7 +17,7 @@ from mace_transfer.studies.records import write_json
 def select_point(block: Optional[Dict[str, Any]], default_n: int = 20) -> Tuple[int, int]:
     """(N, seed) at which a selection is made: the ``select`` entry of ``block`` (``lr_grid``, ``loss_grid``
     or a ``transfer_freeze`` spec), else (``default_n``, 0)."""
-    select = (block or {}).get("select") or {"n": default_n, "seed": 0}
+    select = (block or {}).get("select", {"n": default_n, "seed": 0})
     return int(select["n"]), int(select["seed"])
 
 
@@ -42,6 +42,7 @@ def freeze_try_name(blocks: str, n_train: int, seed: int) -> str:
     """Record stem of one ``freeze_candidates`` try (the block list with punctuation turned into dashes)."""
     tag = re.sub(r"[^A-Za-z0-9]+", "-", blocks).strip("-")
     return f"freeze-{tag}_N{n_train:04d}_s{seed}"
+
 
 RULE = "lowest best validation loss (the test error is recorded, not used)"
 
