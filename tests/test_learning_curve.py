@@ -992,3 +992,29 @@ def test_a_chunk_on_device_auto_is_recorded_as_what_it_ran_on():
     expected = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     assert torch_device_name("auto") == expected != "auto"
     assert torch_device_name("cpu") == "cpu"
+
+
+def test_two_sweeps_share_a_study_s_runs_without_training_one_twice(lc, tmp_path, capsys):
+    """A run whose lock another process holds is left to it (not trained a second time into the same
+    folder); once that process has written its record, a later sweep does not train it again."""
+    from mace_transfer.studies import parking
+
+    sweep = lc.Sweep(_sweep_config_with_extra_file(tmp_path))
+    trained = []
+
+    def fake_train(strategy, n_train, seed, record_path, **kwargs):
+        trained.append(record_path.stem)
+        record = _record(strategy, n_train, seed, 10.0)
+        lc.write_json(record_path, record)
+        return record
+
+    sweep.train_run = fake_train
+    held = parking.claim(sweep.work, "train_scratch_N0004_s0")  # "another process" trains N = 4
+    assert held is not None and parking.claim(sweep.work, "train_scratch_N0004_s0") is None
+    assert sweep.sweep([4, 5], [0], ["scratch"]) == 1
+    assert trained == ["scratch_N0005_s0"]
+    assert "scratch_N0004_s0: another process is training it; skipped" in capsys.readouterr().out
+    fake_train("scratch", 4, 0, sweep.out / lc.RECORDS / "scratch_N0004_s0.json")  # ... and finishes it
+    held.close()
+    trained.clear()
+    assert sweep.sweep([4, 5], [0], ["scratch"]) == 0 and trained == []

@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from mace_transfer.studies import parking
 from mace_transfer.studies.config import RECORDS
 from mace_transfer.studies.records import file_at_hand, load_runs, write_json
 from mace_transfer.studies.runs import model_errors
@@ -73,8 +74,6 @@ def add_missing_stress(sweep) -> int:
 def md_and_properties(sweep, seeds: Sequence[int], only: Optional[Sequence[str]] = None) -> None:
     """MD stability ladder, a0 and B vs ``md.reference`` (default SW-Ge) for ``sweep``'s (a
     :class:`~mace_transfer.studies.runs.Sweep`) finished ``seeds`` runs of ``md.strategies`` (narrowed to ``only`` when given: the command line's strategies)."""
-    import fcntl
-
     import torch
 
     torch.set_num_threads(sweep.threads)  # as for training: no oversubscription beside other jobs
@@ -92,12 +91,8 @@ def md_and_properties(sweep, seeds: Sequence[int], only: Optional[Sequence[str]]
         path = sweep.out / "md" / f"{rec['name']}.json"
         if path.is_file():
             continue
-        # a lock per run: several --md processes share the work; a dead one's lock is released
-        lock = open(sweep.work / f".md_{rec['name']}.lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
+        lock = parking.claim(sweep.work, f"md_{rec['name']}")  # several --md processes share the work
+        if lock is None:
             continue
         if path.is_file():  # finished by another process meanwhile
             lock.close()

@@ -5,11 +5,12 @@ Wall time is kept whole across the cuts: ``chunks.json`` holds the seconds of th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence
 
 from mace_transfer.studies.config import RECORDS
 from mace_transfer.studies.records import write_json
@@ -18,6 +19,20 @@ from mace_transfer.studies.records import write_json
 PARKED = "partial"
 #: a run folder's record of its training chunks (wall seconds of earlier, cut processes)
 CHUNKS = "chunks.json"
+
+
+def claim(work: Path, name: str) -> Optional[IO[str]]:
+    """An exclusive lock on ``<work>/.<name>.lock`` (open it ``with`` the returned file), or None while
+    another process holds it: several processes of one study share its runs, none trains or runs MD on
+    one twice, and a dead process's lock goes with it (flock)."""
+    Path(work).mkdir(parents=True, exist_ok=True)
+    handle = open(Path(work) / f".{name}.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def checkpoint_epoch(path: Path) -> int:

@@ -255,7 +255,8 @@ class Sweep(StartModels):
     def sweep(self, sizes: Sequence[int], seeds: Sequence[int], strategies: Sequence[str],
               max_runs: Optional[int] = None) -> int:
         """Train every missing (strategy, N, seed); N ascending; ``seeds_above`` in the config limits the seeds
-        at large N (:func:`~mace_transfer.studies.config.seeds_at_size`). Returns the number trained."""
+        at large N (:func:`~mace_transfer.studies.config.seeds_at_size`); a run another process is training
+        (its lock held: :func:`parking.claim`) is left to it. Returns the number of runs this call finished."""
         freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
         lrs = {strategy: self.lr_choice(strategy) for strategy in strategies}  # None: the strategy's lr
         losses = {strategy: self.loss_choice(strategy) for strategy in strategies}  # None: the mace block's
@@ -267,18 +268,18 @@ class Sweep(StartModels):
         if max_runs is not None:
             todo = todo[:max_runs]
         walls = finished_walls(load_runs(self.out))
+        finished = 0
         for number, (strategy, n_train, seed) in enumerate(todo, 1):
             path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
-            blocks = freeze if strategy == "transfer_freeze" else None
-            selected = strategy == "transfer_freeze" or lrs[strategy] is not None or losses[strategy] is not None
-            record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lrs[strategy],
-                                            losses[strategy]) if selected else None
-            if record is not None:
-                record["name"] = path.stem
-                write_json(path, record)
-            else:
-                record = self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lrs[strategy],
-                                        loss_flags=losses[strategy])
+            lock = parking.claim(self.work, f"train_{path.stem}")  # two sweeps of one study share its runs
+            if lock is None:
+                self.say(f"{path.stem}: another process is training it; skipped")
+                continue
+            with lock:
+                if path.is_file():  # finished by another process meanwhile
+                    continue
+                record = self._train_or_take(strategy, n_train, seed, path, freeze, lrs, losses)
+            finished += 1
             walls.setdefault((strategy, n_train), []).append(float(record["wall_s"]))
             remaining = todo[number:]
             eta = sum(guess_wall_s(walls, s, n)[0] or 0.0 for s, n, _ in remaining)
@@ -287,7 +288,22 @@ class Sweep(StartModels):
                      f"{record['test']['energy_mae_meV_per_atom']:6.2f} meV/atom, "
                      f"{record['epochs_run']} epochs (best {record['best_epoch']}), "
                      f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
-        return len(todo)
+        return finished
+
+    def _train_or_take(self, strategy: str, n_train: int, seed: int, path: Path, freeze: Optional[str],
+                       lrs: Dict[str, Optional[float]], losses: Dict[str, Optional[Dict[str, Any]]]) -> Dict[str, Any]:
+        """The record of one planned run: its selection try's, when a choice on validation already trained
+        this (N, seed) with the chosen settings, else a new training's."""
+        blocks = freeze if strategy == "transfer_freeze" else None
+        selected = strategy == "transfer_freeze" or lrs[strategy] is not None or losses[strategy] is not None
+        record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lrs[strategy],
+                                        losses[strategy]) if selected else None
+        if record is None:
+            return self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lrs[strategy],
+                                  loss_flags=losses[strategy])
+        record["name"] = path.stem
+        write_json(path, record)
+        return record
 
     def _supersede_other_losses(self, losses: Dict[str, Optional[Dict[str, Any]]]) -> None:
         """Finished runs of a start trained with another loss than the one its ``loss_grid`` chose are
