@@ -1018,3 +1018,37 @@ def test_two_sweeps_share_a_study_s_runs_without_training_one_twice(lc, tmp_path
     held.close()
     trained.clear()
     assert sweep.sweep([4, 5], [0], ["scratch"]) == 0 and trained == []
+
+
+def test_a_second_process_waits_for_the_first_s_lr_choice_and_trains_no_try_again(lc, tmp_path, capsys):
+    """Two processes start one study: the second waits on the strategy's selection lock while the first
+    trains the lr tries, then reads them (the lower validation loss wins) instead of training them again."""
+    import threading
+    import time
+
+    from mace_transfer.studies import parking
+
+    config = _sweep_config_with_extra_file(tmp_path)
+    config["lr_grid"] = {"scratch": [0.01, 0.003], "select": {"n": 5, "seed": 0}}
+    sweep = lc.Sweep(config)
+    trained = []
+
+    def fake_train(strategy, n_train, seed, record_path, lr=None, **kwargs):
+        trained.append(lr)
+        record = _record(strategy, n_train, seed, 10.0)
+        record["curve"]["valid_loss"] = [1.0, 0.5 if lr == 0.003 else 0.7]  # 0.003 fits validation better
+        lc.write_json(record_path, record)
+        return record
+
+    sweep.train_run = fake_train
+    first = parking.claim(sweep.work, "select_scratch")  # the first process is choosing
+    result = {}
+    second = threading.Thread(target=lambda: result.update(choice=sweep.choices("scratch")))
+    second.start()
+    time.sleep(0.5)
+    assert second.is_alive() and not trained  # the second waits, trains nothing meanwhile
+    assert sweep.lr_choice("scratch") == 0.003 and sorted(trained) == [0.003, 0.01]  # the first's tries
+    first.close()
+    second.join(30)
+    assert result["choice"] == (None, 0.003, None) and sorted(trained) == [0.003, 0.01]  # read, not retrained
+    assert "scratch: waiting for another process's choices on validation" in capsys.readouterr().out

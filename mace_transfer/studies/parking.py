@@ -21,14 +21,14 @@ PARKED = "partial"
 CHUNKS = "chunks.json"
 
 
-def claim(work: Path, name: str) -> Optional[IO[str]]:
+def claim(work: Path, name: str, wait: bool = False) -> Optional[IO[str]]:
     """An exclusive lock on ``<work>/.<name>.lock`` (open it ``with`` the returned file), or None while
-    another process holds it: several processes of one study share its runs, none trains or runs MD on
-    one twice, and a dead process's lock goes with it (flock)."""
+    another process holds it (``wait``: block until it is free instead): several processes of one study
+    share its runs, none trains or runs MD on one twice, and a dead process's lock goes with it (flock)."""
     Path(work).mkdir(parents=True, exist_ok=True)
     handle = open(Path(work) / f".{name}.lock", "w")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         return None

@@ -13,7 +13,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -251,15 +251,29 @@ class Sweep(StartModels):
                  f"{results[chosen]['best_valid_rmse_f_meV_A']:.1f} meV/Å)")
         return chosen
 
+    def choices(self, strategy: str) -> Tuple[Optional[str], Optional[float], Optional[Dict[str, Any]]]:
+        """The frozen blocks, learning rate and loss flags chosen on validation for ``strategy`` (None:
+        not chosen, the config's). One process at a time per strategy: a second one waits for the first's
+        tries and then reads them (each chooser skips finished tries), so no try is trained twice."""
+        lock = parking.claim(self.work, f"select_{strategy}")
+        if lock is None:
+            self.say(f"{strategy}: waiting for another process's choices on validation")
+            lock = parking.claim(self.work, f"select_{strategy}", wait=True)
+        with lock:
+            freeze = self.freeze_choice() if strategy == "transfer_freeze" else None
+            return freeze, self.lr_choice(strategy), self.loss_choice(strategy)
+
     # -------------------------------------------------------------- sweep
     def sweep(self, sizes: Sequence[int], seeds: Sequence[int], strategies: Sequence[str],
               max_runs: Optional[int] = None) -> int:
         """Train every missing (strategy, N, seed); N ascending; ``seeds_above`` in the config limits the seeds
         at large N (:func:`~mace_transfer.studies.config.seeds_at_size`); a run another process is training
-        (its lock held: :func:`parking.claim`) is left to it. Returns the number of runs this call finished."""
-        freeze = self.freeze_choice() if "transfer_freeze" in strategies else None
-        lrs = {strategy: self.lr_choice(strategy) for strategy in strategies}  # None: the strategy's lr
-        losses = {strategy: self.loss_choice(strategy) for strategy in strategies}  # None: the mace block's
+        (its lock held: :func:`parking.claim`) is left to it, and a start's choices on validation are made by
+        one process at a time (:meth:`choices`). Returns the number of runs this call finished."""
+        choices = {strategy: self.choices(strategy) for strategy in strategies}
+        freeze = choices.get("transfer_freeze", (None,))[0]
+        lrs = {strategy: choice[1] for strategy, choice in choices.items()}  # None: the strategy's lr
+        losses = {strategy: choice[2] for strategy, choice in choices.items()}  # None: the mace block's
         self._supersede_other_losses(losses)
         plan = [(s, n, seed) for n in sizes for seed in seeds_at_size(self.config.get("seeds_above"), n, seeds)
                 for s in strategies]
