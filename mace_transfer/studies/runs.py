@@ -270,11 +270,8 @@ class Sweep(StartModels):
         at large N (:func:`~mace_transfer.studies.config.seeds_at_size`); a run another process is training
         (its lock held: :func:`parking.claim`) is left to it, and a start's choices on validation are made by
         one process at a time (:meth:`choices`). Returns the number of runs this call finished."""
-        choices = {strategy: self.choices(strategy) for strategy in strategies}
-        freeze = choices.get("transfer_freeze", (None,))[0]
-        lrs = {strategy: choice[1] for strategy, choice in choices.items()}  # None: the strategy's lr
-        losses = {strategy: choice[2] for strategy, choice in choices.items()}  # None: the mace block's
-        self._supersede_other_losses(losses)
+        choices = {strategy: self.choices(strategy) for strategy in strategies}  # None: the config's
+        self._supersede_other_losses({strategy: loss for strategy, (_, _, loss) in choices.items()})
         plan = [(s, n, seed) for n in sizes for seed in seeds_at_size(self.config.get("seeds_above"), n, seeds)
                 for s in strategies]
         todo = [p for p in plan if not (self.out / RECORDS / f"{run_name(*p)}.json").is_file()]
@@ -292,7 +289,7 @@ class Sweep(StartModels):
             with lock:
                 if path.is_file():  # finished by another process meanwhile
                     continue
-                record = self._train_or_take(strategy, n_train, seed, path, freeze, lrs, losses)
+                record = self._train_or_take(strategy, n_train, seed, path, *choices[strategy])
             finished += 1
             walls.setdefault((strategy, n_train), []).append(float(record["wall_s"]))
             remaining = todo[number:]
@@ -304,17 +301,15 @@ class Sweep(StartModels):
                      f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
         return finished
 
-    def _train_or_take(self, strategy: str, n_train: int, seed: int, path: Path, freeze: Optional[str],
-                       lrs: Dict[str, Optional[float]], losses: Dict[str, Optional[Dict[str, Any]]]) -> Dict[str, Any]:
-        """The record of one planned run: its selection try's, when a choice on validation already trained
-        this (N, seed) with the chosen settings, else a new training's."""
-        blocks = freeze if strategy == "transfer_freeze" else None
-        selected = strategy == "transfer_freeze" or lrs[strategy] is not None or losses[strategy] is not None
-        record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lrs[strategy],
-                                        losses[strategy]) if selected else None
+    def _train_or_take(self, strategy: str, n_train: int, seed: int, path: Path, blocks: Optional[str],
+                       lr: Optional[float], loss_flags: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """The record of one planned run with the choices of :meth:`choices`: its selection try's, when a
+        choice on validation already trained this (N, seed) with the chosen settings, else a new training's."""
+        selected = strategy == "transfer_freeze" or lr is not None or loss_flags is not None
+        record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lr,
+                                        loss_flags) if selected else None
         if record is None:
-            return self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lrs[strategy],
-                                  loss_flags=losses[strategy])
+            return self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lr, loss_flags=loss_flags)
         record["name"] = path.stem
         write_json(path, record)
         return record
