@@ -15,7 +15,16 @@ Public API (the contract the labeller, studies and the active loop code against)
   order), return the outcomes in task order; a task that raises is an ``Outcome(ok=False)`` with its
   reason, the rest go on;
 - :func:`spec_from_config` -- an ``executor:`` YAML block and/or ``--scheduler ADDRESS`` -> spec;
-- :func:`pinned_threads` -- a task's own ``OMP_NUM_THREADS`` / torch thread count.
+- :func:`pinned_threads` -- a task's own ``OMP_NUM_THREADS`` / torch thread count;
+- :func:`open_executor` -- keep one Dask client (and its cluster) open across several
+  :func:`run_tasks` calls (``client=``), e.g. the rounds of the active loop;
+- :class:`ExecutorLost` -- the scheduler went away: finished tasks were handed to ``on_done``, a
+  rerun of the same command resumes from what the caller recorded.
+
+Faults: a worker that dies mid-task (kill -9, out of memory, a lost node) makes Dask's scheduler
+run the task again on another worker, up to ``retries`` times (Dask's ``allowed-failures``), then
+its outcome is ``ok=False`` (``KilledWorker``). The caller writes each outcome once, when Dask
+hands it back, so a rerun task is never written twice.
 
 This module imports nothing of the package (the lowest floor), so every layer may use it; Dask is
 imported only when a non-serial spec is used.
@@ -24,11 +33,16 @@ imported only when a non-serial spec is used.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import time
+import uuid
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+LOG = logging.getLogger(__name__)
 
 #: the kinds of executor an ``executor:`` block may name
 KINDS = ("serial", "local", "scheduler", "slurm", "pbs")
@@ -79,20 +93,17 @@ class Outcome:
 
 @contextlib.contextmanager
 def pinned_threads(threads: int) -> Iterator[None]:
-    """Run the body with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` and torch's intra-op threads set to
-    ``threads``; restore both after."""
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    """Run the body with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` and torch's
+    intra-op threads set to ``threads``; restore both after. Torch is set only when already imported
+    (a CP2K label needs no torch; a task that imports it inside reads the variables instead)."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
     saved = {name: os.environ.get(name) for name in names}
     for name in names:
         os.environ[name] = str(threads)
-    torch_threads = None
-    try:
-        import torch
-
-        torch_threads = torch.get_num_threads()
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
         torch.set_num_threads(threads)
-    except ImportError:  # a task that needs no torch (CP2K through ASE) runs without it
-        pass
     try:
         yield
     finally:
@@ -102,8 +113,6 @@ def pinned_threads(threads: int) -> Iterator[None]:
             else:
                 os.environ[name] = value
         if torch_threads is not None:
-            import torch
-
             torch.set_num_threads(torch_threads)
 
 
@@ -144,23 +153,166 @@ def run_serial(tasks: Sequence[Task], spec: ExecutorSpec,
     return outcomes
 
 
+
+# ----------------------------------------------------------------------------- Dask
+class ExecutorLost(RuntimeError):
+    """The Dask scheduler could not be reached or went away mid-run (one line; rerun to resume)."""
+
+
+def local_workers(spec: ExecutorSpec) -> int:
+    """Worker processes of a local cluster: ``spec.workers``, else the usable cores // threads per task."""
+    if spec.workers:
+        return int(spec.workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, spec.threads_per_task))
+
+
+def make_cluster(spec: ExecutorSpec):
+    """The Dask cluster ``spec`` asks for (None for ``scheduler``: one runs already). A ``slurm`` / ``pbs``
+    cluster is built with no job submitted (``cluster.job_script()`` shows what would be)."""
+    threads = str(spec.threads_per_task)
+    if spec.kind == "local":
+        from distributed import LocalCluster
+
+        return LocalCluster(n_workers=local_workers(spec), threads_per_worker=1, processes=True,
+                            dashboard_address=":0", silence_logs=logging.ERROR,
+                            env={name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                            "OPENBLAS_NUM_THREADS")})
+    if spec.kind in ("slurm", "pbs"):
+        import dask_jobqueue
+
+        cls = dask_jobqueue.SLURMCluster if spec.kind == "slurm" else dask_jobqueue.PBSCluster
+        options = dict(spec.jobqueue)
+        options.setdefault("processes", 1)  # one worker process per job, one task at a time
+        options.setdefault("job_script_prologue", [f"export OMP_NUM_THREADS={threads}"])
+        options.setdefault("worker_extra_args", ["--nthreads", "1"])
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"executor.jobqueue ({spec.kind}): {error_line(exc)}") from None
+    return None
+
+
+@contextlib.contextmanager
+def open_executor(spec: ExecutorSpec, say: Callable[[str], None] = print) -> Iterator[Any]:
+    """A Dask client for ``spec`` (None for ``serial``), its cluster started and closed around the body.
+
+    Says in one line where tasks run (workers x threads per task) and the dashboard's address.
+    """
+    if spec.kind == "serial":
+        yield None
+        return
+    import dask
+    from distributed import Client
+
+    # a task whose worker dies runs again elsewhere, ``retries`` times (read when a scheduler is made)
+    with dask.config.set({"distributed.scheduler.allowed-failures": int(spec.retries)}):
+        cluster = make_cluster(spec)
+        try:
+            if spec.kind in ("slurm", "pbs"):
+                cluster.scale(jobs=int(spec.workers or 1))
+            try:
+                client = Client(cluster if cluster is not None else spec.address, timeout=30)
+            except OSError as exc:
+                raise ExecutorLost(f"executor: cannot reach the Dask scheduler at {spec.address} "
+                                   f"({error_line(exc)})") from None
+            try:
+                say(f"executor: {_where(spec, client)}; dashboard {client.dashboard_link}")
+                yield client
+            finally:
+                client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+
+def _where(spec: ExecutorSpec, client) -> str:
+    if spec.kind == "local":
+        return (f"local Dask cluster, {local_workers(spec)} worker processes x {spec.threads_per_task} "
+                f"thread(s) per task, one task per worker at a time")
+    if spec.kind == "scheduler":
+        workers = client.nthreads()
+        return (f"Dask scheduler {spec.address}, {len(workers)} workers ({sum(workers.values())} task slots) "
+                f"x {spec.threads_per_task} thread(s) per task (retries set by that scheduler's "
+                "distributed.scheduler.allowed-failures)")
+    return (f"{spec.kind} cluster, {int(spec.workers or 1)} job(s) of one worker x "
+            f"{spec.threads_per_task} thread(s) per task (jobs start when the queue lets them)")
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else (
+        f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s")
+
+
+def _outcome_of(future, key: str, done: int, total: int) -> Outcome:
+    """What became of one finished Dask future; a cancelled one means the scheduler went away."""
+    if future.status == "finished":
+        return future.result()
+    if future.status == "cancelled":
+        raise ExecutorLost(f"executor: lost the Dask scheduler after {done} of {total} tasks (those are "
+                           "recorded); rerun the same command to resume")
+    return Outcome(key, False, error=error_line(future.exception()))  # KilledWorker after the retries
+
+
+def run_dask(client, tasks: Sequence[Task], spec: ExecutorSpec,
+             on_done: Optional[Callable[[Outcome], None]] = None,
+             say: Callable[[str], None] = print) -> List[Outcome]:
+    """Submit ``tasks`` to ``client``; hand each outcome to ``on_done`` here as it ends, with a progress
+    line (done / running / failed, ETA); returns the outcomes in task order. An exception from
+    ``on_done`` cancels the tasks not yet finished and is raised."""
+    from distributed import as_completed
+
+    tag = uuid.uuid4().hex[:8]  # a long-lived scheduler must never see a key twice
+    futures = {client.submit(call_task, t.fn, t.args, t.kwargs, spec.threads_per_task, t.key,
+                             key=f"{t.key}-{tag}", pure=False): t.key for t in tasks}
+    dask_keys = {f.key for f in futures}
+    outcomes: Dict[str, Outcome] = {}
+    failed, start = 0, time.perf_counter()
+    try:
+        for future in as_completed(list(futures)):
+            key = futures[future]
+            outcome = _outcome_of(future, key, len(outcomes), len(tasks))
+            outcomes[key] = outcome
+            failed += not outcome.ok
+            left = len(tasks) - len(outcomes)
+            running = sum(len(dask_keys & set(keys)) for keys in client.processing().values()) if left else 0
+            eta = (time.perf_counter() - start) / len(outcomes) * left
+            say(f"executor: {len(outcomes)}/{len(tasks)} done ({failed} failed), {running} running; "
+                f"{key} {'ok' if outcome.ok else 'FAILED: ' + str(outcome.error)} in {outcome.wall_s:.1f} s; "
+                f"ETA {_fmt_s(eta)}")
+            if on_done is not None:
+                on_done(outcome)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.cancel([f for f in futures if not f.done()])
+        raise
+    return [outcomes[t.key] for t in tasks]
+
+
 def run_tasks(tasks: Sequence[Task], spec: Optional[ExecutorSpec] = None,
               on_done: Optional[Callable[[Outcome], None]] = None,
-              say: Callable[[str], None] = print) -> List[Outcome]:
+              say: Callable[[str], None] = print, client: Any = None) -> List[Outcome]:
     """Run ``tasks`` where ``spec`` says (serial when None); ``on_done`` is called in this process as
-    each task ends; returns the outcomes in the order of ``tasks``."""
+    each task ends; returns the outcomes in the order of ``tasks``. ``client``: an open Dask client
+    (:func:`open_executor`) to reuse instead of starting a cluster for this call."""
     tasks = list(tasks)
     _check_keys(tasks)
     spec = spec or ExecutorSpec()
-    if spec.kind == "serial":
+    if spec.kind == "serial" or not tasks:
         return run_serial(tasks, spec, on_done)
-    raise NotImplementedError(f"executor kind {spec.kind!r} is not built yet")
+    if client is not None:
+        return run_dask(client, tasks, spec, on_done, say)
+    with open_executor(spec, say) as opened:
+        return run_dask(opened, tasks, spec, on_done, say)
 
 
 def spec_from_config(block: Optional[Dict[str, Any]] = None, scheduler: Optional[str] = None) -> ExecutorSpec:
     """An ``executor:`` block (``kind``, ``workers``, ``threads_per_task``, ``address``, ``retries``,
     ``jobqueue``) and/or a ``--scheduler ADDRESS`` (which wins) -> :class:`ExecutorSpec`; no block
     and no address is the serial spec. Bad input raises ValueError with one line."""
+    if block is not None and not isinstance(block, dict):
+        raise ValueError(f"executor: expected a mapping, got {type(block).__name__}")
     block = dict(block or {})
     unknown = sorted(set(block) - {"kind", "workers", "threads_per_task", "address", "retries", "jobqueue"})
     if unknown:
@@ -170,7 +322,21 @@ def spec_from_config(block: Optional[Dict[str, Any]] = None, scheduler: Optional
     kind = block.get("kind", "serial")
     if kind not in KINDS:
         raise ValueError(f"executor: kind {kind!r} is not one of {', '.join(KINDS)}")
-    return ExecutorSpec(kind=kind, workers=block.get("workers"),
-                        threads_per_task=int(block.get("threads_per_task", 1)),
-                        address=block.get("address"), jobqueue=dict(block.get("jobqueue") or {}),
-                        retries=int(block.get("retries", 2)))
+    numbers = {}
+    for name, default, least in (("workers", None, 1), ("threads_per_task", 1, 1), ("retries", 2, 0)):
+        value = block.get(name, default)
+        if value is None:
+            numbers[name] = None
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"executor: {name} must be an integer >= {least}, got {value!r}")
+        numbers[name] = value
+    if kind == "scheduler" and not block.get("address"):
+        raise ValueError("executor: kind scheduler needs an address (tcp://host:8786) or --scheduler")
+    jobqueue = block.get("jobqueue") or {}
+    if not isinstance(jobqueue, dict):
+        raise ValueError("executor: jobqueue must be a mapping of the dask-jobqueue cluster's options")
+    if kind in ("slurm", "pbs") and not {"cores", "memory"} <= set(jobqueue):
+        raise ValueError(f"executor: kind {kind} needs jobqueue.cores and jobqueue.memory (e.g. 16, 60GB)")
+    return ExecutorSpec(kind=kind, workers=numbers["workers"], threads_per_task=numbers["threads_per_task"],
+                        address=block.get("address"), jobqueue=dict(jobqueue), retries=numbers["retries"])

@@ -14,7 +14,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "mace_transfer"
 
 #: a layer may import its own folder and the layers below it (cli on top, the package root at 0)
-FLOOR = {"mace_transfer": 0, "datagen": 1, "transfer": 1, "evaluate": 2, "studies": 3, "cli": 4}
+#: ``execution`` (the seam to Dask) is the lowest floor: it imports nothing of the package
+FLOOR = {"mace_transfer": 0, "execution": 0, "datagen": 1, "transfer": 1, "evaluate": 2, "studies": 3, "cli": 4}
 
 
 def module_name(path: Path) -> str:
@@ -94,6 +95,11 @@ def test_imports_point_down_the_layers_only():
             if here != there and FLOOR[there] >= FLOOR[here]:
                 wrong.append(f"{module} -> {target}")
     assert wrong == []
+
+
+def test_execution_is_the_lowest_floor():
+    """The executor seam imports nothing of the package, so every layer may submit through it."""
+    assert import_graph()["mace_transfer.execution"] == set()
 
 
 def test_old_flat_names_are_the_new_modules():
