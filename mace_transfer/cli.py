@@ -36,11 +36,16 @@ def _guarded(func: Callable[[Optional[Sequence[str]]], Optional[int]], argv) -> 
     """Run ``func(argv)``; a UserInputError becomes ``error: <message>`` and exit code 2."""
     for category, message in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    from mace_transfer.execution import ExecutorLost
+
     try:
         code = func(argv)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ExecutorLost as exc:  # the Dask scheduler went away: what finished is recorded, a rerun resumes
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return int(code or 0)
 
 
@@ -186,6 +191,40 @@ def sample_main(argv: Optional[Sequence[str]] = None) -> None:
     sys.exit(_guarded(_sample, argv))
 
 
+# --------------------------------------------------------------------------- executor (issue 47)
+def _add_executor_flags(parser) -> None:
+    parser.add_argument("--executor", default=None, metavar="KIND|FILE.yaml",
+                        help="where tasks run: serial (default), local (a Dask cluster on this machine, "
+                        "one worker per task's threads), or a YAML file with an executor: block "
+                        "(kind local/scheduler/slurm/pbs; docs/EXECUTION.md)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="a running Dask scheduler (tcp://host:8786) to run the tasks on")
+
+
+def _executor_spec(args, block=None, threads_per_task=None):
+    """``--executor`` / ``--scheduler`` (and a config's ``executor:`` block, which they override)
+    -> :class:`mace_transfer.execution.ExecutorSpec`; bad input is one UserInputError line."""
+    from mace_transfer import execution
+
+    block = dict(block or {})
+    if args.executor in execution.KINDS:
+        block["kind"] = args.executor
+    elif args.executor is not None:
+        if not os.path.isfile(args.executor):
+            raise UserInputError(f"--executor {args.executor!r} is neither one of {', '.join(execution.KINDS)} "
+                                 "nor a YAML file")
+        import yaml
+
+        loaded = yaml.safe_load(open(args.executor)) or {}
+        block = loaded.get("executor", loaded) if isinstance(loaded, dict) else loaded
+    if threads_per_task is not None and isinstance(block, dict):
+        block.setdefault("threads_per_task", threads_per_task)
+    try:
+        return execution.spec_from_config(block, scheduler=args.scheduler)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+
+
 # --------------------------------------------------------------------------- label
 def _index_range(text: str):
     """``"START:STOP"`` (either may be empty) -> ``(start, stop)`` of non-negative ints or None."""
@@ -231,6 +270,7 @@ def _label(argv):
                         help="label only input indices START <= i < STOP (either may be empty), so "
                         "that several labellers share one input, each writing its own --out; "
                         "mace_transfer_assemble merges them")
+    _add_executor_flags(parser)
     args = parser.parse_args(argv)
 
     if args.engine.lower() != "cp2k":
@@ -279,8 +319,13 @@ def _label(argv):
             skip |= dft.labelled_source_indices(other)
         except Exception as exc:
             raise UserInputError(f"cannot read {other} as labelled structures: {exc}") from None
-    calculator = dft.CP2KCalculator(settings)
+    executor = _executor_spec(args, threads_per_task=settings.nprocs)  # a worker per CP2K's MPI ranks
+    import functools
     import signal
+
+    # on Dask each worker builds its own CP2K calculator from the settings (picklable)
+    calculator = dft.CP2KCalculator(settings) if executor.kind == "serial" else functools.partial(
+        dft.CP2KCalculator, settings)
 
     def _terminate(signum, frame):  # SIGTERM -> SystemExit, so the running CP2K is stopped too
         raise SystemExit(128 + signum)
@@ -293,7 +338,7 @@ def _label(argv):
         counts = dft.label_structures(
             structures, calculator, args.out, settings_tag=settings.physics_hash(),
             max_new=args.max, retry_failed=args.retry_failed, skip_indices=skip,
-            index_range=index_range,
+            index_range=index_range, executor=executor,
         )
     except (dft.SettingsMismatch, dft.OutputBusy, dft.CP2KNotRunnable) as exc:
         raise UserInputError(str(exc)) from None

@@ -193,11 +193,17 @@ def make_cluster(spec: ExecutorSpec):
     return None
 
 
+#: clients opened by :func:`open_executor`, with their spec: :func:`run_tasks` with an equal spec reuses one
+_OPEN: List[tuple] = []
+
+
 @contextlib.contextmanager
 def open_executor(spec: ExecutorSpec, say: Callable[[str], None] = print) -> Iterator[Any]:
     """A Dask client for ``spec`` (None for ``serial``), its cluster started and closed around the body.
 
-    Says in one line where tasks run (workers x threads per task) and the dashboard's address.
+    Says in one line where tasks run (workers x threads per task) and the dashboard's address. Inside
+    the body, :func:`run_tasks` with an equal spec (also through the labeller or a study) uses this
+    client instead of starting a cluster per call.
     """
     if spec.kind == "serial":
         yield None
@@ -218,8 +224,10 @@ def open_executor(spec: ExecutorSpec, say: Callable[[str], None] = print) -> Ite
                                    f"({error_line(exc)})") from None
             try:
                 say(f"executor: {_where(spec, client)}; dashboard {client.dashboard_link}")
+                _OPEN.append((spec, client))
                 yield client
             finally:
+                _OPEN.remove((spec, client))
                 client.close()
         finally:
             if cluster is not None:
@@ -301,6 +309,7 @@ def run_tasks(tasks: Sequence[Task], spec: Optional[ExecutorSpec] = None,
     spec = spec or ExecutorSpec()
     if spec.kind == "serial" or not tasks:
         return run_serial(tasks, spec, on_done)
+    client = client if client is not None else next((c for s, c in reversed(_OPEN) if s == spec), None)
     if client is not None:
         return run_dask(client, tasks, spec, on_done, say)
     with open_executor(spec, say) as opened:

@@ -6,6 +6,7 @@ Public API
   (``REF_energy`` eV, ``REF_forces`` eV/Å, ``REF_stress`` eV/Å^3, ``config_type``); each finished
   frame is appended and fsync'd at once, a rerun skips frames already done (index + hash of
   numbers/positions/cell/pbc), failures go to a ``*.failed.jsonl`` sidecar and are skipped.
+- :func:`label_one` -- the task of one structure (serial or on a Dask worker, :mod:`mace_transfer.execution`).
 - :func:`add_isolated_atoms` -- append an ``IsolatedAtom`` frame (MACE's E0s) per element.
 - :func:`scale_lengths` -- bring a sampled cell to another density before labelling.
 - Bookkeeping: :func:`structure_hash`, :func:`label_id`, :func:`read_done`, :func:`same_structure`,
@@ -24,13 +25,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, CalculationFailed
 
 from mace_transfer.datagen.dft.cp2k import CP2KNotRunnable, PBESettings, isolated_atom
+from mace_transfer.execution import ExecutorSpec, Outcome, Task, run_tasks
 
 
 class SettingsMismatch(ValueError):
@@ -48,9 +50,8 @@ class OutputBusy(RuntimeError):
 LOW_CORE_USAGE = 0.6  # below this fraction of its cores the labeller warns (once per run)
 
 
-def _core_usage(cpu_s: Optional[float], wall_s: float, calculator) -> Optional[Tuple[float, int]]:
+def _core_usage(cpu_s: Optional[float], wall_s: float, nprocs: Optional[int]) -> Optional[Tuple[float, int]]:
     """(CPU s / (wall s * ranks), ranks) of the last engine run; None when the engine does not say."""
-    nprocs = getattr(getattr(calculator, "settings", None), "nprocs", None)
     if cpu_s is None or not nprocs or wall_s <= 0:
         return None
     return float(cpu_s) / (wall_s * int(nprocs)), int(nprocs)
@@ -289,10 +290,39 @@ def _locks_output(func):
     return locked
 
 
+def label_one(calculator: Union[Calculator, Callable[[], Calculator]], atoms: Atoms,
+              compute_stress: bool = True) -> Dict:
+    """Label one structure where this task runs (this process or a Dask worker).
+
+    ``calculator``: an ASE calculator, or a picklable zero-argument factory of one (e.g.
+    ``functools.partial(CP2KCalculator, settings)``), built here, in the worker. Returns
+    ``status`` ``"ok"`` with ``energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å^3, periodic cells),
+    ``wall_s``, ``cpu_s``, ``n_scf``, ``nprocs`` (what the engine says, else None); ``"failed"`` with
+    ``error``, ``message`` for ASE's ``CalculationFailed`` (an unconverged SCF); ``"not_runnable"``
+    when the engine is not installed. Any other exception is raised (the executor records it).
+    """
+    calc = calculator if isinstance(calculator, Calculator) else calculator()
+    work = atoms.copy()
+    work.calc = calc
+    t0 = time.perf_counter()
+    try:
+        results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
+        if compute_stress and all(work.pbc) and "stress" in calc.implemented_properties:
+            results["stress"] = work.get_stress(voigt=True)
+    except CP2KNotRunnable as exc:
+        return {"status": "not_runnable", "message": str(exc)}
+    except CalculationFailed as exc:
+        return {"status": "failed", "error": type(exc).__name__, "message": str(exc)[:2000],
+                "wall_s": time.perf_counter() - t0}
+    return dict(results, status="ok", wall_s=time.perf_counter() - t0, cpu_s=getattr(calc, "last_cpu_s", None),
+                n_scf=getattr(calc, "last_n_scf", None),
+                nprocs=getattr(getattr(calc, "settings", None), "nprocs", None))
+
+
 @_locks_output
 def label_structures(
     structures: Sequence[Atoms],
-    calculator: Calculator,
+    calculator: Union[Calculator, Callable[[], Calculator]],
     out_path: os.PathLike,
     *,
     settings_tag: str = "",
@@ -304,8 +334,16 @@ def label_structures(
     compute_stress: bool = True,
     max_consecutive_failures: int = 3,
     log: Callable[[str], None] = print,
+    executor: Optional[ExecutorSpec] = None,
 ) -> Dict[str, int]:
     """Label ``structures`` with ``calculator``, appending each result to ``out_path`` at once.
+
+    - One task per structure (:func:`label_one`) through :func:`mace_transfer.execution.run_tasks`:
+      ``executor`` None (or ``serial``) labels here in input order; a Dask spec labels on its
+      workers, which build the calculator from ``calculator`` (then a picklable factory, not an
+      instance). Either way this process alone writes ``out_path`` and its sidecar, one frame per
+      structure as its task ends (completion order under Dask); a structure whose worker died is
+      labelled again by Dask, and written once.
 
     - Resumable: a structure whose ``label_id`` (index + hash) is in ``out_path`` is skipped; so is
       one recorded in the failed sidecar (unless ``retry_failed``). Frames of another
@@ -316,8 +354,10 @@ def label_structures(
       open end), so that several labellers share one input, each into its own file; the others
       are counted as ``outside_range`` and are not ``remaining``.
     - A calculation that raises ASE's ``CalculationFailed`` (incl. ``SCFError``, e.g. CP2K's
-      unconverged SCF) is written to ``failed_path`` (default ``<out>.failed.jsonl``) and skipped;
-      after ``max_consecutive_failures`` in a row :class:`LabellingAborted` is raised.
+      unconverged SCF) is written to ``failed_path`` (default ``<out>.failed.jsonl``) and skipped, as is
+      one whose task raised (a bad structure) or whose worker died more often than the executor's
+      ``retries``; after ``max_consecutive_failures`` in a row (in completion order)
+      :class:`LabellingAborted` is raised and the tasks not yet run are cancelled.
     - Labels: ``REF_energy`` (eV), ``REF_forces`` (eV/Å), ``REF_stress`` (eV/Å^3, Voigt
       xx,yy,zz,yz,xz,xy; periodic cells only), input ``config_type`` kept (``Default`` if none),
       plus ``label_id``, ``source_index``, ``dft_settings``, ``dft_wall_s``.
@@ -326,6 +366,9 @@ def label_structures(
     ``labelled``, ``failed``, ``skipped_failed``, ``skipped_elsewhere``, ``outside_range``, ``remaining``.
     """
     out_path = Path(out_path)
+    if executor is not None and executor.kind != "serial" and isinstance(calculator, Calculator):
+        raise ValueError("labelling on Dask needs a picklable calculator factory (e.g. "
+                         "functools.partial(CP2KCalculator, settings)), not a calculator instance")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     failed_path = Path(failed_path) if failed_path else failed_sidecar(out_path)
     done_geometry: Dict[int, Atoms] = {}
@@ -375,56 +418,60 @@ def label_structures(
         + (f"{outside} outside indices {start if start is not None else ''}:{stop if stop is not None else ''}, "
            if index_range is not None else "")
         + f"{counts['remaining']} to do, {len(todo)} this run")
-    consecutive = 0
-    warned_usage = False
-    for n, (index, lid, atoms) in enumerate(todo, 1):
-        work = atoms.copy()
-        work.calc = calculator
-        t0 = time.perf_counter()
-        try:
-            results = {"energy": work.get_potential_energy(), "forces": work.get_forces()}
-            if compute_stress and all(work.pbc) and "stress" in calculator.implemented_properties:
-                results["stress"] = work.get_stress(voigt=True)
-        except CP2KNotRunnable:
-            raise  # the machine's fault, not the structure's: nothing recorded as failed
-        except CalculationFailed as exc:
-            wall = time.perf_counter() - t0
-            record = {"label_id": lid, "source_index": index, "error": type(exc).__name__,
-                      "message": str(exc)[:2000], "wall_s": round(wall, 2),
+    by_key = {f"label-{lid}": (index, lid, atoms) for index, lid, atoms in todo}
+    state = {"n": 0, "consecutive": 0, "warned_usage": False}
+    written = set()  # label ids this run wrote: a task Dask ran twice is still written once
+
+    def on_done(outcome: Outcome) -> None:
+        index, lid, atoms = by_key[outcome.key]
+        if lid in written:
+            return
+        written.add(lid)
+        state["n"] += 1
+        n = state["n"]
+        result = outcome.value if outcome.ok else {  # the task itself raised, or its worker died too often
+            "status": "failed", "error": str(outcome.error).split(":")[0], "message": str(outcome.error),
+            "wall_s": outcome.wall_s}
+        if result["status"] == "not_runnable":
+            raise CP2KNotRunnable(result["message"])  # the machine's fault, not the structure's: nothing recorded
+        if result["status"] == "failed":
+            record = {"label_id": lid, "source_index": index, "error": result["error"],
+                      "message": result["message"][:2000], "wall_s": round(result["wall_s"], 2),
                       "config_type": str(atoms.info.get("config_type", "Default")),
                       "dft_settings": settings_tag, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             _append_durably(failed_path, json.dumps(record) + "\n")
             counts["failed"] += 1
             counts["remaining"] -= 1
-            consecutive += 1
-            log(f"label: [{n}/{len(todo)}] index {index} FAILED ({type(exc).__name__}: {str(exc)[:200]})")
-            if consecutive >= max_consecutive_failures:
-                raise LabellingAborted(f"{consecutive} failures in a row; last: {exc}") from exc
-            continue
-        wall = time.perf_counter() - t0
-        consecutive = 0
-        frame = _labelled_frame(atoms, results, index, lid, settings_tag)
+            state["consecutive"] += 1
+            log(f"label: [{n}/{len(todo)}] index {index} FAILED ({result['error']}: {result['message'][:200]})")
+            if state["consecutive"] >= max_consecutive_failures:
+                raise LabellingAborted(f"{state['consecutive']} failures in a row; last: {result['message'][:500]}")
+            return
+        state["consecutive"] = 0
+        wall, cpu = result["wall_s"], result["cpu_s"]
+        frame = _labelled_frame(atoms, result, index, lid, settings_tag)
         frame.info["dft_wall_s"] = round(wall, 2)
-        cpu = getattr(calculator, "last_cpu_s", None)
         if cpu is not None:
             frame.info["dft_cpu_s"] = round(float(cpu), 2)
-        n_scf = getattr(calculator, "last_n_scf", None)
-        if n_scf is not None:
-            frame.info["dft_n_scf"] = int(n_scf)
+        if result["n_scf"] is not None:
+            frame.info["dft_n_scf"] = int(result["n_scf"])
         _append_durably(out_path, _frame_text(frame))
         counts["labelled"] += 1
         counts["remaining"] -= 1
-        fmax = float(np.abs(results["forces"]).max())
-        usage = _core_usage(cpu, wall, calculator)
+        fmax = float(np.abs(result["forces"]).max())
+        usage = _core_usage(cpu, wall, result["nprocs"])
         log(f"label: [{n}/{len(todo)}] index {index} ({frame.info['config_type']}, {len(atoms)} atoms) "
-            f"E/atom={results['energy'] / len(atoms):.4f} eV |F|max={fmax:.3f} eV/Å "
+            f"E/atom={result['energy'] / len(atoms):.4f} eV |F|max={fmax:.3f} eV/Å "
             f"wall {wall:.1f} s" + (f", cpu {cpu:.1f} s" if cpu is not None else "")
             + (f" ({100 * usage[0]:.0f} % of {usage[1]} core{'s' * (usage[1] > 1)})" if usage else ""))
-        if usage and usage[0] < LOW_CORE_USAGE and not warned_usage:
-            warned_usage = True
+        if usage and usage[0] < LOW_CORE_USAGE and not state["warned_usage"]:
+            state["warned_usage"] = True
             log(f"label: warning: the engine used {100 * usage[0]:.0f} % of the {usage[1]} core(s) it was "
                 "given: other load on the machine, or its ranks bound to cores another run uses "
                 "(mpirun --bind-to none, docs/DFT.md)")
+
+    tasks = [Task(key, label_one, (calculator, atoms, compute_stress)) for key, (_, _, atoms) in by_key.items()]
+    run_tasks(tasks, executor, on_done, say=log)
     log(f"label: {out_path}: labelled {counts['labelled']}, failed {counts['failed']}, "
         f"remaining {counts['remaining']}")
     return counts
