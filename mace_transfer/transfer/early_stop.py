@@ -17,6 +17,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from mace_transfer import UserInputError
 
+log = logging.getLogger(__name__)
+
 
 def iter_mace_results_file(path) -> Iterator[Dict[str, Any]]:
     """The rows of one MACE results log (one JSON object a line; bad or half-written lines skipped)."""
@@ -105,7 +107,7 @@ def keep_global_best(handler, results_path: Path):
     def save_if_global_best(state, epochs, keep_last=False):
         if improves_on_earlier_epochs(validated_epochs_in_order(results_path), int(epochs)):
             return original(state, epochs, keep_last)
-        logging.info(f"mace-transfer: epoch {epochs} not saved: an earlier chunk of this run validated lower")
+        log.info(f"mace-transfer: epoch {epochs} not saved: an earlier chunk of this run validated lower")
         return None
 
     handler.save = save_if_global_best
@@ -163,8 +165,7 @@ def early_stop_seam(args):
         if limit.stopped_at is not None:
             message = (f"mace-transfer: early stop before epoch {limit.stopped_at}: validation loss not "
                        f"improved for {limit.patience} epochs")
-            logging.info(message)
-            print(message, flush=True)
+            log.info(message)
 
     tools.train = train_with_early_stop
     try:

@@ -39,6 +39,8 @@ from ase.data import chemical_symbols
 
 from mace_transfer import UserInputError
 
+log = logging.getLogger(__name__)
+
 ElementLike = Union[str, int]
 
 SUPPORTED_MODEL_CLASSES = ("ScaleShiftMACE",)
@@ -137,7 +139,7 @@ def from_cueq_layout(model: torch.nn.Module, name: str = "model") -> torch.nn.Mo
             f"{str(exc).splitlines()[0] if str(exc) else ''}); convert it where cuEquivariance is "
             "installed: python -m mace.cli.convert_cueq_e3nn IN.model --output_model OUT.model"
         ) from None
-    logging.info("%s: converted from cuEquivariance to e3nn layout (mace.cli.convert_cueq_e3nn)", name)
+    log.info("%s: converted from cuEquivariance to e3nn layout (mace.cli.convert_cueq_e3nn)", name)
     return converted
 
 
@@ -359,7 +361,7 @@ def remap_elements(
     new_model.load_state_dict(new_state)
     _copy_plain_attributes(model, new_model)
     new_model.eval()
-    logging.info(
+    log.info(
         "remapped %s -> %s (mode=%s, s=%.6g, k=%.6g)",
         symbols(source_zs), symbols(new_zs), mode, length_scale, energy_scale,
     )

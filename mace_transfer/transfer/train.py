@@ -174,7 +174,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     ``--lr`` is parsed with no default so that :func:`choose_defaults` can tell a run that named its
     learning rate (on the command line or in ``--config``) from one that did not."""
     parser = build_parser()
-    parser.set_defaults(lr=None)
+    parser.set_defaults(lr=None, multiheads_finetuning=None)
     return parser.parse_args(None if argv is None else list(argv))
 
 
@@ -189,6 +189,15 @@ def choose_defaults(args) -> List[str]:
       or, with a replayed head, fail on a one-hot of the wrong width).
     """
     said = []
+    if getattr(args, "multiheads_finetuning", True) is None:
+        # MACE's default is True, and with a foundation model that is no Materials Project model and no
+        # --pt_train_file MACE warns and turns it off: a transferred start decides it here, once
+        args.multiheads_finetuning = not args.source_model or args.pt_train_file is not None
+        if args.source_model:
+            said.append("multihead fine-tuning " + ("on (--pt_train_file given: its structures are "
+                        "replayed on the source's head)" if args.multiheads_finetuning else
+                        "off (no --pt_train_file to replay; --multiheads_finetuning True with "
+                        "--pt_train_file turns it on)"))
     if args.source_model and args.remap_mode == "extend" and not args.foundation_model_elements:
         args.foundation_model_elements = True
         said.append("--remap_mode extend keeps every element of the extended model "
@@ -401,6 +410,16 @@ def _reads_extxyz(path: str) -> bool:
     return Path(path).suffix.lower() in (".xyz", ".extxyz")
 
 
+def is_plain_xyz_path(value) -> bool:
+    """True when ``value`` is one extxyz file path (``.xyz``/``.extxyz``): the only data-file value we check
+    before MACE. Everything else MACE reads its own way and gets it untouched: its replay keywords
+    (``--pt_train_file mp``, ``omat``, ``matpes_pbe``, ``matpes_r2scan``), folders, ``.h5``/LMDB sources,
+    lists, ``@file`` arguments."""
+    text = str(value or "").strip()
+    return (bool(text) and not text.startswith(("@", "[")) and "," not in text
+            and Path(text).suffix.lower() in (".xyz", ".extxyz"))
+
+
 def _has_key(atoms, key: str, per_atom: bool) -> bool:
     """``key`` in the frame as MACE reads it (``energy``/``forces`` also from an ASE calculator)."""
     if key in (atoms.arrays if per_atom else atoms.info):
@@ -416,7 +435,7 @@ def check_data_files(args) -> None:
     :data:`MAX_FRAMES_FOR_ESTIMATES` structures, isolated atoms not counted)."""
     for flag in DATA_FILE_FLAGS:
         path = getattr(args, flag, None)
-        if path and not str(path).startswith("@") and not any(Path(p).exists() for p in str(path).split(",")):
+        if is_plain_xyz_path(path) and not Path(path).exists():
             raise UserInputError(f"--{flag} {path} does not exist")
     if getattr(args, "estimate_file", None) and not Path(args.estimate_file).is_file():
         raise UserInputError(f"--estimate_file {args.estimate_file} does not exist")
@@ -454,10 +473,10 @@ def run(args) -> None:
 
     check_data_files(args)
     check_early_stop(args)
+    chosen = choose_defaults(args)
     check_combinations(args)
-    for line in choose_defaults(args):
-        logging.info(f"mace-transfer: {line}")
-        print(f"mace-transfer: {line}", flush=True)
+    for line in chosen:
+        print(f"mace-transfer: {line}", flush=True)  # before MACE sets up its logger: no root handler
     spec = freeze.FreezeSpec.from_strings(
         args.freeze_blocks, args.block_lr_factors, args.unfreeze_after
     )
