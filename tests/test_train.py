@@ -320,3 +320,39 @@ def test_estimate_file_needs_a_source_and_must_exist(tmp_path, capsys):
     assert "--estimate_file" in capsys.readouterr().err
     assert _guarded(_train, base + ["--estimate_file", str(tmp_path / "si.xyz")]) == 2
     assert "needs --source_model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- console (issue 50)
+def test_a_transferred_runs_console_has_each_line_once_and_no_debug(tmp_path, si_data):
+    """A fresh ``mace_transfer_train`` process with ``--source_model``, 1 epoch: MACE's lines in MACE's
+    format only (a root handler installed before MACE's set-up printed each again as ``INFO:root:...``
+    and let MACE's DEBUG lines through), every ``mace-transfer:`` line once, and MACE's multihead
+    warning replaced by one line saying the choice."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.save(make_mace_model([14], r_max=4.0), tmp_path / "si.model")
+    frames = read(si_data, ":")
+    for atoms in frames:
+        atoms.numbers = [32] * len(atoms)
+    write(tmp_path / "ge.xyz", frames, format="extxyz")
+    argv = ["--train_file", str(tmp_path / "ge.xyz"), "--source_model", str(tmp_path / "si.model"),
+            "--element_map", "Si:Ge", "--E0s", "{32: -3.5}", "--plot", "False"] + TINY + _dirs(tmp_path, "ge")
+    argv[argv.index("--max_num_epochs") + 1] = "1"
+    run = subprocess.run([str(Path(sys.executable).parent / "mace_transfer_train")] + argv, capture_output=True,
+                         text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    lines = (run.stdout + run.stderr).splitlines()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (\w+): (.*)$")
+    logged = [m.groups() for m in map(stamp.match, lines) if m]
+    assert len(logged) > 30  # MACE's own log reached the console
+    assert not [line for line in lines if "DEBUG" in line]
+    assert not [line for line in lines if re.match(r"^(DEBUG|INFO|WARNING):root:", line)]
+    messages = [msg for _, msg in logged if msg.strip() and not msg.startswith(("+", "|", "="))]
+    assert sorted({m for m in messages if messages.count(m) > 1}) == []
+    ours = [line for line in lines if line.startswith("mace-transfer:")]
+    assert ours and len(ours) == len(set(ours))
+    assert any("multihead fine-tuning off" in line for line in ours)
+    assert not [line for line in lines if "not a Materials Project model" in line]
