@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mace_transfer"
 
 #: a layer may import its own folder and the layers below it (cli on top, the package root at 0)
 #: ``execution`` (the seam to Dask) is the lowest floor: it imports nothing of the package
-FLOOR = {"mace_transfer": 0, "execution": 0, "datagen": 1, "transfer": 1, "evaluate": 2, "studies": 3, "cli": 4}
+FLOOR = {"mace_transfer": 0, "execution": 0, "datagen": 1, "transfer": 1, "evaluate": 2, "active": 3, "studies": 4,
+         "cli": 5}
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,283 @@
+"""Active learning (issue 49) on CPU: tiny MACE models, Stillinger-Weber Ge standing in for DFT.
+
+The loop runs for real (MD, MACE training, selection, labels) in a subprocess killed with SIGKILL at
+named points (``MACE_TRANSFER_ACTIVE_KILL_AT``) while exploring, labelling and training, then resumed.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.lj import LennardJones
+from ase.io import read
+from conftest import make_mace_model, write_sw_ge_dataset
+
+from mace_transfer.active import committee, explore, select
+from mace_transfer.active.labels import LabellerSpec, label_batch
+from mace_transfer.active.loop import KILL_AT
+from mace_transfer.active.stop import StopRule
+from mace_transfer.cli import _active, _guarded
+from mace_transfer.datagen.dft.labeller import failed_sidecar, read_failed
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def si_source(tmp_path_factory):
+    """A tiny Si MACE model (random weights, r_max 4 Å), built once: e3nn's code generation is slow."""
+    path = tmp_path_factory.mktemp("source") / "si.model"
+    torch.save(make_mace_model([14], r_max=4.0, hidden="8x0e"), path)
+    return path
+
+
+# ----------------------------------------------------------------------------- committee
+def test_uncertainty_is_the_committee_spread_of_force_vectors(tmp_path, si_source):
+    """sigma_i from MACE's committee calculator equals the spread of the members' own forces; a committee
+    of one model three times is certain (0 eV/Å)."""
+    paths = [si_source] + [committee.perturbed_copy(si_source, tmp_path / f"m{k}.model", 0.2, seed=k)
+                           for k in (1, 2)]
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.1, seed=3)
+    calc = committee.committee_calculator(paths)
+    atoms.calc = calc
+    atoms.get_forces()
+    got = committee.uncertainty_now(calc)
+    forces = []
+    for path in paths:
+        single = atoms.copy()
+        single.calc = committee.committee_calculator([path])
+        forces.append(single.get_forces())
+    forces = np.array(forces)
+    sigma = np.sqrt(((forces - forces.mean(axis=0)) ** 2).mean(axis=0).sum(axis=1))
+    assert got["max"] == pytest.approx(sigma.max(), rel=1e-9)
+    assert got["mean"] == pytest.approx(sigma.mean(), rel=1e-9)
+    assert got["max"] > 0.01 * np.abs(forces).max() > 0  # the perturbed members disagree
+    same = committee.committee_calculator([paths[0]] * 3)
+    atoms.calc = same
+    atoms.get_forces()
+    assert committee.uncertainty_now(same)["max"] == pytest.approx(0.0, abs=1e-12)
+    assert committee.spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- selection
+def _cells():
+    """Four kinds of 8-atom Ge cell, each with a near-duplicate (a 0.001 Å rattle of it)."""
+    base = []
+    for k, strain in enumerate((0.0, 0.03, -0.03, 0.06)):
+        atoms = bulk("Ge", "diamond", a=5.654 * (1 + strain), cubic=True)
+        atoms.rattle(0.05, seed=k)
+        twin = atoms.copy()
+        twin.rattle(0.001, seed=100 + k)
+        base += [atoms, twin]
+    return base
+
+
+def test_selection_takes_the_highest_uncertainty_and_never_a_near_duplicate():
+    cells = _cells()
+    descriptors = [select.descriptor(a) for a in cells]
+    # twins are near-duplicates, different cells are not
+    for i in range(0, 8, 2):
+        assert select.distance(descriptors[i], descriptors[i + 1]) < select.DEFAULT_MIN_DISTANCE
+    # the two most uncertain are twins; a geometry the committee could not evaluate (inf) comes first
+    uncertainty = [0.9, 0.95, 0.1, 0.2, 0.5, 0.45, float("inf"), 0.3]
+    batch = select.select_batch(uncertainty, descriptors, 3)
+    assert batch == [6, 1, 4]  # inf, then 0.95; 0.9 is 1's twin; then 0.5
+    for a in batch:
+        for b in batch:
+            if a != b:
+                assert select.distance(descriptors[a], descriptors[b]) >= select.DEFAULT_MIN_DISTANCE
+    # exactness: every candidate passed over for a less uncertain one is a near-duplicate of one taken
+    lowest = min(uncertainty[i] for i in batch)
+    for i, u in enumerate(uncertainty):
+        if i not in batch and u > lowest:
+            assert min(select.distance(descriptors[i], descriptors[j]) for j in batch) < select.DEFAULT_MIN_DISTANCE
+    # a batch is never padded with near-duplicates: 4 distinct cells, 6 asked
+    assert len(select.select_batch(uncertainty, descriptors, 6)) == 4
+    # round 0 (no uncertainty): farthest-point sampling, no twins
+    diverse = select.diverse_batch(descriptors, 8, seed=1)
+    assert len(diverse) == 4 and len({i // 2 for i in diverse}) == 4
+
+
+# ----------------------------------------------------------------------------- stop rule
+def test_stop_rule_needs_k_rounds_below_threshold():
+    rule = StopRule(budget=10, threshold_meV_A=30, rounds=2)
+    assert not rule.converged([0.02])
+    assert not rule.converged([0.02, 0.031])
+    assert not rule.converged([0.02, None])
+    assert rule.converged([0.5, 0.02, 0.029])
+    assert not rule.converged([0.02, float("inf")])
+    assert rule.budget_left(7) == 3 and rule.budget_left(12) == 0
+    with pytest.raises(ValueError):
+        StopRule(budget=0)
+
+
+# ----------------------------------------------------------------------------- exploration
+def test_exploration_keeps_a_broken_geometry_as_a_candidate_and_resumes_by_unit(tmp_path):
+    """Real Langevin MD under a potential that pulls Ge bonds to 1.1 Å: every unit ends at a pair closer
+    than the bound, recorded as a candidate, not raised; a rerun redoes only a missing unit, identically."""
+    lj = LennardJones(sigma=1.0, epsilon=40.0, rc=3.0, smooth=True)
+    settings = explore.ExploreSettings(element="Ge", lattice_constant=5.654, temperatures=(300.0,),
+                                       liquid_temperature=None, max_strain=0.03, vacancies=1, equilibration=200,
+                                       interval=10, snapshots=2, min_distance_A=1.6)
+    frames, _ = explore.explore(lj, settings, tmp_path / "a", seed=5, round_index=1)
+    units = {}
+    for frame in frames:
+        units.setdefault(int(frame.info["explore_unit"]), []).append(frame)
+    assert sorted(units) == [0, 1, 2]  # md 300 K, strain, vacancy
+    for found in units.values():
+        last = found[-1]
+        assert "broken" in last.info
+        closest = min(last.get_distances(i, range(len(last)), mic=True)[i + 1:].min() for i in range(len(last) - 1))
+        assert closest < 1.6 or "energy" in last.info["broken"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    (tmp_path / "a" / "unit_001.xyz").unlink()
+    again, _ = explore.explore(lj, settings, tmp_path / "a", seed=5, round_index=1)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == before
+    assert len(again) == len(frames)
+
+
+# ----------------------------------------------------------------------------- labels
+def test_pool_labels_are_read_only_for_selected_structures_and_a_failure_is_recorded(tmp_path):
+    pool = tmp_path / "pool.xyz"
+    write_sw_ge_dataset(pool, n=4, seed=2, stress=True)
+    frames = read(pool, ":")
+    chosen = []
+    for index in (3, 1):
+        bare = frames[index].copy()
+        bare.calc = None
+        bare.info = {"pool_index": index, "config_type": "rattled"}
+        del bare.arrays["REF_forces"]
+        chosen.append(bare)
+    stats = label_batch(chosen, LabellerSpec("pool", path=str(pool)), tmp_path / "labels.xyz")
+    out = read(tmp_path / "labels.xyz", ":")
+    assert stats["labelled"] == 2 and [int(a.info["pool_index"]) for a in out] == [3, 1]
+    for got, index in zip(out, (3, 1)):
+        np.testing.assert_allclose(got.arrays["REF_forces"], frames[index].arrays["REF_forces"], atol=1e-8)
+        assert got.info["REF_energy"] == pytest.approx(frames[index].info["REF_energy"])
+    # a labeller failing on one structure: recorded and skipped; a rerun labels nothing again
+    sys.path.insert(0, str(TESTS))
+    cells = [bulk("Ge", "diamond", a=5.654, cubic=True), bulk("Ge", "diamond", a=5.654, cubic=True)]
+    cells[1].set_cell(cells[1].cell * [1.02, 1.0, 1.0], scale_atoms=True)
+    cells[0].rattle(0.05, seed=1)
+    spec = LabellerSpec("python", factory="active_labellers:flaky_sw")
+    stats = label_batch(cells, spec, tmp_path / "flaky.xyz")
+    assert (stats["labelled"], stats["failed"]) == (1, 1)
+    assert [r["source_index"] for r in read_failed(failed_sidecar(tmp_path / "flaky.xyz")).values()] == [1]
+    text = (tmp_path / "flaky.xyz").read_bytes()
+    assert label_batch(cells, spec, tmp_path / "flaky.xyz")["labelled"] == 1
+    assert (tmp_path / "flaky.xyz").read_bytes() == text
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("change, message", [
+    ({"--budget": "0"}, "--budget must be >= 1"),
+    ({"--source_model": "missing.model"}, "does not exist"),
+    ({"--element_map": "Si:Sn"}, "maps nothing to Ge"),
+    ({"--committee": "2"}, "--committee must be >= 3"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, si_source, change, message):
+    argv = {"--source_model": str(si_source), "--element_map": "Si:Ge", "--element": "Ge", "--budget": "4",
+            "--labeller": "classical", "--out": str(tmp_path / "out")}
+    argv.update(change)
+    flat = [x for pair in argv.items() for x in pair]
+    assert _guarded(_active, flat) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_a_model_lacking_the_element_is_one_line(tmp_path, capsys, si_source):
+    argv = ["--model", str(si_source), "--element", "Ge", "--budget", "4", "--labeller", "classical",
+            "--out", str(tmp_path / "out")]
+    assert _guarded(_active, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no Ge" in err[0]
+
+
+# ----------------------------------------------------------------------------- the loop, killed and resumed
+def _run(argv, kill_at=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    env.pop(KILL_AT, None)
+    if kill_at:
+        env[KILL_AT] = kill_at
+    code = "import sys; from mace_transfer.cli import active_main; active_main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code] + argv, env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_loop_end_to_end_survives_kill_9_while_exploring_labelling_and_training(tmp_path, si_source):
+    """Round 0 labels two diverse cells (one strained: the labeller fails on it, recorded, the loop goes
+    on), trains a committee of 3 from the remapped Si source; round 1 explores with it by MD, labels the
+    two most uncertain, warm-starts the committee, and stops at the budget of 4 DFT calls. The run is
+    killed with SIGKILL in round 1 while exploring, while labelling and while training; each restart
+    goes on from there, redoing nothing finished."""
+    source = si_source
+    test = tmp_path / "test.xyz"
+    write_sw_ge_dataset(test, n=4, seed=7)
+    options = tmp_path / "mace.yaml"
+    options.write_text("batch_size: 2\nvalid_batch_size: 4\n")
+    out = tmp_path / "loop"
+    argv = ["--source_model", str(source), "--element_map", "Si:Ge", "--labeller", "python",
+            "--calculator", "active_labellers:flaky_sw", "--budget", "4", "--batch_size", "2", "--committee", "3",
+            "--seed", "0", "--out", str(out), "--supercell", "1,1,1", "--temperatures", "300",
+            "--liquid_temperature", "0", "--max_strain", "0.03", "--vacancies", "1", "--equilibration", "5",
+            "--interval", "3", "--snapshots", "2", "--epochs", "1", "--mace_options", str(options),
+            "--test_file", str(test), "--lattice_constant", "5.654"]
+    r0, r1 = out / "round_000", out / "round_001"
+
+    killed = _run(argv, "explore-unit@1:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (r0 / "record.json").exists() and (r1 / "explore" / "unit_000.xyz").exists()
+    assert not (r1 / "explore" / "unit_001.xyz").exists() and not (r1 / "explore.json").exists()
+    unit0 = (r1 / "explore" / "unit_000.xyz").read_bytes()
+    record0 = (r0 / "record.json").read_bytes()
+
+    killed = _run(argv, "label-frame@1:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (r1 / "explore" / "unit_000.xyz").read_bytes() == unit0  # not explored again
+    assert (r1 / "select.json").exists() and not (r1 / "label.json").exists()
+    first_label = (r1 / "labels.xyz").read_bytes()
+    assert len(read(r1 / "labels.xyz", ":")) == 1
+
+    killed = _run(argv, "train-member@1:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (r1 / "labels.xyz").read_bytes().startswith(first_label)  # the first label kept, not redone
+    assert (r1 / "member_0.json").exists() and not (r1 / "member_1.json").exists()
+    member0 = (r1 / "member_0.json").read_bytes()
+
+    done = _run(argv)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (r0 / "record.json").read_bytes() == record0
+    assert (r1 / "member_0.json").read_bytes() == member0  # member 0 not trained again
+    import json
+
+    rec0, rec1 = (json.loads((r / "record.json").read_text()) for r in (r0, r1))
+    assert not (out / "round_002").exists()
+    # round 0: diversity alone (no committee yet); the strained cell failed, was recorded, the loop went on
+    assert rec0["selected"]["rule"] == "diversity" and "strain" in rec0["selected"]["config_types"]
+    assert rec0["labels_new"] == 1 and len(rec0["failed"]) == 1 and "SCF" in rec0["failed"][0]["error"]
+    assert rec0["stop"] is None and rec0["train"]["start"] == "remapped source"
+    # round 1: explored with round 0's committee, the most uncertain first, no near-duplicates, budget stop
+    assert rec1["models_explored_with"] == rec0["models"]
+    chosen = rec1["selected"]["uncertainty_meV_A"]
+    assert rec1["selected"]["rule"] == "uncertainty" and chosen == sorted(chosen, reverse=True)
+    assert 0 < rec1["fresh_uncertainty_meV_A"]["max"] < float("inf")
+    assert chosen[0] == pytest.approx(rec1["fresh_uncertainty_meV_A"]["max"])
+    assert rec1["selected"]["min_pair_distance"] is None or rec1["selected"]["min_pair_distance"] >= 0.5
+    assert rec1["dft_calls"] == 4 and rec1["stop"].startswith("budget")
+    assert rec1["train"]["start"] == "warm" and rec1["labels_used"] == rec0["labels_used"] + rec1["labels_new"]
+    labels = read(r0 / "labels.xyz", ":") + read(r1 / "labels.xyz", ":")
+    assert len({a.info["label_id"] + str(a.info["round"]) for a in labels}) == len(labels) == rec1["labels_used"]
+    # every round records its cost and its check
+    for rec in (rec0, rec1):
+        assert set(rec["cpu_s"]) == {"exploration", "dft", "training", "check"} and rec["cpu_s"]["training"] > 0
+        assert rec["wall_s"]["total"] > 0
+        assert rec["check"]["test"]["n_configs"] == 4 and rec["check"]["test"]["force_mae_meV_per_A"] > 0
+        assert "spearman_max" in rec["check"]["calibration"]
+    assert "budget: 4 of 4 DFT calls" in done.stdout
