@@ -529,3 +529,27 @@ def _learning_curve(argv):
 def learning_curve_main(argv: Optional[Sequence[str]] = None) -> None:
     """``mace_transfer_learning_curve --config configs/learning_curve_sw.yaml``."""
     sys.exit(_guarded(_learning_curve, argv))
+
+
+# --------------------------------------------------------------------------- active learning (issue 49)
+def _active(argv):
+    """Parse ``mace_transfer_active`` flags, then run the loop (:mod:`mace_transfer.active`); rerun to resume."""
+    from mace_transfer.active import loop, options
+
+    parser = FlagParser(
+        prog="mace_transfer_active",
+        description="Active learning from a transferred (or any) MACE model: explore by MD -> select by "
+        "committee uncertainty -> label (CP2K, any ASE calculator, or a labelled pool) -> fine-tune the "
+        "committee -> check, until the stop rule or the DFT budget. Resumable: rerun with the same --out.",
+    )
+    options.add_arguments(parser)
+    _add_executor_flags(parser)
+    args = parser.parse_args(argv)
+    settings = options.settings_from_args(args, _executor_spec(args))
+    loop.ActiveLoop(settings, say=lambda message: print(message, flush=True)).run()
+    return 0
+
+
+def active_main(argv: Optional[Sequence[str]] = None) -> None:
+    """``mace_transfer_active --source_model si.model --element_map Si:Ge --budget 40 --out runs/active``."""
+    sys.exit(_guarded(_active, argv))
