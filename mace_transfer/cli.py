@@ -201,9 +201,9 @@ def _add_executor_flags(parser) -> None:
                         help="a running Dask scheduler (tcp://host:8786) to run the tasks on")
 
 
-def _executor_spec(args, block=None, threads_per_task=None):
-    """``--executor`` / ``--scheduler`` (and a config's ``executor:`` block, which they override)
-    -> :class:`mace_transfer.execution.ExecutorSpec`; bad input is one UserInputError line."""
+def _executor_block(args, block=None):
+    """A config's ``executor:`` block with ``--executor KIND`` (its kind) or ``--executor FILE.yaml`` (its
+    ``executor:`` block instead) applied."""
     from mace_transfer import execution
 
     block = dict(block or {})
@@ -215,8 +215,20 @@ def _executor_spec(args, block=None, threads_per_task=None):
                                  "nor a YAML file")
         import yaml
 
-        loaded = yaml.safe_load(open(args.executor)) or {}
+        try:
+            loaded = yaml.safe_load(open(args.executor)) or {}
+        except yaml.YAMLError as exc:
+            raise UserInputError(f"--executor {args.executor}: not YAML ({str(exc).splitlines()[0]})") from None
         block = loaded.get("executor", loaded) if isinstance(loaded, dict) else loaded
+    return block
+
+
+def _executor_spec(args, block=None, threads_per_task=None):
+    """``--executor`` / ``--scheduler`` (and a config's ``executor:`` block, which they override)
+    -> :class:`mace_transfer.execution.ExecutorSpec`; bad input is one UserInputError line."""
+    from mace_transfer import execution
+
+    block = _executor_block(args, block)
     if threads_per_task is not None and isinstance(block, dict):
         block.setdefault("threads_per_task", threads_per_task)
     try:
@@ -513,7 +525,15 @@ def _learning_curve(argv):
     parser.add_argument("--plan", action="store_true",
                         help="print each run's state (done, parked, started, to train) and a wall-time guess "
                         "from the finished runs; trains nothing")
+    _add_executor_flags(parser)
     args = parser.parse_args(argv)
+    executor = None  # the config's executor: block (learning_curve.study_executor)
+    if args.executor is not None or args.scheduler is not None:
+        from mace_transfer.studies.config import load_config
+
+        config = load_config(args.config)
+        executor = learning_curve.study_executor(config, _executor_block(args, config.get("executor")),
+                                                 args.scheduler)
     names = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     learning_curve.run_study(
         args.config, out=args.out, work=args.work,
@@ -521,7 +541,7 @@ def _learning_curve(argv):
         seeds=_comma_numbers(args.seeds, int, "--seeds") if args.seeds else None,
         strategies=names, max_runs=args.max_runs, md=args.md, timing=args.timing,
         zero_shot=not args.no_zero_shot, report_only=args.report_only, park=args.park, plan=args.plan,
-        progress=lambda message: print(message, flush=True),
+        progress=lambda message: print(message, flush=True), executor=executor,
     )
     return 0
 

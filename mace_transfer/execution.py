@@ -263,6 +263,10 @@ def _outcome_of(future, key: str, done: int, total: int) -> Outcome:
     return Outcome(key, False, error=error_line(future.exception()))  # KilledWorker after the retries
 
 
+#: seconds between two questions to the scheduler for its task slots (workers come and go on a cluster)
+SLOTS_EVERY_S = 10.0
+
+
 def run_dask(client, tasks: Sequence[Task], spec: ExecutorSpec,
              on_done: Optional[Callable[[Outcome], None]] = None,
              say: Callable[[str], None] = print) -> List[Outcome]:
@@ -274,9 +278,9 @@ def run_dask(client, tasks: Sequence[Task], spec: ExecutorSpec,
     tag = uuid.uuid4().hex[:8]  # a long-lived scheduler must never see a key twice
     futures = {client.submit(call_task, t.fn, t.args, t.kwargs, spec.threads_per_task, t.key,
                              key=f"{t.key}-{tag}", pure=False): t.key for t in tasks}
-    dask_keys = {f.key for f in futures}
     outcomes: Dict[str, Outcome] = {}
     failed, start = 0, time.perf_counter()
+    slots, slots_at = 0, -SLOTS_EVERY_S
     try:
         for future in as_completed(list(futures)):
             key = futures[future]
@@ -284,7 +288,9 @@ def run_dask(client, tasks: Sequence[Task], spec: ExecutorSpec,
             outcomes[key] = outcome
             failed += not outcome.ok
             left = len(tasks) - len(outcomes)
-            running = sum(len(dask_keys & set(keys)) for keys in client.processing().values()) if left else 0
+            if time.perf_counter() - slots_at > SLOTS_EVERY_S:  # one call to the scheduler, not one per task
+                slots, slots_at = sum(client.nthreads().values()), time.perf_counter()
+            running = min(left, slots)
             eta = (time.perf_counter() - start) / len(outcomes) * left
             say(f"executor: {len(outcomes)}/{len(tasks)} done ({failed} failed), {running} running; "
                 f"{key} {'ok' if outcome.ok else 'FAILED: ' + str(outcome.error)} in {outcome.wall_s:.1f} s; "

@@ -212,3 +212,135 @@ def test_a_worker_killed_mid_label_is_labelled_again_and_written_once(tmp_path, 
     dft.label_structures(cells, _sw_ge(), serial, settings_tag="sw", log=lambda m: None)
     _assert_same_frames(_by_index(serial), _by_index(out))
     assert not dft.failed_sidecar(out).exists()
+
+
+# ---------------------------------------------------------------- a study through the seam
+def _tiny_study(folder):
+    """A tiny learning-curve study in ``folder`` (relative paths, as a user's config has them)."""
+    from conftest import write_sw_ge_dataset, write_sw_si_dataset
+    from test_pipeline import TINY_MACE
+
+    folder.mkdir()
+    write_sw_si_dataset(folder / "si.xyz", n=6)
+    write_sw_ge_dataset(folder / "ge.xyz", 7, seed=3)
+    write_sw_ge_dataset(folder / "ge_test.xyz", 2, seed=4)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    return {"out": "res", "work": "work", "element_map": "Si:Ge", "threads": 1,
+            "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"},
+            "n_valid": 2, "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [3], "seeds": [0, 1],
+            "mace": mace, "source": {"n_valid": 2, "mace": {"E0s": "{14: 0.0}", "lr": 0.01, "max_num_epochs": 1}},
+            "budget": {"epochs": 2, "patience": 5},
+            "strategies": {"scratch": {"lr": 0.01}, "transfer": {"lr": 0.002, "init": "remap"}}}
+
+
+#: what differs between two trainings of one run: when and how long, and the machine's load
+TIMING_KEYS = {"wall_s", "finished_utc", "load_average_after", "curve", "train_step_s"}
+
+
+def _same_record(a, b, path="record"):
+    """Equal records up to the timing keys; floats to 1e-12 relative (the last bit of a float64 sum of
+    energies may differ between two processes), everything else exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) - TIMING_KEYS == set(b) - TIMING_KEYS, path
+        for key in set(a) - TIMING_KEYS:
+            _same_record(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_record(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-12, abs=1e-300), path
+    else:
+        assert a == b, path
+
+
+def _study_records(tmp_path, monkeypatch, run):
+    """The records of ``run(config, executor)`` in a fresh tiny study, serial and on two workers."""
+    from mace_transfer.studies import records
+
+    found = {}
+    for name, executor in (("serial", None), ("dask", WORKERS)):
+        monkeypatch.chdir(tmp_path)
+        config = _tiny_study(tmp_path / name)
+        monkeypatch.chdir(tmp_path / name)
+        run(config, executor)
+        found[name] = {r["name"]: r for r in records.load_runs(tmp_path / name / "res")}
+    return found
+
+
+def test_a_study_run_on_a_worker_writes_the_serial_record(tmp_path, monkeypatch, client):
+    """One scratch run trained on a Dask worker: the parent writes the record a serial sweep writes."""
+    from mace_transfer.studies.runs import Sweep
+
+    lines = []
+    found = _study_records(tmp_path, monkeypatch, lambda config, executor: Sweep(config, progress=lines.append).sweep(
+        [3], [0], ["scratch"], executor=executor))
+    assert list(found["serial"]) == list(found["dask"]) == ["scratch_N0003_s0"]
+    _same_record(found["serial"]["scratch_N0003_s0"], found["dask"]["scratch_N0003_s0"])
+    assert sum("[1/1] scratch" in line for line in lines) == 2 and any("executor: 1/1 done" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_a_tiny_study_on_two_workers_writes_the_serial_records(tmp_path, monkeypatch, client):
+    """The whole command's path (source model, remap, four runs) serial vs two workers: 150 s here."""
+    from mace_transfer.studies import learning_curve
+
+    found = _study_records(tmp_path, monkeypatch, lambda config, executor: learning_curve.run_study(
+        config, zero_shot=False, progress=lambda line: None, executor=executor))
+    assert sorted(found["serial"]) == sorted(found["dask"]) and len(found["serial"]) == 4
+    for run, serial in found["serial"].items():
+        _same_record(serial, found["dask"][run], run)
+
+
+# ---------------------------------------------------------------- the scheduler dies
+def _sw_ge_slow():
+    time.sleep(1.0)  # long enough to kill the scheduler while tasks run
+    return _sw_ge()
+
+
+def test_a_lost_scheduler_ends_the_run_in_one_line_and_a_rerun_resumes(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), OMP_NUM_THREADS="1")
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], env=env, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                               "--nworkers", "1", "--no-dashboard"], env=env, stderr=subprocess.DEVNULL)
+    out, cells = tmp_path / "o.xyz", _ge_cells(8, seed=2)
+    try:
+        spec = execution.spec_from_config(None, scheduler=address)
+
+        def kill_after_two(line):
+            if "label: [2/8]" in line:
+                scheduler.kill()
+
+        with pytest.raises(execution.ExecutorLost, match="rerun the same command") as exc:
+            dft.label_structures(cells, _sw_ge_slow, out, settings_tag="sw", log=kill_after_two, executor=spec)
+        assert "\n" not in str(exc.value)
+    finally:
+        for process in (scheduler, worker):
+            process.kill()
+            process.wait(30)
+    done = _by_index(out)
+    assert 2 <= len(done) < 8
+    counts = dft.label_structures(cells, _sw_ge(), out, settings_tag="sw", log=lambda m: None)  # the rerun
+    assert counts["done_before"] == len(done) and counts["labelled"] == 8 - len(done)
+    assert sorted(_by_index(out)) == list(range(8))
+
+
+def test_the_console_scripts_end_a_lost_scheduler_with_one_line(capsys):
+    from mace_transfer.cli import _guarded
+
+    def lost(argv):
+        raise execution.ExecutorLost("executor: lost the Dask scheduler after 2 of 8 tasks (those are recorded); "
+                                     "rerun the same command to resume")
+
+    assert _guarded(lost, []) == 3
+    assert capsys.readouterr().err.count("\n") == 1

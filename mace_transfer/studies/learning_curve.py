@@ -52,6 +52,7 @@ import warnings
 from typing import Any, Dict, Optional, Sequence
 
 from mace_transfer import UserInputError
+from mace_transfer.execution import ExecutorSpec, spec_from_config
 from mace_transfer.studies import md_runs
 from mace_transfer.studies.config import load_config
 from mace_transfer.studies.plan import format_plan, full_plan
@@ -60,18 +61,34 @@ from mace_transfer.studies.report import write_report
 from mace_transfer.studies.runs import Sweep, machine_info
 
 
+def study_executor(config: Dict[str, Any], block: Optional[Dict[str, Any]] = None,
+                   scheduler: Optional[str] = None) -> ExecutorSpec:
+    """The executor of a study's sweep: ``block`` (else the config's ``executor:`` block) and ``scheduler``;
+    a task's threads default to the study's ``threads``. Bad input is a one-line UserInputError."""
+    block = (config.get("executor") or {}) if block is None else block
+    if not isinstance(block, dict):
+        raise UserInputError(f"executor: expected a mapping, got {type(block).__name__}")
+    block = dict(block)
+    block.setdefault("threads_per_task", int(config.get("threads", 1)))
+    try:
+        return spec_from_config(block, scheduler=scheduler)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+
+
 def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = None,
               seeds: Optional[Sequence[int]] = None, strategies: Optional[Sequence[str]] = None,
               max_runs: Optional[int] = None, md: bool = False, timing: bool = False,
               zero_shot: bool = True, report_only: bool = False, park: bool = False,
-              plan: bool = False, progress=print) -> Dict[str, Any]:
+              plan: bool = False, progress=print, executor: Optional[ExecutorSpec] = None) -> Dict[str, Any]:
     """Run (or resume) a learning-curve study and write its report; returns the summary.
 
     ``config`` is a YAML path or an already-loaded mapping; ``sizes``, ``seeds`` and ``strategies``
     default to the config's. ``report_only`` only aggregates the finished runs; ``park`` copies the
     runs cut mid-training to ``<out>/partial/`` (:meth:`Sweep.park_runs`) and trains nothing; ``plan``
     prints what is done, parked and left with a wall-time guess (:mod:`~mace_transfer.studies.plan`),
-    writes nothing and returns ``{"plan": rows}``.
+    writes nothing and returns ``{"plan": rows}``. ``executor``: where the sweep's runs train (one Dask task
+    per run, :mod:`mace_transfer.execution`); None: the config's ``executor:`` block, else here, serially.
     """
     if not isinstance(config, dict):
         config = load_config(config)
@@ -111,7 +128,7 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
         sweep.source_model()
         if zero_shot:
             sweep.zero_shot()
-        sweep.sweep(sweep.sizes(sizes), seeds, names, max_runs)
+        sweep.sweep(sweep.sizes(sizes), seeds, names, max_runs, executor=executor or study_executor(config))
         if timing:
             sweep.timing()
         if md:

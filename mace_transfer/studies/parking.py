@@ -24,7 +24,14 @@ CHUNKS = "chunks.json"
 def claim(work: Path, name: str, wait: bool = False) -> Optional[IO[str]]:
     """An exclusive lock on ``<work>/.<name>.lock`` (open it ``with`` the returned file), or None while
     another process holds it (``wait``: block until it is free instead): several processes of one study
-    share its runs, none trains or runs MD on one twice, and a dead process's lock goes with it (flock)."""
+    share its runs, none trains or runs MD on one twice, and a dead process's lock goes with it (flock).
+
+    Kept beside Dask (issue 47), for what Dask does not see: Dask runs each task of one command once at a
+    time and reruns it when its worker dies, but two *commands* on one study (two sweeps, a serial one
+    beside a Dask one, a second user) do not share a scheduler. On Dask the parent claims each run before
+    submitting it and lets go once it has written the record (:meth:`runs.Sweep._sweep_on_dask`), so the
+    workers take no locks and the claims work on one machine's file system even when the workers are on
+    other nodes; the strategy's ``select_`` claim keeps the choices on validation to one process."""
     Path(work).mkdir(parents=True, exist_ok=True)
     handle = open(Path(work) / f".{name}.lock", "w")
     try:

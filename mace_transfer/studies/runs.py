@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mace_transfer import UserInputError
+from mace_transfer.execution import ExecutorSpec, Outcome, Task, local_workers, run_tasks
 from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name, seeds_at_size
 from mace_transfer.studies.plan import finished_walls, guess_wall_s
@@ -69,6 +70,15 @@ class Sweep(StartModels):
                   freeze_blocks: Optional[str] = None, lr: Optional[float] = None,
                   loss_flags: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Train one (strategy, N, seed), test it, write ``record_path``; the record."""
+        record = self.run_record(strategy, n_train, seed, record_path, freeze_blocks, lr, loss_flags)
+        self.finish_run(record_path.stem, self.work / record_path.stem, record_path, record)
+        return record
+
+    def run_record(self, strategy: str, n_train: int, seed: int, record_path: Path,
+                   freeze_blocks: Optional[str] = None, lr: Optional[float] = None,
+                   loss_flags: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Train and test one (strategy, N, seed) into its work folder; its record, not yet written
+        (:meth:`finish_run` writes it: here, or in the parent of a Dask worker, :func:`train_task`)."""
         name = record_path.stem
         folder = self.work / name
         done_before = self.resume_point(name, folder)
@@ -106,7 +116,6 @@ class Sweep(StartModels):
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.finish_run(name, folder, record_path, record)
         return record
 
     # ------------------------------------------------ runs that outlive a session (studies.parking)
@@ -265,11 +274,13 @@ class Sweep(StartModels):
 
     # -------------------------------------------------------------- sweep
     def sweep(self, sizes: Sequence[int], seeds: Sequence[int], strategies: Sequence[str],
-              max_runs: Optional[int] = None) -> int:
+              max_runs: Optional[int] = None, executor: Optional[ExecutorSpec] = None) -> int:
         """Train every missing (strategy, N, seed); N ascending; ``seeds_above`` in the config limits the seeds
         at large N (:func:`~mace_transfer.studies.config.seeds_at_size`); a run another process is training
         (its lock held: :func:`parking.claim`) is left to it, and a start's choices on validation are made by
-        one process at a time (:meth:`choices`). Returns the number of runs this call finished."""
+        one process at a time (:meth:`choices`). ``executor``: a Dask spec runs one task per run on its
+        workers (:meth:`_sweep_on_dask`); None trains here, one run after the other. Returns the number of
+        runs this call finished."""
         choices = {strategy: self.choices(strategy) for strategy in strategies}  # None: the config's
         self._supersede_other_losses({strategy: loss for strategy, (_, _, loss) in choices.items()})
         plan = [(s, n, seed) for n in sizes for seed in seeds_at_size(self.config.get("seeds_above"), n, seeds)
@@ -279,6 +290,8 @@ class Sweep(StartModels):
         if max_runs is not None:
             todo = todo[:max_runs]
         walls = finished_walls(load_runs(self.out))
+        if executor is not None and executor.kind != "serial":
+            return self._sweep_on_dask(todo, choices, executor, walls)
         finished = 0
         for number, (strategy, n_train, seed) in enumerate(todo, 1):
             path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
@@ -291,27 +304,84 @@ class Sweep(StartModels):
                     continue
                 record = self._train_or_take(strategy, n_train, seed, path, *choices[strategy])
             finished += 1
-            walls.setdefault((strategy, n_train), []).append(float(record["wall_s"]))
-            remaining = todo[number:]
-            eta = sum(guess_wall_s(walls, s, n)[0] or 0.0 for s, n, _ in remaining)
-            self.say(f"[{number}/{len(todo)}] {strategy:16s} N={n_train:<4d} seed={seed}: test force MAE "
-                     f"{record['test']['force_mae_meV_per_A']:7.1f} meV/Å, energy MAE "
-                     f"{record['test']['energy_mae_meV_per_atom']:6.2f} meV/atom, "
-                     f"{record['epochs_run']} epochs (best {record['best_epoch']}), "
-                     f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
+            self._say_finished(record, walls, number, todo)
         return finished
 
-    def _train_or_take(self, strategy: str, n_train: int, seed: int, path: Path, blocks: Optional[str],
-                       lr: Optional[float], loss_flags: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        """The record of one planned run with the choices of :meth:`choices`: its selection try's, when a
-        choice on validation already trained this (N, seed) with the chosen settings, else a new training's."""
+    def _say_finished(self, record: Dict[str, Any], walls: Dict, number: int, todo: Sequence[Tuple],
+                      parallel: int = 1) -> None:
+        """The progress line of the ``number``-th of ``todo`` runs to finish, with an ETA from the walls so far
+        (``parallel`` runs at a time)."""
+        walls.setdefault((record["strategy"], record["n_train"]), []).append(float(record["wall_s"]))
+        eta = sum(guess_wall_s(walls, s, n)[0] or 0.0 for s, n, _ in todo[number:]) / max(1, parallel)
+        self.say(f"[{number}/{len(todo)}] {record['strategy']:16s} N={record['n_train']:<4d} seed={record['seed']}: "
+                 f"test force MAE {record['test']['force_mae_meV_per_A']:7.1f} meV/Å, energy MAE "
+                 f"{record['test']['energy_mae_meV_per_atom']:6.2f} meV/atom, "
+                 f"{record['epochs_run']} epochs (best {record['best_epoch']}), "
+                 f"{_fmt_time(record['wall_s'])}; ETA {_fmt_time(eta)}")
+
+    def _sweep_on_dask(self, todo: Sequence[Tuple[str, int, int]], choices: Dict[str, Tuple],
+                       executor: ExecutorSpec, walls: Dict) -> int:
+        """The sweep's runs as Dask tasks (:func:`train_task`, one per run). This process claims each run
+        before submitting it (:func:`parking.claim`: another command of the study skips it), writes each
+        record as its task ends (:meth:`finish_run`) and then lets its claim go; a run whose task failed
+        gets no record (a line in ``<out>/failed_runs.jsonl``) and is trained again by a rerun."""
+        claims, tasks, finished = {}, [], 0
+        try:
+            for strategy, n_train, seed in todo:
+                path = self.out / RECORDS / f"{run_name(strategy, n_train, seed)}.json"
+                lock = parking.claim(self.work, f"train_{path.stem}")
+                if lock is None:
+                    self.say(f"{path.stem}: another process is training it; skipped")
+                    continue
+                if path.is_file() or self._take_selected(strategy, n_train, seed, path, *choices[strategy]):
+                    lock.close()  # finished meanwhile, or its selection try is this run
+                    continue
+                claims[path.stem] = lock
+                tasks.append(Task(path.stem, train_task, (self.config, str(self.out), str(self.work), os.getcwd(),
+                                                          strategy, n_train, seed, str(path), *choices[strategy])))
+
+            def on_done(outcome: Outcome) -> None:
+                nonlocal finished
+                path = self.out / RECORDS / f"{outcome.key}.json"
+                try:
+                    if outcome.ok:
+                        self.finish_run(outcome.key, self.work / outcome.key, path, outcome.value)
+                        finished += 1
+                        self._say_finished(outcome.value, walls, finished, [t.args[4:7] for t in tasks],
+                                           parallel=local_workers(executor) if executor.kind == "local" else 1)
+                    else:
+                        with open(self.out / "failed_runs.jsonl", "a") as fh:
+                            fh.write(json.dumps({"name": outcome.key, "error": outcome.error,
+                                                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+                        self.say(f"{outcome.key}: FAILED ({outcome.error}); no record, a rerun trains it again")
+                finally:
+                    claims.pop(outcome.key).close()
+
+            run_tasks(tasks, executor, on_done, say=self.say)
+        finally:
+            for lock in claims.values():
+                lock.close()
+        return finished
+
+    def _take_selected(self, strategy: str, n_train: int, seed: int, path: Path, blocks: Optional[str],
+                       lr: Optional[float], loss_flags: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        """The record of one planned run written from its selection try's, when a choice on validation already
+        trained this (N, seed) with the chosen settings (:meth:`choices`); else None."""
         selected = strategy == "transfer_freeze" or lr is not None or loss_flags is not None
         record = selection.selected_run(self.out, strategy, n_train, seed, blocks, lr,
                                         loss_flags) if selected else None
+        if record is not None:
+            record["name"] = path.stem
+            write_json(path, record)
+        return record
+
+    def _train_or_take(self, strategy: str, n_train: int, seed: int, path: Path, blocks: Optional[str],
+                       lr: Optional[float], loss_flags: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """The record of one planned run with the choices of :meth:`choices`: its selection try's
+        (:meth:`_take_selected`), else a new training's."""
+        record = self._take_selected(strategy, n_train, seed, path, blocks, lr, loss_flags)
         if record is None:
             return self.train_run(strategy, n_train, seed, path, freeze_blocks=blocks, lr=lr, loss_flags=loss_flags)
-        record["name"] = path.stem
-        write_json(path, record)
         return record
 
     def _supersede_other_losses(self, losses: Dict[str, Optional[Dict[str, Any]]]) -> None:
@@ -372,3 +442,19 @@ class Sweep(StartModels):
         return result
 
     # -------------------------------------------------------------- report
+
+
+def train_task(config: Dict[str, Any], out: str, work: str, cwd: str, strategy: str, n_train: int, seed: int,
+               record_path: str, freeze_blocks: Optional[str], lr: Optional[float],
+               loss_flags: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """One study run as a Dask task: trains and tests it in ``cwd`` (the study's relative paths are the
+    parent's, so records are identical to a serial sweep's); returns its record, which the parent writes
+    (:meth:`Sweep._sweep_on_dask`). A worker that dies mid-run is replaced by Dask and the run starts
+    again (a converged study's run resumes from its newest checkpoint, :meth:`Sweep.resume_point`)."""
+    before = os.getcwd()
+    os.chdir(cwd)  # one task per worker process at a time (execution.make_cluster)
+    try:
+        sweep = Sweep(config, out, work)
+        return sweep.run_record(strategy, n_train, seed, Path(record_path), freeze_blocks, lr, loss_flags)
+    finally:
+        os.chdir(before)
