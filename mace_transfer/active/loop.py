@@ -230,11 +230,18 @@ class ActiveLoop:
         """Run rounds until the stop rule; returns every round's record."""
         self.prepare()
         records = self.records()
-        while not (records and records[-1]["stop"]):
+        while not self.finished(records):
             records.append(self.run_round(len(records), records))
         self.say(f"active: stopped after round {records[-1]['round']}: {records[-1]['stop']}; "
                  f"{records[-1]['labels_used']} labels, {records[-1]['dft_calls']} DFT calls")
         return records
+
+    def finished(self, records: List[Dict[str, Any]]) -> bool:
+        """The last round stopped the loop (a budget stop no longer holds when a rerun gives a larger budget)."""
+        if not records or not records[-1]["stop"]:
+            return False
+        last = records[-1]
+        return not (last["stop"].startswith("budget") and self.s.stop.budget_left(last["dft_calls"]) > 0)
 
     def models_of(self, records: List[Dict[str, Any]]) -> List[str]:
         """The current models: the last round's committee, or the start model."""
