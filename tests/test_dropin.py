@@ -78,8 +78,8 @@ def _both(tmp_path, argv, env=None, first_chunk_epochs=None):
     commands = {"mace": _script("mace_run_train"), "ours": _script("mace_transfer_train")}
 
     def run_all(args_of):
-        procs = {tag: subprocess.Popen([cmd] + args_of(tag), env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
+        procs = {tag: subprocess.Popen([cmd] + args_of(tag), env=env, stdout=subprocess.PIPE, cwd=tmp_path,
+                                       stderr=subprocess.STDOUT, text=True)  # MACE writes replay files to cwd
                  for tag, cmd in commands.items()}
         for tag, proc in procs.items():
             out, _ = proc.communicate(timeout=600)
