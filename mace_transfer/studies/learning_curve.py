@@ -38,7 +38,12 @@ Usage (also a pipeline stage, ``kind: learning_curve``)::
 
     mace_transfer_learning_curve --config configs/learning_curve_sw.yaml \
         [--out DIR] [--sizes 5,10,25] [--seeds 0,1] [--strategies scratch,transfer] \
-        [--max-runs N] [--md] [--timing] [--report-only] [--park] [--plan]
+        [--max-runs N] [--md] [--timing] [--report-only] [--park] [--plan] \
+        [--executor local|FILE.yaml] [--scheduler tcp://host:8786]
+
+The sweep's runs train one after the other here, or as Dask tasks (one per run) where the config's
+``executor:`` block or ``--executor`` / ``--scheduler`` say (:mod:`mace_transfer.execution`,
+docs/EXECUTION.md); the records are the same. Source, selections, MD and timing stay in this process.
 
 Architecture: this module is the entry (:func:`run_study`); :mod:`~mace_transfer.studies.config`
 reads the YAML, :mod:`~mace_transfer.studies.data` the files and splits, :mod:`~mace_transfer.studies.runs`
