@@ -281,3 +281,42 @@ def test_loop_end_to_end_survives_kill_9_while_exploring_labelling_and_training(
         assert rec["check"]["test"]["n_configs"] == 4 and rec["check"]["test"]["force_mae_meV_per_A"] > 0
         assert "spearman_max" in rec["check"]["calibration"]
     assert "budget: 4 of 4 DFT calls" in done.stdout
+
+
+@pytest.mark.slow
+def test_pool_mode_reads_labels_only_once_selected_and_stops_on_the_rule(tmp_path, si_source):
+    """Pool mode end to end (in-process, real training): candidates carry no labels, the labels used
+    are the pool's own for the selected structures, each once; a larger budget continues a loop stopped
+    at its budget, and a threshold every fresh uncertainty lies below stops it before labelling."""
+    import dataclasses
+    import json
+
+    from mace_transfer.active.loop import ActiveLoop, LoopSettings
+
+    pool, test = tmp_path / "pool.xyz", tmp_path / "test.xyz"
+    write_sw_ge_dataset(pool, n=8, seed=3, stress=True)
+    write_sw_ge_dataset(test, n=3, seed=9)
+    settings = LoopSettings(out=str(tmp_path / "loop"), element="Ge",
+                            start={"source_model": str(si_source), "element_map": "Si:Ge"},
+                            labeller=LabellerSpec("pool", path=str(pool)), stop=StopRule(budget=4), batch_size=2,
+                            committee=3, pool=str(pool), mace={"max_num_epochs": 1, "batch_size": 2},
+                            test_file=str(test))
+    records = ActiveLoop(settings, say=print).run()
+    assert [r["selected"]["rule"] for r in records] == ["diversity", "uncertainty"]
+    assert records[-1]["stop"].startswith("budget")
+    for r in range(2):
+        folder = tmp_path / "loop" / f"round_{r:03d}"
+        assert not any(k.startswith("REF_") for a in read(folder / "candidates.xyz", ":")
+                       for k in list(a.info) + list(a.arrays))
+    frames = read(pool, ":")
+    labels = read(tmp_path / "loop" / "round_000" / "labels.xyz", ":") + read(
+        tmp_path / "loop" / "round_001" / "labels.xyz", ":")
+    indices = [int(a.info["pool_index"]) for a in labels]
+    assert len(set(indices)) == len(indices) == 4
+    for atoms in labels:
+        np.testing.assert_allclose(atoms.arrays["REF_forces"], frames[int(atoms.info["pool_index"])].arrays["REF_forces"],
+                                   atol=1e-8)
+    more = dataclasses.replace(settings, stop=StopRule(budget=6, threshold_meV_A=1e9, rounds=1))
+    records = ActiveLoop(more, say=print).run()
+    assert len(records) == 3 and records[2]["stop"].startswith("converged") and records[2]["labels_new"] == 0
+    assert json.loads((tmp_path / "loop" / "round_002" / "record.json").read_text())["dft_calls"] == 4

@@ -77,7 +77,9 @@ class LoopSettings:
     ``start``: ``{"source_model": path, "element_map": "Si:Ge"}`` (+ optional ``length_scale``,
     ``energy_scale`` for the round-0 explorer) or ``{"model": path}`` (any MACE model with ``element``);
     ``mace``: MACE options for the members (flags of ``mace_transfer_train``; :data:`MACE_DEFAULTS` below);
-    ``pool``: a labelled extxyz (pool mode: no MD, the pool's labels read only once selected)."""
+    ``pool``: a labelled extxyz (pool mode: no MD, the pool's labels read only once selected);
+    ``selection``: ``uncertainty`` (the loop) or ``random`` (the baseline: a seeded random draw each round,
+    the committee trained and checked alike)."""
 
     out: str
     element: str
@@ -90,6 +92,7 @@ class LoopSettings:
     seed: int = 0
     warm_start: bool = True
     bootstrap: bool = True
+    selection: str = "uncertainty"
     member_noise: float = 0.02
     min_distance: float = select.DEFAULT_MIN_DISTANCE
     explore: Optional[exploration.ExploreSettings] = None
@@ -164,6 +167,8 @@ class ActiveLoop:
     def prepare(self) -> None:
         """Check the settings, write or compare ``active.json``, make the start model."""
         s = self.s
+        if s.selection not in ("uncertainty", "random"):
+            raise UserInputError(f"selection must be uncertainty or random, got {s.selection!r}")
         if s.batch_size < 1 or s.committee < 3:
             raise UserInputError(f"need batch_size >= 1 and a committee of >= 3 models "
                                  f"(got batch_size {s.batch_size}, committee {s.committee})")
@@ -364,11 +369,14 @@ class ActiveLoop:
         descriptors = [select.descriptor(a) for a in candidates]
         uncertainty = [a.info.get("uncertainty_eV_A") for a in candidates]
         if n <= 0:
-            chosen = []
+            chosen, rule = [], "none"
+        elif self.s.selection == "random":  # the baseline: a seeded random draw, nothing else
+            rng = np.random.default_rng(np.random.SeedSequence([self.s.seed, r, 7]))
+            chosen, rule = [int(i) for i in rng.permutation(len(candidates))[:n]], "random"
         elif all(u is None for u in uncertainty):
-            chosen = select.diverse_batch(descriptors, n, self.s.min_distance, seed=self.s.seed + r)
+            chosen, rule = select.diverse_batch(descriptors, n, self.s.min_distance, seed=self.s.seed + r), "diversity"
         else:
-            chosen = select.select_batch(uncertainty, descriptors, n, self.s.min_distance)
+            chosen, rule = select.select_batch(uncertainty, descriptors, n, self.s.min_distance), "uncertainty"
         picked = []
         for i in chosen:
             atoms = candidates[i].copy()
@@ -376,7 +384,7 @@ class ActiveLoop:
             picked.append(atoms)
         exploration.write_atomically(folder / "selected.xyz", picked)
         pairs = [select.distance(descriptors[a], descriptors[b]) for k, a in enumerate(chosen) for b in chosen[k + 1:]]
-        return {"indices": chosen, "rule": "diversity" if all(u is None for u in uncertainty) else "uncertainty",
+        return {"indices": chosen, "rule": rule,
                 "uncertainty_meV_A": [None if uncertainty[i] is None else 1000 * float(uncertainty[i]) for i in chosen],
                 "config_types": [str(candidates[i].info.get("config_type")) for i in chosen],
                 "broken": [candidates[i].info.get("broken") for i in chosen],

@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--member_noise", type=float, default=0.02,
                       help="relative weight noise of the start of members k > 0 (their only difference from "
                       "member 0 on few labels)")
+    loop.add_argument("--selection", choices=["uncertainty", "random"], default="uncertainty",
+                      help="random: the baseline (a seeded random draw each round; committee trained alike)")
     loop.add_argument("--min_distance", type=float, default=DEFAULT_MIN_DISTANCE,
                       help="near-duplicate descriptor distance (neighbours per Å; docs/ACTIVE.md)")
     loop.add_argument("--stop_threshold", type=float, default=30.0,
@@ -161,6 +163,6 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
     return LoopSettings(
         out=args.out, element=element, start=start, labeller=labeller, stop=stop, batch_size=args.batch_size,
         initial=args.initial, committee=args.committee, seed=args.seed, warm_start=not args.restart_from_source,
-        member_noise=args.member_noise, min_distance=args.min_distance, explore=explore, pool=args.pool, mace=mace,
+        member_noise=args.member_noise, selection=args.selection, min_distance=args.min_distance, explore=explore, pool=args.pool, mace=mace,
         valid_file=_file(args.valid_file, "--valid_file"), test_file=_file(args.test_file, "--test_file"),
         device=args.device, executor=executor or ExecutorSpec())
