@@ -355,7 +355,7 @@ class CP2KCalculator(Calculator):
             with open(workdir / "stdout.txt", "w") as out:
                 proc = subprocess.Popen(
                     self._command() + ["-i", "job.inp", "-o", "job.out"],
-                    cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env,
+                    cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent,
                 )
                 try:
                     proc.wait(timeout=s.timeout_s)
@@ -412,6 +412,27 @@ def _abort_message(text: str, workdir: Path) -> str:
     stdout = workdir / "stdout.txt"
     tail = stdout.read_text(errors="replace")[-300:] if stdout.exists() else ""
     return " ".join(tail.split())
+
+
+def _load_prctl():
+    """Linux's ``prctl`` through ctypes, loaded here (not in a forked child, where loading could deadlock)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    """In the CP2K child, before exec: SIGTERM when the thread that started it dies (PR_SET_PDEATHSIG), so a
+    labeller or Dask worker killed with SIGKILL leaves no CP2K running on (mpirun forwards SIGTERM to its
+    ranks). The starting thread waits for CP2K throughout, so it never dies first otherwise."""
+    if _PRCTL is not None:
+        _PRCTL(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
 
 
 def _children_cpu_s() -> float:
