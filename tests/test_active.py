@@ -1,12 +1,11 @@
 """Active learning (issue 49) on CPU: tiny MACE models, Stillinger-Weber Ge standing in for DFT.
 
-The loop runs for real (MD, MACE training, selection, labels) in a subprocess killed with SIGKILL at
+The loop runs for real (MD, MACE training, selection, labels) in a forked process killed with SIGKILL at
 named points (``MACE_TRANSFER_ACTIVE_KILL_AT``) while exploring, labelling and training, then resumed.
 """
 
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from conftest import make_mace_model, write_sw_ge_dataset
 
 from mace_transfer.active import committee, explore, select
 from mace_transfer.active.labels import LabellerSpec, label_batch
+from mace_transfer.active import loop as loop_module
 from mace_transfer.active.loop import KILL_AT
 from mace_transfer.active.stop import StopRule
 from mace_transfer.cli import _active, _guarded
@@ -201,34 +201,123 @@ def test_a_model_lacking_the_element_is_one_line(tmp_path, capsys, si_source):
 
 
 # ----------------------------------------------------------------------------- the loop, killed and resumed
-def _run(argv, kill_at=None):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env.pop(KILL_AT, None)
-    if kill_at:
-        env[KILL_AT] = kill_at
-    code = "import sys; from mace_transfer.cli import active_main; active_main(sys.argv[1:])"
-    return subprocess.run([sys.executable, "-c", code] + argv, env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+class Finished:
+    """How a loop process ended: ``returncode`` (negative: killed by that signal) and its output."""
+
+    def __init__(self, returncode, output):
+        self.returncode, self.stdout, self.stderr = returncode, output, output
 
 
+def _run(argv, kill_at=None, timeout=600):
+    """``mace_transfer_active argv`` in a forked child (a real process, SIGKILLed at ``kill_at`` by the
+    loop's kill seam; forked rather than started afresh, so it does not import torch and MACE again)."""
+    import tempfile
+    import time
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))  # the child's labeller factory imports active_labellers
+    log = tempfile.NamedTemporaryFile(prefix="active-", suffix=".log", delete=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: run the console script, never return into pytest
+        code = 70
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            sys.stdout = sys.stderr = open(log.name, "a", buffering=1)  # pytest's capture holds the old ones
+            os.environ.pop(KILL_AT, None)
+            if kill_at:
+                os.environ[KILL_AT] = kill_at
+            loop_module._PASSED.clear()
+            code = _guarded(_active, list(argv))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise TimeoutError(f"loop process ran over {timeout} s")
+        time.sleep(0.2)
+    output = Path(log.name).read_text()
+    os.unlink(log.name)
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return Finished(code, output)
+
+
+def _loop_argv(tmp_path, source, budget):
+    """A tiny loop: 8-atom Ge cells (300 K MD, a strained and a vacancy cell), 2 labels a round, SW-Ge
+    labels that fail on strained cells, a committee of 3 fine-tuned for one epoch, 4 test structures."""
+    test = tmp_path / "test.xyz"
+    write_sw_ge_dataset(test, n=4, seed=7)
+    options = tmp_path / "mace.yaml"
+    options.write_text("batch_size: 2\nvalid_batch_size: 4\n")
+    return ["--source_model", str(source), "--element_map", "Si:Ge", "--labeller", "python",
+            "--calculator", "active_labellers:flaky_sw", "--budget", str(budget), "--batch_size", "2",
+            "--committee", "3", "--seed", "0", "--out", str(tmp_path / "loop"), "--supercell", "1,1,1",
+            "--temperatures", "300", "--liquid_temperature", "0", "--max_strain", "0.03", "--vacancies", "1",
+            "--equilibration", "5", "--interval", "3", "--snapshots", "2", "--epochs", "1",
+            "--mace_options", str(options), "--test_file", str(test), "--lattice_constant", "5.654"]
+
+
+def test_first_round_survives_kill_9_while_exploring_labelling_and_training(tmp_path, si_source):
+    """Round 0 end to end (MD with the remapped Si model, diverse selection, labels, a committee of 3 trained
+    from the source), killed with SIGKILL while exploring, labelling and training: each restart goes on
+    from there, redoing nothing finished; the strained cell's failed label is recorded, the loop goes on
+    and stops at its budget of 2 DFT calls."""
+    argv = _loop_argv(tmp_path, si_source, budget=2)
+    r0 = tmp_path / "loop" / "round_000"
+    killed = _run(argv, "explore-unit@0:2")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    units = sorted(p.name for p in (r0 / "explore").iterdir())
+    assert units == ["unit_000.xyz", "unit_001.xyz"] and not (r0 / "explore.json").exists()
+    unit0 = (r0 / "explore" / "unit_000.xyz").read_bytes()
+
+    killed = _run(argv, "label-frame@0:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (r0 / "explore" / "unit_000.xyz").read_bytes() == unit0 and (r0 / "explore.json").exists()
+    assert (r0 / "select.json").exists() and not (r0 / "label.json").exists()
+    written = len(read(r0 / "labels.xyz", ":")) if (r0 / "labels.xyz").exists() else 0
+    failed = len(read_failed(failed_sidecar(r0 / "labels.xyz")))
+    assert written + failed == 1  # one structure done (labelled or recorded as failed), one to go
+
+    killed = _run(argv, "train-member@0:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(read(r0 / "labels.xyz", ":")) == 1 and len(read_failed(failed_sidecar(r0 / "labels.xyz"))) == 1
+    assert (r0 / "member_0.json").exists() and not (r0 / "member_1.json").exists()
+    member0 = (r0 / "member_0.json").read_bytes()
+
+    done = _run(argv)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (r0 / "member_0.json").read_bytes() == member0  # not trained again
+    import json
+
+    rec = json.loads((r0 / "record.json").read_text())
+    assert not (tmp_path / "loop" / "round_001").exists()
+    assert rec["selected"]["rule"] == "diversity" and "strain" in rec["selected"]["config_types"]
+    assert rec["labels_new"] == 1 and len(rec["failed"]) == 1 and "SCF" in rec["failed"][0]["error"]
+    assert rec["dft_calls"] == 2 and rec["stop"] == "budget: 2 of 2 DFT calls"
+    assert rec["train"]["start"] == "remapped source" and len(rec["models"]) == 3
+    assert set(rec["cpu_s"]) == {"exploration", "dft", "training", "check"} and rec["cpu_s"]["training"] > 0
+    assert rec["check"]["test"]["n_configs"] == 4 and "spearman_max" in rec["check"]["calibration"]
+    assert "budget: 2 of 2 DFT calls" in done.stdout
+
+
+@pytest.mark.slow
 def test_loop_end_to_end_survives_kill_9_while_exploring_labelling_and_training(tmp_path, si_source):
     """Round 0 labels two diverse cells (one strained: the labeller fails on it, recorded, the loop goes
     on), trains a committee of 3 from the remapped Si source; round 1 explores with it by MD, labels the
     two most uncertain, warm-starts the committee, and stops at the budget of 4 DFT calls. The run is
     killed with SIGKILL in round 1 while exploring, while labelling and while training; each restart
     goes on from there, redoing nothing finished."""
-    source = si_source
-    test = tmp_path / "test.xyz"
-    write_sw_ge_dataset(test, n=4, seed=7)
-    options = tmp_path / "mace.yaml"
-    options.write_text("batch_size: 2\nvalid_batch_size: 4\n")
+    argv = _loop_argv(tmp_path, si_source, budget=4)
     out = tmp_path / "loop"
-    argv = ["--source_model", str(source), "--element_map", "Si:Ge", "--labeller", "python",
-            "--calculator", "active_labellers:flaky_sw", "--budget", "4", "--batch_size", "2", "--committee", "3",
-            "--seed", "0", "--out", str(out), "--supercell", "1,1,1", "--temperatures", "300",
-            "--liquid_temperature", "0", "--max_strain", "0.03", "--vacancies", "1", "--equilibration", "5",
-            "--interval", "3", "--snapshots", "2", "--epochs", "1", "--mace_options", str(options),
-            "--test_file", str(test), "--lattice_constant", "5.654"]
     r0, r1 = out / "round_000", out / "round_001"
 
     killed = _run(argv, "explore-unit@1:1")

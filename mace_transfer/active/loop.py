@@ -447,7 +447,7 @@ class ActiveLoop:
             try:
                 found = estimate.estimate_corresponding_states(remap.load_model(self.s.start["source_model"]),
                                                                self.s.start["element_map"], frames)
-            except UserInputError as exc:
+            except (UserInputError, ValueError) as exc:  # e.g. a source whose crystal has no EOS minimum
                 self.say(f"active: corresponding-states rescale off: {exc}")
                 found = {"length_scale": 1.0, "energy_scale": 1.0}
             write_json(marker, found)
