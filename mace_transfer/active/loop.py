@@ -505,11 +505,15 @@ class ActiveLoop:
         cpu0 = committee.cpu_seconds()
         calc = committee.committee_calculator(models, self.s.device)
         keep = ("energy_mae_meV_per_atom", "force_mae_meV_per_A", "force_rmse_meV_per_A", "n_configs")
-        valid = read(self.s.valid_file, ":") if self.s.valid_file else frames
+        def labelled(path):  # structures with labels (an IsolatedAtom frame is MACE's E0, not a test)
+            return [a for a in read(path, ":") if "REF_forces" in a.arrays
+                    and a.info.get("config_type") != "IsolatedAtom"]
+
+        valid = labelled(self.s.valid_file) if self.s.valid_file else frames
         result: Dict[str, Any] = {"valid_source": self.s.valid_file or "training labels",
                                   "valid": {k: test_errors(calc, valid, progress=False)["overall"][k] for k in keep}}
         if self.s.test_file:
-            test = [a for a in read(self.s.test_file, ":") if "REF_forces" in a.arrays]
+            test = labelled(self.s.test_file)
             errors = test_errors(calc, test, progress=False)
             result["test"] = {k: errors["overall"][k] for k in keep}
             result["test_per_config_type"] = {t: {k: v[k] for k in keep} for t, v in errors["per_config_type"].items()}
