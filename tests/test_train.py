@@ -356,3 +356,20 @@ def test_a_transferred_runs_console_has_each_line_once_and_no_debug(tmp_path, si
     assert ours and len(ours) == len(set(ours))
     assert any("multihead fine-tuning off" in line for line in ours)
     assert not [line for line in lines if "not a Materials Project model" in line]
+
+
+@pytest.mark.parametrize("value", ["mp", "omat", "matpes_pbe", "matpes_r2scan", "{tmp}", "{tmp}/train.h5",
+                                   "{tmp}/replay.lmdb", "{tmp}/a.xyz,{tmp}/b.xyz", "['{tmp}/a.xyz']"])
+def test_data_file_values_maces_reads_its_own_way_pass_through(tmp_path, si_data, value):
+    """``--pt_train_file mp`` (MACE's replay keyword) was refused as a missing file: only a single extxyz path
+    is checked before MACE; keywords, folders, .h5/LMDB sources and lists reach MACE untouched."""
+    args = train.parse_args(["--name", "x", "--train_file", str(si_data), "--pt_train_file",
+                             value.replace("{tmp}", str(tmp_path))])
+    train.check_data_files(args)  # no refusal
+    assert args.pt_train_file == value.replace("{tmp}", str(tmp_path))
+
+
+def test_a_missing_extxyz_data_file_is_still_refused_in_one_line(tmp_path, si_data):
+    args = train.parse_args(["--name", "x", "--train_file", str(si_data), "--pt_train_file", str(tmp_path / "si.xyz")])
+    with pytest.raises(UserInputError, match=r"--pt_train_file .*si\.xyz does not exist"):
+        train.check_data_files(args)
