@@ -409,3 +409,16 @@ def test_pool_mode_reads_labels_only_once_selected_and_stops_on_the_rule(tmp_pat
     records = ActiveLoop(more, say=print).run()
     assert len(records) == 3 and records[2]["stop"].startswith("converged") and records[2]["labels_new"] == 0
     assert json.loads((tmp_path / "loop" / "round_002" / "record.json").read_text())["dft_calls"] == 4
+
+
+def test_report_has_one_row_per_round_with_its_numbers():
+    from mace_transfer.active.report import markdown
+
+    rec = {"round": 1, "labels_used": 10, "dft_calls": 11, "selected": {"rule": "uncertainty",
+           "config_types": ["vacancy", "liquid", "vacancy"]}, "fresh_uncertainty_meV_A": {"max": 91.25, "median": 20.0},
+           "check": {"test": {"force_mae_meV_per_A": 28.74, "energy_mae_meV_per_atom": 3.456},
+                     "calibration": {"spearman_max": 0.8}}, "cpu_s": {"exploration": 5, "dft": 600, "training": 90}}
+    lines = markdown({"active": [dict(rec, round=0), rec]}).strip().splitlines()
+    assert len(lines) == 4
+    assert lines[-1] == ("| active | 1 | 10 | 11 | uncertainty | liquid, vacancy | 91.2 / 20.0 | 28.7 | 3.46 | 0.80 "
+                         "| 5 / 600 / 90 |")
