@@ -373,3 +373,32 @@ def test_a_missing_extxyz_data_file_is_still_refused_in_one_line(tmp_path, si_da
     args = train.parse_args(["--name", "x", "--train_file", str(si_data), "--pt_train_file", str(tmp_path / "si.xyz")])
     with pytest.raises(UserInputError, match=r"--pt_train_file .*si\.xyz does not exist"):
         train.check_data_files(args)
+
+
+def test_a_console_handler_installed_before_the_run_prints_no_line_twice(tmp_path, si_data, capsys):
+    """A pipeline that evaluated a model first (MACECalculator's module-level ``logging.warning`` installs a
+    basicConfig handler on the root logger) then trains: MACE's lines appear once, and the handler is back
+    after the run."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    for handler in before:
+        root.removeHandler(handler)
+    try:
+        logging.basicConfig()
+        installed = [h for h in root.handlers]
+        argv = ["--train_file", str(si_data), "--E0s", "average"] + TINY + _dirs(tmp_path, "twice")
+        argv[argv.index("--max_num_epochs") + 1] = "1"
+        dtype = torch.get_default_dtype()
+        assert train.main(argv) == 0
+        torch.set_default_dtype(dtype)
+        err = capsys.readouterr()
+        assert "INFO:root:" not in err.err + err.out
+        assert "Started training" in err.out
+        assert root.handlers == installed
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in before:
+            root.addHandler(handler)

@@ -24,6 +24,7 @@ import ast
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -483,6 +484,12 @@ def run(args) -> None:
     prepare_source_model(args, spec)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # a console handler already on the root logger (e.g. the basicConfig one a third-party module-level
+    # logging.warning installs: MACECalculator's dtype notice in an earlier pipeline stage) would print
+    # every MACE line a second time beside MACE's own console handler: set aside during the run
+    consoles = [h for h in handlers if type(h) is logging.StreamHandler and h.stream in (sys.stdout, sys.stderr)]
+    for handler in consoles:
+        root.removeHandler(handler)
     try:
         with freeze.optimizer_seam(spec), early_stop_seam(args):
             run_train.run(args)
@@ -493,6 +500,8 @@ def run(args) -> None:
             if handler not in handlers:
                 root.removeHandler(handler)
                 handler.close()
+        for handler in consoles:
+            root.addHandler(handler)
         root.setLevel(level)
 
 
