@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from mace_transfer.datagen import classical, dft
 pytest.importorskip("distributed")
 
 WORKERS = execution.ExecutorSpec(kind="local", workers=2)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +304,6 @@ def test_a_lost_scheduler_ends_the_run_in_one_line_and_a_rerun_resumes(tmp_path)
     import socket
     import subprocess
     import sys
-    from pathlib import Path
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -344,3 +345,21 @@ def test_the_console_scripts_end_a_lost_scheduler_with_one_line(capsys):
 
     assert _guarded(lost, []) == 3
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_bad_executor_flag_is_one_line_for_both_commands(tmp_path, capsys):
+    from ase.io import write
+
+    from mace_transfer.cli import label_main, learning_curve_main
+
+    src = tmp_path / "in.xyz"
+    write(src, _ge_cells(1))
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("executor:\n  kind: slurm\n  jobqueue: {cores: 4}\n")
+    for main, argv in ((label_main, ["--in", str(src), "--out", str(tmp_path / "o.xyz")]),
+                       (learning_curve_main, ["--config", str(ROOT / "configs" / "learning_curve_sw.yaml")])):
+        for flag, message in (("cloud", "neither one of"), (str(bad), "jobqueue.memory")):
+            with pytest.raises(SystemExit) as exc:
+                main(argv + ["--executor", flag])
+            err = capsys.readouterr().err
+            assert exc.value.code == 2 and message in err and err.count("\n") == 1
