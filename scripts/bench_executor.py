@@ -9,6 +9,9 @@ Not a timed test: writes one JSON record under ``docs/results/executor/`` (docs/
 2. Overhead: ``--noop`` no-op tasks on the 2-worker cluster: (wall of the batch) / tasks, in ms per task, also
    as a percentage of the mean CP2K label wall of step 1.
 
+3. ``--study``: a tiny learning-curve sweep (scratch, N = 3 and 4, seeds 0 and 1: four MACE trainings of a tiny
+   model on SW-Ge cells) on 1 worker, then 2, each in a fresh folder; the ratio of the walls.
+
 The load average (``os.getloadavg``) and ``uptime`` are recorded before and after each part: other processes on
 the machine slow both arms, unevenly.
 
@@ -80,6 +83,56 @@ def overhead(n: int, say) -> dict:
             "loadavg_after": list(os.getloadavg())}
 
 
+def _sw_ge_file(path: Path, n: int, seed: int) -> None:
+    """``n`` rattled 8-atom Ge cells labelled by SW-Ge (REF_energy eV, REF_forces eV/Å)."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.io import write
+
+    from mace_transfer.datagen import classical
+
+    rng, frames = np.random.default_rng(seed), []
+    for _ in range(n):
+        atoms = bulk("Ge", "diamond", a=5.65 * (1 + 0.02 * rng.uniform(-1, 1)), cubic=True)
+        atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
+        atoms.calc = classical.calculator("Ge", "sw")
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = None
+        atoms.info.update(REF_energy=energy, config_type="rattled")
+        atoms.arrays["REF_forces"] = forces
+        frames.append(atoms)
+    write(path, frames, format="extxyz")
+
+
+TINY_MACE = {"model": "ScaleShiftMACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "correlation": 2,
+             "num_radial_basis": 6, "batch_size": 2, "valid_batch_size": 4, "device": "cpu",
+             "default_dtype": "float64", "energy_key": "REF_energy", "forces_key": "REF_forces"}
+
+
+def study_arm(workers: int, folder: Path, say) -> dict:
+    """Four tiny scratch runs of one study through the sweep on a local cluster of ``workers``; wall in s."""
+    from mace_transfer.execution import ExecutorSpec, open_executor
+    from mace_transfer.studies.runs import Sweep
+
+    folder.mkdir()
+    for name, n, seed in (("ge.xyz", 9, 3), ("ge_test.xyz", 3, 4), ("si.xyz", 1, 5)):
+        _sw_ge_file(folder / name, n, seed)
+    config = {"out": str(folder / "res"), "work": str(folder / "work"), "element_map": "Si:Ge", "threads": 1,
+              "data": {"source": str(folder / "si.xyz"), "target": str(folder / "ge.xyz"),
+                       "test": str(folder / "ge_test.xyz")},
+              "n_valid": 3, "valid_seed": 0, "target_E0s": "{32: 0.0}", "sizes": [3, 4], "seeds": [0, 1],
+              "mace": TINY_MACE, "budget": {"epochs": 3, "patience": 5}, "strategies": {"scratch": {"lr": 0.01}}}
+    spec = ExecutorSpec(kind="local", workers=workers)
+    with open_executor(spec, say=lambda line: None) as client:
+        client.run(__import__, "mace_transfer.studies.runs")  # warm: torch, MACE and the study imported once
+        load_before, t0 = os.getloadavg(), time.perf_counter()
+        finished = Sweep(config, progress=lambda line: None).sweep([3, 4], [0, 1], ["scratch"], executor=spec)
+        wall = time.perf_counter() - t0
+    say(f"study, {workers} worker(s): {finished} runs in {wall:.1f} s; load {load_before} -> {os.getloadavg()}")
+    return {"workers": workers, "runs": finished, "wall_s": round(wall, 2), "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg())}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--in", dest="inp", default=str(ROOT / "data" / "ge_structures16.xyz"))
@@ -88,6 +141,8 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", default=str(ROOT / "configs" / "dft_pbe.yaml"))
     parser.add_argument("--noop", type=int, default=500, help="no-op tasks for the overhead")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "executor"))
+    parser.add_argument("--study", action="store_true", help="also a tiny study's sweep on 1 vs 2 workers")
+    parser.add_argument("--only-study", action="store_true", help="only the tiny study (no labels, no overhead)")
     args = parser.parse_args(argv)
 
     from ase.io import read
@@ -110,23 +165,33 @@ def main(argv=None) -> int:
         "n_structures": len(structures), "atoms_per_structure": sorted({len(a) for a in structures}),
         "uptime_before": uptime()}
     say(f"bench: {record['uptime_before']}")
-    with tempfile.TemporaryDirectory(prefix="bench_executor_") as tmp:
-        arms = [label_arm(structures, calculator, workers, Path(tmp), say) for workers in (1, 2)]
-    record["labelling"] = {"one_worker": arms[0], "two_workers": arms[1],
+    if not args.only_study:
+        with tempfile.TemporaryDirectory(prefix="bench_executor_") as tmp:
+            arms = [label_arm(structures, calculator, workers, Path(tmp), say) for workers in (1, 2)]
+        record["labelling"] = {"one_worker": arms[0], "two_workers": arms[1],
+                               "speed_up": round(arms[0]["wall_s"] / arms[1]["wall_s"], 3)}
+        record["uptime_mid"] = uptime()
+        record["overhead"] = overhead(args.noop, say)
+        walls = [w for arm in arms for w in arm["label_wall_s"] if w]
+        mean_label = sum(walls) / len(walls)
+        record["overhead"]["percent_of_mean_label_wall"] = round(
+            100 * record["overhead"]["ms_per_task"] / 1000 / mean_label, 4)
+        record["mean_label_wall_s"] = round(mean_label, 2)
+        say(f"bench: speed-up {record['labelling']['speed_up']}x on 2 workers; overhead "
+            f"{record['overhead']['ms_per_task']} ms per task = {record['overhead']['percent_of_mean_label_wall']} % "
+            f"of a {mean_label:.1f} s label")
+    if args.study or args.only_study:
+        with tempfile.TemporaryDirectory(prefix="bench_study_") as tmp:
+            arms = [study_arm(workers, Path(tmp) / f"w{workers}", say) for workers in (1, 2)]
+        record["study"] = {"one_worker": arms[0], "two_workers": arms[1],
                            "speed_up": round(arms[0]["wall_s"] / arms[1]["wall_s"], 3)}
-    record["uptime_mid"] = uptime()
-    record["overhead"] = overhead(args.noop, say)
-    walls = [w for arm in arms for w in arm["label_wall_s"] if w]
-    mean_label = sum(walls) / len(walls)
-    record["overhead"]["percent_of_mean_label_wall"] = round(100 * record["overhead"]["ms_per_task"] / 1000 / mean_label, 4)
-    record["mean_label_wall_s"] = round(mean_label, 2)
+        say(f"bench: tiny study speed-up {record['study']['speed_up']}x on 2 workers")
     record["uptime_after"] = uptime()
-    say(f"bench: speed-up {record['labelling']['speed_up']}x on 2 workers; overhead "
-        f"{record['overhead']['ms_per_task']} ms per task = {record['overhead']['percent_of_mean_label_wall']} % "
-        f"of a {mean_label:.1f} s label; {record['uptime_after']}")
+    say(f"bench: {record['uptime_after']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench_{args.engine}_{time.strftime('%Y%m%dT%H%M', time.gmtime())}.json"
+    kind = "study" if args.only_study else args.engine
+    path = out / f"bench_{kind}_{time.strftime('%Y%m%dT%H%M', time.gmtime())}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")
     say(f"bench: wrote {path}")
     return 0
