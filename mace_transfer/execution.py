@@ -222,13 +222,24 @@ def open_executor(spec: ExecutorSpec, say: Callable[[str], None] = print) -> Ite
             except OSError as exc:
                 raise ExecutorLost(f"executor: cannot reach the Dask scheduler at {spec.address} "
                                    f"({error_line(exc)})") from None
+            lost = False
             try:
                 say(f"executor: {_where(spec, client)}; dashboard {client.dashboard_link}")
                 _OPEN.append((spec, client))
                 yield client
+            except ExecutorLost:
+                lost = True
+                raise
             finally:
                 _OPEN.remove((spec, client))
-                client.close()
+                quiet = logging.getLogger("distributed.client")
+                level = quiet.level
+                if lost:  # closing stops the client's reconnecting, which Dask logs as an error with a traceback
+                    quiet.setLevel(logging.CRITICAL)
+                try:
+                    client.close()
+                finally:
+                    quiet.setLevel(level)
         finally:
             if cluster is not None:
                 cluster.close()

@@ -300,7 +300,7 @@ def _sw_ge_slow():
     return _sw_ge()
 
 
-def test_a_lost_scheduler_ends_the_run_in_one_line_and_a_rerun_resumes(tmp_path):
+def test_a_lost_scheduler_ends_the_run_in_one_line_and_a_rerun_resumes(tmp_path, capfd):
     import socket
     import subprocess
     import sys
@@ -325,6 +325,7 @@ def test_a_lost_scheduler_ends_the_run_in_one_line_and_a_rerun_resumes(tmp_path)
         with pytest.raises(execution.ExecutorLost, match="rerun the same command") as exc:
             dft.label_structures(cells, _sw_ge_slow, out, settings_tag="sw", log=kill_after_two, executor=spec)
         assert "\n" not in str(exc.value)
+        assert "Traceback" not in capfd.readouterr().err  # Dask's own reconnect error stays quiet
     finally:
         for process in (scheduler, worker):
             process.kill()

@@ -333,8 +333,13 @@ class Sweep(StartModels):
                 if lock is None:
                     self.say(f"{path.stem}: another process is training it; skipped")
                     continue
-                if path.is_file() or self._take_selected(strategy, n_train, seed, path, *choices[strategy]):
-                    lock.close()  # finished meanwhile, or its selection try is this run
+                taken = None if path.is_file() else self._take_selected(strategy, n_train, seed, path,
+                                                                           *choices[strategy])
+                if path.is_file():  # finished meanwhile, or its selection try is this run (taken: counted)
+                    lock.close()
+                    if taken is not None:
+                        finished += 1
+                        self._say_finished(taken, walls, finished, todo)
                     continue
                 claims[path.stem] = lock
                 tasks.append(Task(path.stem, train_task, (self.config, str(self.out), str(self.work), os.getcwd(),
@@ -347,7 +352,7 @@ class Sweep(StartModels):
                     if outcome.ok:
                         self.finish_run(outcome.key, self.work / outcome.key, path, outcome.value)
                         finished += 1
-                        self._say_finished(outcome.value, walls, finished, [t.args[4:7] for t in tasks],
+                        self._say_finished(outcome.value, walls, finished, todo,
                                            parallel=local_workers(executor) if executor.kind == "local" else 1)
                     else:
                         with open(self.out / "failed_runs.jsonl", "a") as fh:
