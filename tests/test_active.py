@@ -100,6 +100,9 @@ def test_selection_takes_the_highest_uncertainty_and_never_a_near_duplicate():
             assert min(select.distance(descriptors[i], descriptors[j]) for j in batch) < select.DEFAULT_MIN_DISTANCE
     # a batch is never padded with near-duplicates: 4 distinct cells, 6 asked
     assert len(select.select_batch(uncertainty, descriptors, 6)) == 4
+    # at most one cell of a kind: cells 0-3 one kind, 4-7 another
+    kinds = ["a"] * 4 + ["b"] * 4
+    assert select.select_batch(uncertainty, descriptors, 3, kinds=kinds, max_per_kind=1) == [6, 1]
     # round 0 (no uncertainty): farthest-point sampling, no twins
     diverse = select.diverse_batch(descriptors, 8, seed=1)
     assert len(diverse) == 4 and len({i // 2 for i in diverse}) == 4

@@ -95,6 +95,7 @@ class LoopSettings:
     selection: str = "uncertainty"
     member_noise: float = 0.02
     min_distance: float = select.DEFAULT_MIN_DISTANCE
+    max_per_kind: Optional[int] = None
     explore: Optional[exploration.ExploreSettings] = None
     pool: Optional[str] = None
     mace: Dict[str, Any] = field(default_factory=dict)
@@ -376,7 +377,9 @@ class ActiveLoop:
         elif all(u is None for u in uncertainty):
             chosen, rule = select.diverse_batch(descriptors, n, self.s.min_distance, seed=self.s.seed + r), "diversity"
         else:
-            chosen, rule = select.select_batch(uncertainty, descriptors, n, self.s.min_distance), "uncertainty"
+            kinds = [str(a.info.get("config_type", "Default")) for a in candidates]
+            chosen = select.select_batch(uncertainty, descriptors, n, self.s.min_distance, kinds, self.s.max_per_kind)
+            rule = "uncertainty"
         picked = []
         for i in chosen:
             atoms = candidates[i].copy()

@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="random: the baseline (a seeded random draw each round; committee trained alike)")
     loop.add_argument("--min_distance", type=float, default=DEFAULT_MIN_DISTANCE,
                       help="near-duplicate descriptor distance (neighbours per Å; docs/ACTIVE.md)")
+    loop.add_argument("--max_per_kind", type=int, default=None,
+                      help="at most this many cells of one config_type (md_300K, liquid, vacancy...) in a batch")
     loop.add_argument("--stop_threshold", type=float, default=30.0,
                       help="fresh committee force uncertainty counted as converged (meV/Å)")
     loop.add_argument("--stop_rounds", type=int, default=2, help="consecutive converged rounds that stop the loop")
@@ -100,6 +102,8 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
         raise UserInputError(f"--budget must be >= 1 DFT call, got {args.budget}")
     if args.batch_size < 1 or (args.initial is not None and args.initial < 1):
         raise UserInputError("--batch_size and --initial must be >= 1")
+    if args.max_per_kind is not None and args.max_per_kind < 1:
+        raise UserInputError(f"--max_per_kind must be >= 1, got {args.max_per_kind}")
     if args.committee < 3:
         raise UserInputError(f"--committee must be >= 3 models, got {args.committee}")
     if bool(args.model) == bool(args.source_model):
@@ -163,6 +167,6 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
     return LoopSettings(
         out=args.out, element=element, start=start, labeller=labeller, stop=stop, batch_size=args.batch_size,
         initial=args.initial, committee=args.committee, seed=args.seed, warm_start=not args.restart_from_source,
-        member_noise=args.member_noise, selection=args.selection, min_distance=args.min_distance, explore=explore, pool=args.pool, mace=mace,
+        member_noise=args.member_noise, selection=args.selection, max_per_kind=args.max_per_kind, min_distance=args.min_distance, explore=explore, pool=args.pool, mace=mace,
         valid_file=_file(args.valid_file, "--valid_file"), test_file=_file(args.test_file, "--test_file"),
         device=args.device, executor=executor or ExecutorSpec())

@@ -63,14 +63,18 @@ def _order(uncertainty: Sequence[Optional[float]]) -> List[int]:
 
 
 def select_batch(uncertainty: Sequence[Optional[float]], descriptors: Sequence[np.ndarray], batch_size: int,
-                 min_distance: float = DEFAULT_MIN_DISTANCE) -> List[int]:
-    """Indices of the batch (in the order taken) by the rule of the module doc."""
+                 min_distance: float = DEFAULT_MIN_DISTANCE, kinds: Optional[Sequence[str]] = None,
+                 max_per_kind: Optional[int] = None) -> List[int]:
+    """Indices of the batch (in the order taken) by the rule of the module doc; with ``kinds`` (a candidate's
+    kind of cell, e.g. its ``config_type``) and ``max_per_kind``, also at most that many of one kind."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     taken: List[int] = []
     for index in _order(uncertainty):
         if len(taken) == batch_size:
             break
+        if max_per_kind and kinds is not None and sum(kinds[j] == kinds[index] for j in taken) >= max_per_kind:
+            continue
         if all(distance(descriptors[index], descriptors[j]) >= min_distance for j in taken):
             taken.append(index)
     return taken
