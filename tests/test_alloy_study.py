@@ -68,6 +68,7 @@ def study(tmp_path_factory):
     return root, config, summary
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_every_route_gives_a_two_element_model_tested_on_three_sets(study):
     from mace.calculators import MACECalculator
 
@@ -86,6 +87,7 @@ def test_every_route_gives_a_two_element_model_tested_on_three_sets(study):
     assert "replay, M=4" in (root / "out" / "summary.md").read_text()
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_si_data_in_the_fine_tune_bounds_the_forgetting(study):
     """Learning Ge and the alloy without Si forgets Si most; MACE's replay (Si on a pt_head) forgets
     less, Si mixed into the training set least; nothing brings it below the source's own error.
@@ -101,6 +103,7 @@ def test_si_data_in_the_fine_tune_bounds_the_forgetting(study):
     assert before < si_after("mixed") < si_after("replay") < si_after("plain")
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_ev_reference_is_the_labels_own_fit(study):
     """The PBE (here Tersoff) reference: a0 from the fitted minimum of the labels, mixing energy
     exactly zero at x = 0 and 1 by construction."""
@@ -129,6 +132,7 @@ def test_calculator_energy_fits_sw_germaniums_lattice_constant_and_leaves_frames
     assert all(f.calc is None and f.info["REF_energy"] == 123.0 for f in frames)
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_zero_alloy_case_validates_on_ge_only_and_a_partial_pool_is_refused(study, tmp_path):
     """M = 0 sees no alloy, not even for its best epoch; M > 0 waits for the whole pool, since its
     validation cells are drawn from all of it (a growing pool would move them)."""
@@ -150,6 +154,7 @@ def test_zero_alloy_case_validates_on_ge_only_and_a_partial_pool_is_refused(stud
         partial.write_alloy_subset(tmp_path / "m4_partial", "plain", 4, 0)
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_replay_keeps_a_si_readout_that_predicts_si_better_than_the_default_head(study):
     """MACE's multihead replay trains a pt_head on the replayed Si: on the Si test set that head beats
     the Default head (which never saw Si); a head the model lacks is one clear error."""
@@ -165,6 +170,7 @@ def test_replay_keeps_a_si_readout_that_predicts_si_better_than_the_default_head
         evaluate.load_model(record["model"], head="Si_head")
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_pt_head_errors_are_added_to_replay_records_written_before_them(study, tmp_path):
     import shutil
 
@@ -183,6 +189,7 @@ def test_pt_head_errors_are_added_to_replay_records_written_before_them(study, t
     assert again["force_mae_meV_per_A"] == pytest.approx(kept["force_mae_meV_per_A"], rel=1e-9)
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_a_cut_replay_run_is_parked_and_resumed_not_retrained(study, tmp_path, monkeypatch):
     """Alloy runs outlive a session as the learning curve's do: a replay run (MACE's multihead path,
     with its Si replay file) cut after training keeps its checkpoint, ``park`` copies it to
@@ -232,6 +239,7 @@ def test_like_for_like_compares_alloy_and_ge_on_the_same_sampler_kinds():
     assert like_for_like({"liquid": mae(1.0)}, {"md_450K": mae(1.0)}) == {}
 
 
+@pytest.mark.slow  # the module fixture trains a source and four routes: ~70 s on a quiet machine
 def test_alloy_records_keep_errors_per_sampler_kind(study):
     """The per-kind errors of each test set add up to the overall ones (equal-size cells: the overall
     force MAE is the cell-count-weighted mean), and the summary's like-for-like ratio is theirs."""

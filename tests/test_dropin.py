@@ -5,7 +5,9 @@ Each row runs ``mace_run_train`` and ``mace_transfer_train`` on the same flags, 
 process, then compares every tensor of the two saved
 ``.model`` files with ``torch.equal`` (no tolerance) and the model classes. Tiny float64 models on
 6 Stillinger-Weber Ge cells (with stress and virials); a foundation model file where the row needs
-one. The rows that cost two or more runs each beyond the first few are ``slow``.
+one. One row runs in the default suite (two fresh processes, ~25 s); the rest of the matrix is ``slow``
+(``make test-slow``); the pass-through of MACE's replay keywords is also checked without training
+(``tests/test_train.py``).
 """
 
 from __future__ import annotations
@@ -115,12 +117,13 @@ def _train_flags(data, *extra):
     pytest.param(["--model", "MACE", "--E0s", "average"], id="MACE-E0s-average"),
     pytest.param(["--model", "ScaleShiftMACE", "--E0s", "{32: -3.9}", "--loss", "stress",
                   "--compute_stress", "True", "--stress_key", "REF_stress", "--stress_weight", "10"],
-                 id="ScaleShiftMACE-stress-E0s-dict"),
+                 id="ScaleShiftMACE-stress-E0s-dict", marks=pytest.mark.slow),
 ])
 def test_plain_runs_write_bitwise_maces_model(data, tmp_path, extra):
     _assert_bitwise_same(*_both(tmp_path, _train_flags(data, *extra)))
 
 
+@pytest.mark.slow
 def test_foundation_model_file_with_multihead_replay_of_a_keyword_source(data, tmp_path):
     """``--pt_train_file mp``: MACE's keyword for its Materials Project replay set (read from MACE's
     cache, here a 4-cell stand-in placed where MACE looks: ``$XDG_CACHE_HOME/mace``), with
