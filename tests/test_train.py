@@ -402,3 +402,13 @@ def test_a_console_handler_installed_before_the_run_prints_no_line_twice(tmp_pat
             root.removeHandler(handler)
         for handler in before:
             root.addHandler(handler)
+
+
+def test_a_source_crystal_without_an_energy_minimum_is_one_line_not_a_traceback():
+    """ASE's equation-of-state fit raises a bare ValueError('No minimum!') for a model whose crystal has no
+    minimum within ±8 %: the estimate says so in one UserInputError (a default rescale is then switched off)."""
+    from mace_transfer.transfer import estimate
+
+    model = make_mace_model([14], r_max=4.0, seed=1)  # its Si energy falls monotonically over ±8 % in volume
+    with pytest.raises(UserInputError, match="no energy minimum"):
+        estimate._source_equilibrium_crystal(model, "Si")

@@ -111,7 +111,12 @@ def _source_equilibrium_crystal(model: torch.nn.Module, element: ElementLike):
         atoms.set_cell(ref.cell * f, scale_atoms=True)
         volumes.append(atoms.get_volume())
         energies.append(predict(model, atoms)[0])
-    v0, _, _ = EquationOfState(volumes, energies).fit()
+    try:
+        v0, _, _ = EquationOfState(volumes, energies).fit()
+    except ValueError as exc:  # ASE: 'No minimum!' for a model whose crystal has no minimum within ±8 %
+        raise UserInputError(f"the source model's {symbol} crystal has no energy minimum between 0.92 and 1.08 "
+                             f"times ASE's reference lattice ({exc}); give --length_scale and --energy_scale "
+                             "or --corresponding_states False") from None
     atoms = ref.copy()
     atoms.set_cell(ref.cell * (v0 / ref.get_volume()) ** (1 / 3), scale_atoms=True)
     return atoms
