@@ -169,6 +169,7 @@ def _shifted(path_in, path_out, shift_per_atom):
     write(path_out, frames, format="extxyz")
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_pipeline_stage_with_classical_pretrain(lc, tmp_path, monkeypatch, capsys):
     """A learning_curve pipeline stage; classical_pretrain starts from an SW-Ge model re-referenced
     to the target's E0 (target = SW-Ge with its energy zero moved by -100 eV/atom)."""
@@ -466,6 +467,7 @@ def test_converged_budget_counts_patience_in_optimizer_steps(lc):
     assert lc.converged_options(2, 5, dict(budget, min_improvement=0.001)) == dict(small, early_stop_min_delta=0.001)
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_converged_sweep_chooses_each_lr_on_validation_and_stops_early(lc, tmp_path, monkeypatch, capsys):
     """lr grid {0, 0.01}: lr 0 never lowers the validation loss, so 0.01 must win on validation; the
     selection run is reused as the sweep's record; every run stops on its plateau before the cap."""
@@ -755,6 +757,7 @@ def test_seeds_above_trains_fewer_seeds_at_large_n_and_the_plan_lists_only_those
             load_config(path)
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_a_parked_run_is_not_resumed_under_other_settings(lc, tmp_path, monkeypatch, capsys):
     """A checkpoint cut under one learning rate is not continued under another (a mixed run): the
     run says which setting changed and trains again from its start; its parked copy goes."""
@@ -797,6 +800,7 @@ def test_pick_loss_prefers_force_among_those_meeting_the_energy_goal():
     assert pick_loss(tries, 4.0) == "f10"  # the goal is inclusive
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_loss_grid_is_chosen_on_validation_and_its_run_reused(lc, tmp_path, monkeypatch, capsys):
     """A loss_grid tries each option at the selection (N, seed) with MACE's own flags, judges the
     models on the validation cells (the numbers are the model's errors there, recomputed), keeps the
@@ -839,6 +843,7 @@ def test_loss_grid_is_chosen_on_validation_and_its_run_reused(lc, tmp_path, monk
         lc.load_config(path)
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_a_cut_pretraining_stage_is_parked_and_resumed_not_retrained(lc, tmp_path, monkeypatch):
     """The once-trained stages (a teacher/classical pretraining, a source) outlive a session like the
     runs: cut after training, parked, resumed on a fresh work folder with the same epochs and none trained

@@ -154,6 +154,7 @@ def baseline(data, tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- 1. LoRA
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_lora_is_merged_at_save_and_the_merged_model_trained(data, tmp_path):
     assert _run(_argv(data, tmp_path, "lora", "--lora", "True", "--lora_rank", "2", "--lora_alpha", "2.0")) == 0
     assert "Injecting LoRA layers with rank=2 and alpha=2.0" in _log(tmp_path, "lora")
@@ -178,6 +179,7 @@ def test_lora_is_merged_at_save_and_the_merged_model_trained(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- 2. EMA
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_ema_changes_the_saved_weights_against_the_same_seed_without_ema(data, tmp_path, baseline):
     assert _run(_argv(data, tmp_path, "ema", "--ema", "--ema_decay", "0.9")) == 0
     assert "Using Exponential Moving Average with decay: 0.9" in _log(tmp_path, "ema")
@@ -193,6 +195,7 @@ def test_ema_changes_the_saved_weights_against_the_same_seed_without_ema(data, t
 
 
 # --------------------------------------------------------------------------- 3. stage two (SWA)
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_swa_stage_two_starts_and_writes_a_valid_stagetwo_model(data, tmp_path):
     assert _run(_argv(data, tmp_path, "swa", "--swa", "--start_swa", "1", "--max_num_epochs", "3")) == 0
     log = _log(tmp_path, "swa")
@@ -372,6 +375,7 @@ def test_e0s_dict_is_the_saved_models_e0(e0_runs, ge_frames):
     assert _mean_energy_error_per_atom(out, ge_frames) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_e0s_average_is_the_mean_energy_per_atom_of_the_training_data(e0_runs, ge_frames, data):
     out, start, _ = e0_runs("average")
     per_atom = [a.info["REF_energy"] / len(a) for a in ge_frames]
@@ -382,6 +386,7 @@ def test_e0s_average_is_the_mean_energy_per_atom_of_the_training_data(e0_runs, g
     assert abs(e0 - _e0s(torch.load(data / "si.model", weights_only=False))[0]) > 0.1
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_e0s_average_keeps_the_refitted_start_free_of_an_energy_offset(e0_runs, ge_frames):
     out, _, _ = e0_runs("average")
     assert _mean_energy_error_per_atom(out, ge_frames) == pytest.approx(0.0, abs=1e-3)
@@ -436,6 +441,7 @@ def test_model_mace_with_a_transferred_start_becomes_scaleshiftmace_with_the_rem
     ("stress", "WeightedEnergyForcesStressLoss"),
     ("universal", "UniversalLoss"),
 ])
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_stress_and_universal_losses_train_on_stress(data, tmp_path, loss, loss_class):
     assert _run(_argv(data, tmp_path, loss, "--loss", loss, "--stress_key", "REF_stress",
                       "--stress_weight", "10.0")) == 0
@@ -451,6 +457,7 @@ def test_stress_and_universal_losses_train_on_stress(data, tmp_path, loss, loss_
 
 
 # --------------------------------------------------------------------------- 9. --freeze N
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_mace_freeze_and_freeze_blocks_freeze_the_union(data, tmp_path):
     """MACE's --freeze 1 (embedding) + our --freeze_blocks readouts.1: both stay bit-identical,
     every other block trains, and the saved model is trainable again."""
@@ -495,6 +502,7 @@ def test_multihead_replay_of_si_data_works_with_remap_mode_extend(data, tmp_path
     assert heads == {"pt_head", "Default"}
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_extend_on_target_only_data_keeps_the_source_element(data, tmp_path):
     """Ge-only training data and no replay: MACE builds its element table from the data, so without
     --foundation_model_elements (which extend now sets) it failed on a one-hot of the wrong width (a

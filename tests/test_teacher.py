@@ -195,6 +195,7 @@ def test_teacher_tables_goal_rule(tmp_path, monkeypatch, capsys):
         tables.write_between_markers(document, "| new |\n")
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_the_teacher_student_route_as_one_pipeline(tmp_path, monkeypatch):
     """configs/pipeline_teacher_student.yaml's route with tiny models: a teacher (transferred from a Si model)
     labels sampled Ge cells, a student of another size started from the Si model is taught on them, then

@@ -38,6 +38,7 @@ def si_data(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # make test-slow; quiet-machine cost in the issue-50 note
 def test_without_our_flags_trains_exactly_what_mace_trains(tmp_path, si_data):
     from mace.cli.run_train import run as mace_run
     from mace.tools import build_default_arg_parser
