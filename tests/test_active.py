@@ -425,3 +425,36 @@ def test_report_has_one_row_per_round_with_its_numbers():
     assert len(lines) == 4
     assert lines[-1] == ("| active | 1 | 10 | 11 | uncertainty | liquid, vacancy | 91.2 / 20.0 | 28.7 | 3.46 | 0.80 "
                          "| 5 / 600 / 90 |")
+
+
+@pytest.mark.slow
+def test_pool_loop_on_a_two_worker_dask_cluster_trains_its_committee_and_labels_each_structure_once(
+        tmp_path, si_source):
+    """The loop's labels and committee fine-tunes through a real LocalCluster (issue 47's third user): every
+    member trained on a worker, one model per member, each pool structure labelled once, the budget stop."""
+    import json
+
+    from mace_transfer.active.loop import ActiveLoop, LoopSettings
+    from mace_transfer.execution import ExecutorSpec, open_executor
+
+    pool, test = tmp_path / "pool.xyz", tmp_path / "test.xyz"
+    write_sw_ge_dataset(pool, n=8, seed=3, stress=True)
+    write_sw_ge_dataset(test, n=3, seed=9)
+    spec = ExecutorSpec(kind="local", workers=2)
+    settings = LoopSettings(out=str(tmp_path / "loop"), element="Ge",
+                            start={"source_model": str(si_source), "element_map": "Si:Ge"},
+                            labeller=LabellerSpec("pool", path=str(pool)), stop=StopRule(budget=4), batch_size=2,
+                            committee=3, pool=str(pool), mace={"max_num_epochs": 1, "batch_size": 2},
+                            test_file=str(test), executor=spec)
+    with open_executor(spec):
+        records = ActiveLoop(settings, say=print).run()
+    assert [r["selected"]["rule"] for r in records] == ["diversity", "uncertainty"]
+    assert records[-1]["stop"].startswith("budget")
+    for r in range(2):
+        members = [json.loads(p.read_text()) for p in sorted((tmp_path / "loop" / f"round_{r:03d}").glob("member_?.json"))]
+        assert len(members) == 3 and len({m["model"] for m in members}) == 3
+        assert all(Path(m["model"]).is_file() and m["cpu_s"] > 0 for m in members)
+    labels = read(tmp_path / "loop" / "round_000" / "labels.xyz", ":") + read(
+        tmp_path / "loop" / "round_001" / "labels.xyz", ":")
+    indices = [int(a.info["pool_index"]) for a in labels]
+    assert len(set(indices)) == len(indices) == 4
