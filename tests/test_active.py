@@ -458,3 +458,44 @@ def test_pool_loop_on_a_two_worker_dask_cluster_trains_its_committee_and_labels_
         tmp_path / "loop" / "round_001" / "labels.xyz", ":")
     indices = [int(a.info["pool_index"]) for a in labels]
     assert len(set(indices)) == len(indices) == 4
+
+
+def _active_pipeline(tmp_path, si_source, args):
+    import yaml
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"workdir": str(tmp_path / "work"), "stages": [
+        {"name": "al", "kind": "active", "source": str(si_source), "args": args}]}))
+    return path
+
+
+def test_an_active_pipeline_stage_with_an_unknown_option_is_one_line(tmp_path, capsys, si_source):
+    from mace_transfer.cli import _guarded, _train
+
+    path = _active_pipeline(tmp_path, si_source, {"element_map": "Si:Ge", "budget": 4, "batchsize": 2})
+    assert _guarded(_train, ["--pipeline", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown active-loop option 'batchsize'" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_an_active_pipeline_stage_runs_the_pool_loop_and_hands_on_its_final_model(tmp_path, si_source):
+    """``kind: active`` in a pipeline: the loop in pool mode to its budget; the stage's model is the last
+    round's first member (a Ge model); a rerun of the pipeline skips the finished stage."""
+    from mace_transfer.studies.pipeline import run_pipeline_file
+
+    pool, test = tmp_path / "pool.xyz", tmp_path / "test.xyz"
+    write_sw_ge_dataset(pool, n=8, seed=3, stress=True)
+    write_sw_ge_dataset(test, n=3, seed=9)
+    path = _active_pipeline(tmp_path, si_source, {"element_map": "Si:Ge", "budget": 4, "batch_size": 2,
+                                                  "pool": str(pool), "epochs": 1,
+                                                  "test_file": str(test)})
+    assert run_pipeline_file(path) == 0
+    model = tmp_path / "work" / "al" / "al.model"
+    last = sorted((tmp_path / "work" / "al" / "loop").glob("round_*/record.json"))[-1]
+    import json
+
+    assert model.read_bytes() == Path(json.loads(last.read_text())["models"][0]).read_bytes()
+    loaded = torch.load(model, map_location="cpu", weights_only=False)
+    assert [int(z) for z in loaded.atomic_numbers] == [32]
+    assert run_pipeline_file(path) == 0  # done already: skipped

@@ -20,7 +20,10 @@ peer ``{peer: sevenn|chgnet, model: <checkpoint or null>}`` run in its own envir
 student trains on the teacher's labels, with ``source``/``element_map``/``subset``/``mace`` as a
 ``train`` stage; ``classical_pretrain`` is the case whose teacher is the sampler's own potential), ``evaluate`` and
 ``learning_curve`` (a whole study of :mod:`mace_transfer.studies.learning_curve`: ``config`` = its YAML,
-optional ``sizes``, ``seeds``, ``strategies``, ``md``, ``timing``, ``out``; resumable run by run).
+optional ``sizes``, ``seeds``, ``strategies``, ``md``, ``timing``, ``out``; resumable run by run) and ``active``
+(the active-learning loop of :mod:`mace_transfer.active`: ``args`` = ``mace_transfer_active`` flags as a mapping,
+``source`` = a stage or ``.model`` remapped with ``args.element_map``; the stage's model is the last round's first
+committee member, trained on every label; resumable round by round).
 A stage whose output exists is skipped, so a cut run resumes; a training stage cut mid-way
 resumes from MACE's own latest checkpoint (``--restart_latest``).
 """
@@ -42,7 +45,7 @@ from mace_transfer.transfer import train
 from mace_transfer.transfer.early_stop import iter_mace_results
 from mace_transfer.transfer.train import mace_argv
 
-STAGE_KINDS = ("sample", "train", "classical_pretrain", "pretrain", "evaluate", "learning_curve")
+STAGE_KINDS = ("sample", "train", "classical_pretrain", "pretrain", "evaluate", "learning_curve", "active")
 log = logging.getLogger(__name__)
 
 
@@ -348,6 +351,42 @@ class Pipeline:
         out = stage.get("out") or config["out"]
         (folder / "learning_curve.json").write_text(json.dumps(
             {"config": str(stage["config"]), "out": str(out), "n_runs": summary["n_runs"]}, indent=1))
+
+
+    def run_active(self, stage) -> None:
+        import argparse
+        import shutil
+
+        from mace_transfer.active import loop, options
+
+        folder = self.stage_dir(stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        flags = dict(stage.get("args") or {})
+        if "source" in stage:
+            flags["source_model"] = str(self.model_of(stage["source"]))
+        flags["out"] = str(folder / "loop")
+        parser = argparse.ArgumentParser(prog=f"stage {stage['name']}", add_help=False)
+        options.add_arguments(parser)
+        argv: List[str] = []
+        for key, value in flags.items():
+            action = parser._option_string_actions.get(f"--{key}")  # noqa: SLF001 - argparse keeps no public map
+            if action is None:
+                raise UserInputError(f"stage {stage['name']!r}: unknown active-loop option {key!r} "
+                                     "(a mace_transfer_active flag)")
+            if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+                argv += [f"--{key}"] if value else []
+            elif value is not None:
+                argv += [f"--{key}", str(value)]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            raise UserInputError(f"stage {stage['name']!r}: bad active-loop options {flags}") from None
+        records = loop.ActiveLoop(options.settings_from_args(args), say=lambda m: print(m, flush=True)).run()
+        models = [m for r in records for m in (r.get("models") or [])]
+        if not models:
+            raise UserInputError(f"stage {stage['name']!r}: the loop trained no model")
+        final = records[-1].get("models") or models
+        shutil.copyfile(final[0], folder / f"{stage['name']}.model")
 
 
 # ----------------------------------------------------------------------------- reporting
