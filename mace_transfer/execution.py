@@ -91,15 +91,24 @@ class Outcome:
     wall_s: float = 0.0
 
 
+#: Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker (``distributed.nanny.pre-spawn-environ``):
+#: glibc then trims the heap at every free, which made a 16-atom CP2K label take 110 instead of 82 CPU-s on
+#: this machine (2026-12-07, one label each way side by side). Local clusters start without it, and a task
+#: (and what it starts) runs without it on any worker.
+DROPPED_FROM_TASK_ENV = ("MALLOC_TRIM_THRESHOLD_",)
+
+
 @contextlib.contextmanager
 def pinned_threads(threads: int) -> Iterator[None]:
     """Run the body with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` and torch's
     intra-op threads set to ``threads``; restore both after. Torch is set only when already imported
     (a CP2K label needs no torch; a task that imports it inside reads the variables instead)."""
     names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-    saved = {name: os.environ.get(name) for name in names}
+    saved = {name: os.environ.get(name) for name in names + DROPPED_FROM_TASK_ENV}
     for name in names:
         os.environ[name] = str(threads)
+    for name in DROPPED_FROM_TASK_ENV:  # what a task starts (CP2K) must not inherit it
+        os.environ.pop(name, None)
     torch = sys.modules.get("torch")
     torch_threads = torch.get_num_threads() if torch is not None else None
     if torch is not None:
@@ -172,12 +181,16 @@ def make_cluster(spec: ExecutorSpec):
     cluster is built with no job submitted (``cluster.job_script()`` shows what would be)."""
     threads = str(spec.threads_per_task)
     if spec.kind == "local":
+        import dask
         from distributed import LocalCluster
 
-        return LocalCluster(n_workers=local_workers(spec), threads_per_worker=1, processes=True,
-                            dashboard_address=":0", silence_logs=logging.ERROR,
-                            env={name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                            "OPENBLAS_NUM_THREADS")})
+        spawn_env = {k: v for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()
+                     if k not in DROPPED_FROM_TASK_ENV}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+            return LocalCluster(n_workers=local_workers(spec), threads_per_worker=1, processes=True,
+                                dashboard_address=":0", silence_logs=logging.ERROR,
+                                env={name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                                "OPENBLAS_NUM_THREADS")})
     if spec.kind in ("slurm", "pbs"):
         import dask_jobqueue
 
