@@ -16,13 +16,16 @@ but the descriptions and recipes below.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from headline import replace_block  # noqa: E402  (scripts/, this script's own folder)
+from mace_transfer.studies.data import file_sha256 as sha256  # noqa: E402
+
 OUT = ROOT / "models"
 QUICK_FRAMES = 10
 DFT_TAG = ("CP2K 2023.1, PBE, GTH-PBE pseudopotentials, DZVP-MOLOPT-SR-GTH, 400 Ry cutoff, k-spacing 0.2 1/Å, "
@@ -95,14 +98,6 @@ MODELS = [
 ]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def architecture(path: Path) -> dict:
     """Channels, L, correlation order, r_max (Å), interactions, class: read off the model itself."""
     import mace  # noqa: F401
@@ -124,7 +119,6 @@ def architecture(path: Path) -> dict:
 
 def measure(model_path: Path, test: str) -> dict:
     """Test errors on the whole test file and the quick check on its first QUICK_FRAMES structures."""
-    sys.path.insert(0, str(ROOT))
     from mace_transfer.evaluate.errors import read_test_file, test_errors
     from mace_transfer.evaluate.models import load_model
 
@@ -241,11 +235,8 @@ def main() -> int:
         (OUT / f"{card['name']}.md").write_text(card_markdown(card))
     (OUT / "README.md").write_text(index_markdown(cards))
     readme = ROOT / "README.md"  # the front door's block between the models markers: the index table
-    text, table = readme.read_text(), index_markdown(cards).split("\n\n")[-1].strip()
-    start, end = "<!-- models:start -->", "<!-- models:end -->"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        readme.write_text(before + start + "\n" + table.replace("](", "](models/") + "\n" + end + rest.split(end, 1)[1])
+    table = index_markdown(cards).split("\n\n")[-1].strip()
+    readme.write_text(replace_block(readme.read_text(), "models", table.replace("](", "](models/") + "\n"))
     print(f"wrote {cards_path}, {len(cards)} cards, models/README.md")
     return 0
 

@@ -7,7 +7,6 @@ card's ``quick_check``) recomputed through ``MACECalculator``; ``-m slow``: the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,17 +16,10 @@ from ase.data import atomic_numbers
 from mace_transfer.evaluate.errors import read_test_file
 from mace_transfer.evaluate.errors import test_errors as errors_on
 from mace_transfer.evaluate.models import load_model
+from mace_transfer.studies.data import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDS = json.loads((ROOT / "models" / "cards.json").read_text())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def test_the_shipped_models_are_the_four_the_readme_names():
@@ -40,7 +32,7 @@ def test_the_shipped_models_are_the_four_the_readme_names():
 @pytest.mark.parametrize("card", CARDS, ids=[c["name"] for c in CARDS])
 def test_model_matches_its_card(card):
     path = ROOT / "models" / f"{card['name']}.model"
-    assert _sha256(path) == card["sha256"]
+    assert file_sha256(path) == card["sha256"]
     model = load_model(path)  # a float64 MACECalculator, as mace_transfer_eval loads it
     assert model.atomic_numbers == [atomic_numbers[s] for s in card["elements"]]
     assert model.atomic_numbers == card["architecture"]["elements"]

@@ -367,26 +367,17 @@ class Pipeline:
         flags["out"] = str(folder / "loop")
         parser = argparse.ArgumentParser(prog=f"stage {stage['name']}", add_help=False)
         options.add_arguments(parser)
-        argv: List[str] = []
-        for key, value in flags.items():
-            action = parser._option_string_actions.get(f"--{key}")  # noqa: SLF001 - argparse keeps no public map
-            if action is None:
-                raise UserInputError(f"stage {stage['name']!r}: unknown active-loop option {key!r} "
-                                     "(a mace_transfer_active flag)")
-            if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
-                argv += [f"--{key}"] if value else []
-            elif value is not None:
-                argv += [f"--{key}", str(value)]
         try:
-            args = parser.parse_args(argv)
+            args = parser.parse_args(mace_argv(flags, parser, "active-loop", "mace_transfer_active"))
+        except UserInputError as exc:
+            raise UserInputError(f"stage {stage['name']!r}: {exc}") from None
         except SystemExit:
             raise UserInputError(f"stage {stage['name']!r}: bad active-loop options {flags}") from None
-        records = loop.ActiveLoop(options.settings_from_args(args), say=lambda m: print(m, flush=True)).run()
-        models = [m for r in records for m in (r.get("models") or [])]
-        if not models:
+        active = loop.ActiveLoop(options.settings_from_args(args), say=lambda m: print(m, flush=True))
+        records = active.run()
+        if not any(r.get("models") for r in records):
             raise UserInputError(f"stage {stage['name']!r}: the loop trained no model")
-        final = records[-1].get("models") or models
-        shutil.copyfile(final[0], folder / f"{stage['name']}.model")
+        shutil.copyfile(active.models_of(records)[0], folder / f"{stage['name']}.model")
 
 
 # ----------------------------------------------------------------------------- reporting

@@ -417,8 +417,7 @@ def is_plain_xyz_path(value) -> bool:
     (``--pt_train_file mp``, ``omat``, ``matpes_pbe``, ``matpes_r2scan``), folders, ``.h5``/LMDB sources,
     lists, ``@file`` arguments."""
     text = str(value or "").strip()
-    return (bool(text) and not text.startswith(("@", "[")) and "," not in text
-            and Path(text).suffix.lower() in (".xyz", ".extxyz"))
+    return bool(text) and not text.startswith(("@", "[")) and "," not in text and _reads_extxyz(text)
 
 
 def _has_key(atoms, key: str, per_atom: bool) -> bool:
@@ -525,8 +524,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def mace_argv(options: Dict[str, Any], parser: Optional[argparse.ArgumentParser] = None) -> List[str]:
-    """``{"max_L": 0, "amsgrad": True}`` -> ``["--max_L", "0", "--amsgrad"]`` for MACE's parser.
+def mace_argv(options: Dict[str, Any], parser: Optional[argparse.ArgumentParser] = None,
+              kind: str = "training", command: str = "mace_transfer_train") -> List[str]:
+    """``{"max_L": 0, "amsgrad": True}`` -> ``["--max_L", "0", "--amsgrad"]`` for MACE's parser (or ``parser``,
+    e.g. ``mace_transfer_active``'s; ``kind`` and ``command`` name it in the refusal of an unknown option).
 
     Booleans of ``store_true`` flags become the bare flag (or nothing); dicts become JSON.
     """
@@ -536,7 +537,7 @@ def mace_argv(options: Dict[str, Any], parser: Optional[argparse.ArgumentParser]
     for key, value in options.items():
         flag = f"--{key}"
         if flag not in actions:
-            raise UserInputError(f"unknown training option {key!r} (not a mace_transfer_train flag)")
+            raise UserInputError(f"unknown {kind} option {key!r} (not a {command} flag)")
         if value is None:
             continue
         if isinstance(actions[flag], argparse._StoreTrueAction):  # noqa: SLF001
