@@ -22,7 +22,7 @@ ROWS = (  # label, records folder, strategy, zero-shot file, its key
     ("MACE medium, Si→Ge transfer_rescale", "docs/results/converged_medium", "transfer_rescale", "remap_rescale"),
     ("MACE medium, Si→Ge transfer (no rescale)", "docs/results/converged_medium", "transfer", "remap"),
     ("MACE medium from scratch", "docs/results/converged_medium", "scratch", None),
-    ("SevenNet-0 fine-tuned", "docs/results/peers", "sevenn", "sevenn"),
+    ("SevenNet-0 fine-tuned, stopped by its caps", "docs/results/peers", "sevenn", "sevenn"),
 )
 SIZES = (2, 5, 10, 20, 50, 292)
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
@@ -30,13 +30,15 @@ DEMO = "docs/results/demo_pbe"  # make demo's report and timing on a fresh clone
 
 
 def seed_values(folder: str, strategy: str):
-    """{N: [(force MAE, energy MAE) per seed]} of one strategy's records."""
+    """{N: [(force MAE, energy MAE, converged) per seed]} of one strategy's records (``converged``: the record
+    says its run stopped on its own rule, not on a cap)."""
     out = defaultdict(list)
     for path in sorted((ROOT / folder / "records").glob(f"{strategy}_N*_s*.json")):
         rec = json.loads(path.read_text())
         if rec.get("strategy") != strategy or not rec.get("test"):
             continue
-        out[int(rec["n_train"])].append((rec["test"]["force_mae_meV_per_A"], rec["test"]["energy_mae_meV_per_atom"]))
+        out[int(rec["n_train"])].append((rec["test"]["force_mae_meV_per_A"], rec["test"]["energy_mae_meV_per_atom"],
+                                         bool(rec.get("converged"))))
     return out
 
 
@@ -62,9 +64,10 @@ def table_markdown(rows) -> str:
                 continue
             f = statistics.mean(x[0] for x in v)
             e = statistics.mean(x[1] for x in v)
-            cells.append(f"{f:.1f} / {e:.2f} ({len(v)})")
+            capped = "" if all(x[2] for x in v) else " †"
+            cells.append(f"{f:.1f} / {e:.2f} ({len(v)}){capped}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n† at least one run stopped by its epoch or step cap, not converged (its record says so).\n"
 
 
 def figure(rows, path: Path) -> None:
