@@ -1057,3 +1057,51 @@ def test_a_second_process_waits_for_the_first_s_lr_choice_and_trains_no_try_agai
     second.join(30)
     assert result["choice"] == (None, 0.003, None) and sorted(trained) == [0.003, 0.01]  # read, not retrained
     assert "scratch: waiting for another process's choices on validation" in capsys.readouterr().out
+
+
+def test_stage_two_continues_each_finished_run_from_its_own_model(lc, tmp_path, monkeypatch, capsys):
+    """A ``stage_two`` study starts every run from the finished study's model of the same (strategy, N,
+    seed): MACE's validation before any stage-two step is that model's (the weights and scale/shift are
+    loaded, not re-initialised); the record names the run it continued; other structures are refused."""
+    from mace_transfer.studies.data import read_frames
+    from mace_transfer.studies.starts import model_errors
+
+    monkeypatch.chdir(tmp_path)
+    write_sw_si_dataset(tmp_path / "si.xyz", n=4)
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 7, seed=3, stress=True)
+    write_sw_ge_dataset(tmp_path / "ge_test.xyz", 2, seed=4, stress=True)
+    mace = {k: v for k, v in TINY_MACE.items() if k not in ("max_num_epochs", "seed")}
+    one = {"out": "one", "work": "work_one", "element_map": "Si:Ge", "threads": 1,
+           "data": {"source": "si.xyz", "target": "ge.xyz", "test": "ge_test.xyz"},
+           "n_valid": 3, "valid_seed": 0, "target_E0s": "{32: -4.0}", "sizes": [4], "seeds": [0],
+           "mace": mace, "budget": {"epochs": 2, "patience": 5}, "strategies": {"scratch": {"lr": 0.01}},
+           "source": {"n_valid": 2, "mace": {"E0s": "{14: -4.0}", "lr": 0.01, "max_num_epochs": 1}}}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(one))
+    assert run_cli(["--config", "one.yaml", "--no-zero-shot"]) == 0
+    (first,) = lc.load_runs(tmp_path / "one")
+    (tmp_path / "one" / "models").mkdir()
+    (tmp_path / "one" / "models" / "scratch_N0004_s0.model").write_bytes(Path(first["model"]).read_bytes())
+
+    two = {"base": "one.yaml", "out": "two", "work": "work_two",
+           "budget": {"mode": "converged", "patience_steps": 2, "min_patience_epochs": 2, "max_steps": 6},
+           "stage_two": {"from": "one", "lr": 0.001,
+                         "mace": {"loss": "stress", "energy_weight": 100.0, "forces_weight": 10.0,
+                                  "stress_weight": 100.0}}}
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(two))
+    assert run_cli(["--config", "two.yaml"]) == 0
+    (second,) = lc.load_runs(tmp_path / "two")
+    assert second["stage_one"]["record"] == str(Path("one") / "records" / "scratch_N0004_s0.json")
+    assert second["stage_one"]["test"] == first["test"] and second["train_indices"] == first["train_indices"]
+    assert second["lr"] == 0.001 and second["stage_two"]["mace"]["loss"] == "stress"
+    valid = read_frames(tmp_path / "ge.xyz")
+    valid = [valid[i] for i in lc.split_target(len(valid), 3, 0)[0]]
+    before = model_errors(tmp_path / "one" / "models" / "scratch_N0004_s0.model", valid)
+    assert second["curve"]["initial_valid_rmse_f_meV_A"] == pytest.approx(before["force_rmse_meV_per_A"], rel=1e-6)
+    assert second["test"] != first["test"]  # it trained
+
+    (tmp_path / "three.yaml").write_text(yaml.safe_dump(dict(two, out="three", valid_seed=5)))
+    with pytest.raises(UserInputError, match="other structures"):
+        run_cli(["--config", "three.yaml"])
+    (tmp_path / "four.yaml").write_text(yaml.safe_dump(dict(two, out="four", lr_grid={"scratch": [0.01]})))
+    with pytest.raises(UserInputError, match="lr_grid: null"):
+        lc.load_config(tmp_path / "four.yaml")

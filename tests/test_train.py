@@ -413,3 +413,49 @@ def test_a_source_crystal_without_an_energy_minimum_is_one_line_not_a_traceback(
     model = make_mace_model([14], r_max=4.0, seed=1)  # its Si energy falls monotonically over ±8 % in volume
     with pytest.raises(UserInputError, match="no energy minimum"):
         estimate._source_equilibrium_crystal(model, "Si")
+
+
+def test_stage_two_continues_stage_one_s_model_with_the_energy_loss(tmp_path, capsys):
+    """``--converged_stage_two energy``: a second MACE run from stage one's model. Its validation before any step is
+    stage one's at the kept (lowest-loss) epoch, on the same cells: the weights, scale/shift and E0s carried
+    over exactly; the flags it ran with are printed in full; stage one's file stays beside it."""
+    import json
+
+    from conftest import write_sw_ge_dataset
+
+    torch.save(make_mace_model([14], r_max=4.0), tmp_path / "si.model")
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 6, seed=3, stress=True)
+    argv = (["--train_file", str(tmp_path / "ge.xyz"), "--source_model", str(tmp_path / "si.model"),
+             "--element_map", "Si:Ge", "--E0s", "{32: -4.0}", "--stress_key", "REF_stress",
+             "--converged_stage_two", "energy", "--plot", "False"] + TINY + _dirs(tmp_path, "ge"))
+    assert train.main(argv) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "stage two (--converged_stage_two energy)" in line]
+    assert len(said) == 1 and "--loss stress --energy_weight 100.0 --forces_weight 10.0 --stress_weight 100.0 --lr 0.001" in said[0]
+    one, two = tmp_path / "ge" / "ge.model", tmp_path / "ge" / "ge_stagetwo.model"
+    assert one.is_file() and two.is_file()
+
+    def evals(name):
+        rows = [json.loads(line) for line in (tmp_path / "ge" / "res" / f"{name}_run-1_train.txt").read_text().splitlines()]
+        return [r for r in rows if r["mode"] == "eval"]
+
+    first = [r for r in evals("ge") if r["epoch"] is not None]
+    kept = min(first, key=lambda r: r["loss"])  # MACE keeps the first lowest-loss epoch
+    start = evals("ge_stagetwo")[0]
+    assert start["epoch"] is None and start["rmse_f"] == pytest.approx(kept["rmse_f"], rel=1e-9)
+    assert start["rmse_e_per_atom"] == pytest.approx(kept["rmse_e_per_atom"], rel=1e-9)
+    assert any(not torch.equal(a, b) for a, b in zip(_state(one).values(), _state(two).values()))
+
+
+def test_stage_two_without_stress_labels_is_refused_before_stage_one(tmp_path, si_data):
+    torch.save(make_mace_model([14], r_max=4.0), tmp_path / "si.model")
+    frames = read(si_data, ":")
+    for atoms in frames:
+        atoms.numbers = [32] * len(atoms)
+    write(tmp_path / "ge.xyz", frames, format="extxyz")
+    argv = (["--train_file", str(tmp_path / "ge.xyz"), "--source_model", str(tmp_path / "si.model"),
+             "--element_map", "Si:Ge", "--E0s", "{32: -4.0}", "--converged_stage_two", "energy"] + TINY + _dirs(tmp_path, "ge"))
+    with pytest.raises(UserInputError, match="needs REF_stress"):
+        train.main(argv)
+    with pytest.raises(UserInputError, match="choose from off, energy"):
+        train.main([a if a != "energy" else "forces" for a in argv])
+    assert not (tmp_path / "ge" / "ge.model").exists()

@@ -89,6 +89,7 @@ def load_config(path) -> Dict[str, Any]:
             raise UserInputError(f"{path}: strategy {name!r} starts from a classical model: "
                                  "data needs 'classical' (target-element labels of a classical potential)")
     _check_loss_grid(config.get("loss_grid"), config["strategies"], path)
+    _check_stage_two(config, path)
     config.setdefault("out", "docs/results/sw")
     config.setdefault("work", "runs/learning_curve_sw")
     config.setdefault("n_valid", 20)
@@ -107,6 +108,26 @@ def load_config(path) -> Dict[str, Any]:
     for key in ("seeds_above", "peers_seeds_above"):
         _check_seeds_above(config.get(key), key, path)
     return config
+
+
+def _check_stage_two(config: Dict[str, Any], path) -> None:
+    """``stage_two``: {from: a finished study's out folder, lr: > 0, mace: {MACE flags}, budget: {...}}; its
+    runs continue that study's models, so its own lr and loss are not chosen again (no lr_grid/loss_grid)."""
+    block = config.get("stage_two")
+    if block is None:
+        return
+    if not isinstance(block, dict) or not block.get("from") or not isinstance(block.get("lr"), (int, float)) \
+            or isinstance(block.get("lr"), bool) or block["lr"] <= 0:
+        raise UserInputError(f"{path}: stage_two needs 'from' (a finished study's out folder) and a positive 'lr'")
+    unknown = sorted(set(block) - {"from", "lr", "mace", "budget"})
+    if unknown:
+        raise UserInputError(f"{path}: stage_two: unknown key {unknown[0]!r} (from, lr, mace, budget)")
+    for key in ("mace", "budget"):
+        if block.get(key) is not None and not isinstance(block[key], dict):
+            raise UserInputError(f"{path}: stage_two.{key} must be a mapping")
+    for key in ("lr_grid", "loss_grid"):
+        if config.get(key):
+            raise UserInputError(f"{path}: stage_two runs continue chosen models: set {key}: null")
 
 
 def _check_seeds_above(limit, key: str, path) -> None:

@@ -130,9 +130,10 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
     elif not report_only:
         write_json(sweep.out / "machine.json", machine_info(sweep.threads))
         sweep.check_data()
-        sweep.source_model()
-        if zero_shot:
-            sweep.zero_shot()
+        if not config.get("stage_two"):  # a stage-two study continues another study's models
+            sweep.source_model()
+            if zero_shot:
+                sweep.zero_shot()
         sweep.sweep(sweep.sizes(sizes), seeds, names, max_runs, executor=executor or study_executor(config))
         if timing:
             sweep.timing()

@@ -20,7 +20,9 @@ import numpy as np
 from mace_transfer import UserInputError
 from mace_transfer.execution import ExecutorSpec, Outcome, Task, local_workers, run_tasks
 from mace_transfer.studies import parking, selection
-from mace_transfer.studies.config import METRICS, RECORDS, converged_options, epochs_for, run_name, seeds_at_size
+from mace_transfer.studies.config import (KEPT_MODELS, METRICS, RECORDS, converged_options, epochs_for, run_name,
+                                         seeds_at_size)
+from mace_transfer.studies.data import training_indices
 from mace_transfer.studies.plan import finished_walls, guess_wall_s
 from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, lowest_valid_loss, read_results,
                                            supersede_runs, valid_rmse_at, write_json)
@@ -37,6 +39,8 @@ class Sweep(StartModels):
         frames count), the strategy's start and flags; ``lr`` overrides the strategy's, ``loss_flags``
         (a ``loss_grid`` option) are applied last."""
         spec = self.config["strategies"][strategy]
+        if self.config.get("stage_two"):
+            return self.stage_two_options(strategy, n_train, seed)
         options = dict(self.config["mace"])
         budget = self.config["budget"]
         n_total, batch = n_train + len(self.extra_train_frames()), int(options.get("batch_size", 5))
@@ -64,6 +68,38 @@ class Sweep(StartModels):
         if freeze_blocks:
             options["freeze_blocks"] = freeze_blocks
         options.update(loss_flags or {})
+        return options
+
+    def stage_one_record(self, strategy: str, n_train: int, seed: int) -> Tuple[Path, Dict[str, Any]]:
+        """The converged run a ``stage_two`` study continues: ``<stage_two.from>/models/<run>.model`` and
+        its record, refused in one line when missing or trained on other structures than this subset."""
+        study = Path(self.config["stage_two"]["from"])
+        name = run_name(strategy, n_train, seed)
+        model, record_path = study / KEPT_MODELS / f"{name}.model", study / RECORDS / f"{name}.json"
+        if not model.is_file() or not record_path.is_file():
+            raise UserInputError(f"stage_two.from: {study} has no finished {name} (model and record)")
+        record = json.loads(record_path.read_text())
+        if record.get("train_indices") != training_indices(self.split()[1], n_train, seed):
+            raise UserInputError(f"stage_two.from: {record_path} was trained on other structures than this "
+                                 f"study's N={n_train}, seed {seed} (check data, n_valid, valid_seed)")
+        return model, dict(record, record_path=str(record_path))
+
+    def stage_two_options(self, strategy: str, n_train: int, seed: int) -> Dict[str, Any]:
+        """MACE options of a stage-two run: the ``mace`` block, the budget with ``stage_two.budget`` over it,
+        ``stage_two.lr`` and ``stage_two.mace`` (the loss and its weights), started from the stage-one model
+        as MACE's ``--foundation_model`` (same element, same E0s: a continuation, not a transfer; seam: MACE's
+        own fine-tuning load, ``load_foundations_elements``, which copies every weight and the scale/shift)."""
+        stage_two = self.config["stage_two"]
+        options = dict(self.config["mace"])
+        budget = dict(self.config["budget"], **(stage_two.get("budget") or {}))
+        batch = int(options.get("batch_size", 5))
+        if n_train < batch:
+            batch = options["batch_size"] = n_train
+        model, _ = self.stage_one_record(strategy, n_train, seed)
+        options.update(lr=float(stage_two["lr"]), seed=int(seed), E0s=self.config["target_E0s"],
+                       restart_latest=False, foundation_model=str(model), multiheads_finetuning=False)
+        options.update(converged_options(n_train, batch, budget))
+        options.update(stage_two.get("mace") or {})
         return options
 
     def train_run(self, strategy: str, n_train: int, seed: int, record_path: Path,
@@ -113,10 +149,21 @@ class Sweep(StartModels):
             "corresponding_states": self._scales_from_log(folder),
             "train_indices": subset["train_indices"], "n_extra_train": subset["n_extra_train"],
             "model": str(model_path), "curve": curve,
+            **self._stage_one_summary(strategy, n_train, seed),
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return record
+
+    def _stage_one_summary(self, strategy: str, n_train: int, seed: int) -> Dict[str, Any]:
+        """A stage-two run's record entries: its ``stage_two`` block and the stage-one run it continued
+        (record path, test errors, best epoch); nothing for an ordinary run."""
+        if not self.config.get("stage_two"):
+            return {}
+        _, one = self.stage_one_record(strategy, n_train, seed)
+        return {"stage_two": self.config["stage_two"],
+                "stage_one": {"record": one["record_path"], "test": one["test"], "best_epoch": one.get("best_epoch"),
+                              "lr": one.get("lr"), "loss_flags": one.get("loss_flags") or {}}}
 
     # ------------------------------------------------ runs that outlive a session (studies.parking)
     def finish_run(self, name: str, folder: Path, record_path: Path, record: Dict[str, Any]) -> None:

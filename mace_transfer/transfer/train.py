@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mace_transfer import UserInputError
 from mace_transfer.transfer.early_stop import check_early_stop, early_stop_seam
+from mace_transfer.transfer.stage_two import check_stage_two, describe, stage_two_args
 # their home until 0.1.x: still importable from here (mace_transfer.transfer.early_stop is the new one)
 from mace_transfer.transfer.early_stop import (EpochLimit, iter_mace_results, iter_mace_results_file,  # noqa: F401
                                                results_file, should_stop, validation_history)
@@ -143,6 +145,14 @@ def build_parser():
         help="with --early_stop_patience: an epoch counts as an improvement only when its validation loss "
         "is below (1 - this) x the last counted best (relative, e.g. 0.001; 0: any decrease). MACE still "
         "keeps the lowest-loss checkpoint",
+    )
+    group.add_argument(
+        "--converged_stage_two",
+        type=str,
+        default="off",
+        help="after this run, continue its model with an energy-heavy loss in a second MACE run "
+        "(mace_transfer.transfer.stage_two): 'energy' = stress loss, energy:forces:stress 100:10:100, "
+        "lr 0.001, early stop; written as <name>_stagetwo.model beside <name>.model. Default: off",
     )
     group.add_argument(
         "--pipeline",
@@ -475,6 +485,8 @@ def run(args) -> None:
     check_early_stop(args)
     chosen = choose_defaults(args)
     check_combinations(args)
+    check_stage_two(args)
+    before = copy.deepcopy(args) if args.converged_stage_two != "off" else None  # stage two starts from these
     for line in chosen:
         print(f"mace-transfer: {line}", flush=True)  # before MACE sets up its logger: no root handler
     spec = freeze.FreezeSpec.from_strings(
@@ -502,6 +514,11 @@ def run(args) -> None:
         for handler in consoles:
             root.addHandler(handler)
         root.setLevel(level)
+    if before is not None:
+        two, changed = stage_two_args(before, Path(args.model_dir) / f"{args.name}.model")
+        print(f"mace-transfer: stage two (--converged_stage_two {args.converged_stage_two}) from {args.name}.model: "
+              + " ".join(describe(changed)), flush=True)
+        run(two)
 
 
 def run_mace_only(argv: Sequence[str]) -> None:

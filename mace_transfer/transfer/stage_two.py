@@ -1,0 +1,111 @@
+"""Stage two: a second MACE run that continues a converged model with an energy-heavy loss.
+
+The energy error of a transferred model trained on a few structures is not a constant offset (an E0 or
+shift refit does not lower it, docs/RESULTS.md section 17): it is in the relative energies of the cells,
+which a forces-first loss (forces:energy 10:1 or 100:1, per-atom energies) barely weighs. Stage two
+continues the stage-one model with the energy and the stress (the energy's derivative with the cell)
+weighted up, as MACE's own stage two (``--swa``: energy 1000 : forces 100) does, but started *after*
+stage one has converged under ``--early_stop_patience`` rather than at a fixed ``--start_swa`` epoch
+(which an early-stopped run may never reach).
+
+The seam: stage two is an ordinary MACE fine-tuning run, ``--foundation_model <stage one>.model`` (MACE's
+``load_foundations_elements`` copies every weight and the scale/shift), same element table and E0s, run
+through :func:`mace_transfer.transfer.train.run` like any other. Its model is written as MACE names its
+own stage-two model, ``<model_dir>/<name>_stagetwo.model``; stage one's ``<name>.model`` stays.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+from mace_transfer import UserInputError
+
+#: the presets of ``--converged_stage_two`` (MACE flags of the second run; patience and schedule in optimizer steps,
+#: as the converged studies count them). ``energy``: docs/RESULTS.md section 17 (issue 48)
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "energy": {"loss": "stress", "energy_weight": 100.0, "forces_weight": 10.0, "stress_weight": 100.0,
+               "lr": 0.001, "patience_steps": 200, "min_patience_epochs": 20, "scheduler_patience_steps": 100},
+}
+STAGE_TWO_CHOICES = ("off",) + tuple(PRESETS)
+
+
+def stage_two_name(name: str) -> str:
+    """The run name (and model file stem) of stage two: MACE's own ``<name>_stagetwo``."""
+    return f"{name}_stagetwo"
+
+
+def _train_frames(args) -> list:
+    from ase.io import read
+
+    path = args.train_file
+    if not path or "," in str(path) or not Path(path).is_file() or Path(path).suffix not in (".xyz", ".extxyz"):
+        raise UserInputError(f"--converged_stage_two needs --train_file as one extxyz file (got {path!r})")
+    return [a for a in read(path, ":") if a.info.get("config_type") != "IsolatedAtom"]
+
+
+def check_stage_two(args) -> None:
+    """One-line refusals before stage one starts (not after an hour of training)."""
+    preset = getattr(args, "converged_stage_two", "off") or "off"
+    if preset == "off":
+        return
+    if preset not in PRESETS:
+        raise UserInputError(f"--converged_stage_two {preset!r}: choose from {', '.join(STAGE_TWO_CHOICES)}")
+    if args.pt_train_file or getattr(args, "multiheads_finetuning", False) and args.foundation_model:
+        raise UserInputError("--converged_stage_two continues a one-head model: not with multihead fine-tuning "
+                             "(--pt_train_file / --multiheads_finetuning True)")
+    if args.swa:
+        raise UserInputError("--converged_stage_two is a stage two already: not with MACE's --swa")
+    frames = _train_frames(args)
+    recipe = PRESETS[preset]
+    if recipe["loss"] == "stress" and not all(args.stress_key in a.info for a in frames):
+        raise UserInputError(f"--converged_stage_two {preset} trains on stresses: every structure of {args.train_file} "
+                             f"needs {args.stress_key}")
+
+
+def stage_two_flags(preset: str, n_train: int, batch_size: int) -> Dict[str, Any]:
+    """MACE flags of the second run for ``n_train`` structures at ``batch_size`` (patience in epochs)."""
+    recipe = PRESETS[preset]
+    steps_per_epoch = max(1, n_train // max(1, min(batch_size, n_train)))
+    return {"loss": recipe["loss"], "energy_weight": recipe["energy_weight"],
+            "forces_weight": recipe["forces_weight"], "stress_weight": recipe["stress_weight"],
+            "lr": recipe["lr"],
+            "early_stop_patience": max(recipe["min_patience_epochs"],
+                                       math.ceil(recipe["patience_steps"] / steps_per_epoch)),
+            "scheduler_patience": max(3, math.ceil(recipe["scheduler_patience_steps"] / steps_per_epoch))}
+
+
+def model_e0s(model_path) -> Dict[int, float]:
+    """{Z: E0 in eV} of a one-head MACE model file."""
+    import torch
+
+    model = torch.load(model_path, map_location="cpu", weights_only=False)
+    energies = model.atomic_energies_fn.atomic_energies.detach().reshape(-1, len(model.atomic_numbers))[0]
+    return {int(z): float(e) for z, e in zip(model.atomic_numbers.tolist(), energies.tolist())}
+
+
+def stage_two_args(args_before, stage_one_model: Path):
+    """The second run's arguments: ``args_before`` (stage one's, as parsed) with the stage-two flags, the
+    stage-one model as MACE's ``--foundation_model`` and everything of the transfer (remap, rescale,
+    freezing, multihead replay) switched off; returns (args, the flags it changed)."""
+    two = copy.deepcopy(args_before)
+    n_train = len(_train_frames(two))
+    flags = stage_two_flags(two.converged_stage_two, n_train, int(two.batch_size))
+    changed: Dict[str, Any] = dict(flags, foundation_model=str(stage_one_model), name=stage_two_name(two.name),
+                                   E0s=str(model_e0s(stage_one_model)))
+    for key, value in changed.items():
+        setattr(two, key, value)
+    for key, value in (("source_model", None), ("element_map", None), ("multiheads_finetuning", False),
+                       ("freeze_blocks", None), ("block_lr_factors", None), ("unfreeze_after", None),
+                       ("length_scale", None), ("energy_scale", None), ("corresponding_states", False),
+                       ("restart_latest", False), ("converged_stage_two", "off"), ("early_stop_min_epochs", 0)):
+        if hasattr(two, key):
+            setattr(two, key, value)
+    return two, changed
+
+
+def describe(changed: Dict[str, Any]) -> List[str]:
+    """The stage-two flags in full, for the one line printed when it starts."""
+    return [f"--{key} {value}" for key, value in changed.items()]
