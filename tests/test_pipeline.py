@@ -98,3 +98,31 @@ def test_a_list_of_subsets_draws_from_each_file_on_its_own(tmp_path, monkeypatch
     assert all(any((a.positions == g.positions).all() for g in ge) for a in train[:3] + valid)
     with pytest.raises(UserInputError, match="subset is one mapping"):
         pipeline.run_classical_pretrain(dict(stage, kind="classical_pretrain", data="ge.xyz"))
+
+
+def test_a_train_stage_with_converged_stage_two_hands_on_the_stage_two_model(tmp_path, monkeypatch):
+    """``converged_stage_two: energy`` in a train stage: the stage's model (what later stages read and what
+    makes a rerun skip it) is ``<name>_stagetwo.model``, and the evaluate stage tests that file."""
+    from conftest import make_mace_model, write_sw_ge_dataset
+
+    from mace_transfer.studies.starts import model_errors
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(make_mace_model([14], r_max=4.0), tmp_path / "si.model")
+    write_sw_ge_dataset(tmp_path / "ge.xyz", 6, seed=3, stress=True)
+    mace = dict(TINY_MACE, E0s="{32: -4.0}", valid_fraction=0.34, converged_stage_two="energy",
+                train_file="ge.xyz")
+    config = {"workdir": "runs/p", "mace": mace, "stages": [
+        {"name": "ge", "kind": "train", "source": "si.model", "element_map": "Si:Ge"},
+        {"name": "report", "kind": "evaluate", "models": ["ge"], "labels": ["ge"], "test": "ge.xyz",
+         "skip": ["md", "structure", "lattice", "elastic", "vacancy", "phonons"]}]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    outputs = Pipeline(load_pipeline(tmp_path / "p.yaml")).run()
+    assert outputs["ge"].resolve() == tmp_path / "runs/p/ge/ge_stagetwo.model" and (tmp_path / "runs/p/ge/ge.model").is_file()
+    from ase.io import read
+
+    reported = json.loads(outputs["report"].read_text())["models"]["ge"]["errors"]["overall"]
+    direct = model_errors(outputs["ge"], read(tmp_path / "ge.xyz", ":"))
+    assert reported["force_mae_meV_per_A"] == pytest.approx(direct["force_mae_meV_per_A"], rel=1e-6)
+    stamp = outputs["ge"].stat().st_mtime_ns
+    assert Pipeline(load_pipeline(tmp_path / "p.yaml")).run()["ge"].stat().st_mtime_ns == stamp  # skipped

@@ -43,6 +43,7 @@ from mace_transfer.studies import learning_curve
 from mace_transfer.studies.config import read_yaml_mapping
 from mace_transfer.transfer import train
 from mace_transfer.transfer.early_stop import iter_mace_results
+from mace_transfer.transfer.stage_two import stage_two_name
 from mace_transfer.transfer.train import mace_argv
 
 STAGE_KINDS = ("sample", "train", "classical_pretrain", "pretrain", "evaluate", "learning_curve", "active")
@@ -146,6 +147,9 @@ class Pipeline:
             return folder / "metrics.json"
         if stage["kind"] == "learning_curve":
             return folder / "learning_curve.json"
+        options = dict(self.config.get("mace", {}), **(stage.get("mace") or {}))
+        if stage["kind"] == "train" and options.get("converged_stage_two", "off") != "off":
+            return folder / f"{stage_two_name(stage['name'])}.model"  # the stage's model is stage two's
         return folder / f"{stage['name']}.model"
 
     def _sample(self, stage, out: Path, driver=None) -> Path:

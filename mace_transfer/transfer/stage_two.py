@@ -89,7 +89,8 @@ def model_e0s(model_path) -> Dict[int, float]:
 def stage_two_args(args_before, stage_one_model: Path):
     """The second run's arguments: ``args_before`` (stage one's, as parsed) with the stage-two flags, the
     stage-one model as MACE's ``--foundation_model`` and everything of the transfer (remap, rescale,
-    freezing, multihead replay) switched off; returns (args, the flags it changed)."""
+    freezing, multihead replay) switched off; returns (args, the flags it changed). ``--restart_latest`` is kept:
+    a cut stage two resumes from its own checkpoints (``<name>_stagetwo_run-<seed>_epoch-*.pt``)."""
     two = copy.deepcopy(args_before)
     n_train = len(_train_frames(two))
     flags = stage_two_flags(two.converged_stage_two, n_train, int(two.batch_size))
@@ -100,7 +101,7 @@ def stage_two_args(args_before, stage_one_model: Path):
     for key, value in (("source_model", None), ("element_map", None), ("multiheads_finetuning", False),
                        ("freeze_blocks", None), ("block_lr_factors", None), ("unfreeze_after", None),
                        ("length_scale", None), ("energy_scale", None), ("corresponding_states", False),
-                       ("restart_latest", False), ("converged_stage_two", "off"), ("early_stop_min_epochs", 0)):
+                       ("converged_stage_two", "off"), ("early_stop_min_epochs", 0)):
         if hasattr(two, key):
             setattr(two, key, value)
     return two, changed
