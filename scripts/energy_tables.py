@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from headline import replace_block  # noqa: E402  (scripts/, this script's own folder)
+
+RESULTS = ROOT / "docs" / "RESULTS.md"   # its <!-- energy_levers:start/end --> block is this script's output
 SIZES = (5, 20, 50)
 #: (label, study folder, which records) in table order; a missing folder is skipped
 LEVERS = [
@@ -59,7 +64,8 @@ def summarise(runs: Dict[int, List[dict]]) -> Dict[int, dict]:
                 "energy": stats([r["test"]["energy_mae_meV_per_atom"] for r in rs]),
                 "stress": stats([r["test"]["stress_mae_meV_per_A3"] for r in rs
                                  if r["test"].get("stress_mae_meV_per_A3") is not None]),
-                "seeds": sorted(r["seed"] for r in rs)} for n, rs in runs.items()}
+                "seeds": sorted(r["seed"] for r in rs),
+                "force_by_seed": {r["seed"]: r["test"]["force_mae_meV_per_A"] for r in rs}} for n, rs in runs.items()}
 
 
 def peer_rows() -> Dict[int, dict]:
@@ -67,6 +73,37 @@ def peer_rows() -> Dict[int, dict]:
     plateau = summarise(records(ROOT / PEER_PLATEAU, "sevenn"))
     capped = summarise(records(ROOT / PEER_CAPPED, "sevenn"))
     return {n: dict(plateau.get(n) or capped[n], at_plateau=n in plateau) for n in SIZES if n in plateau or n in capped}
+
+
+def goal_lines(table: Dict[str, dict], peer: Dict[int, dict]) -> List[str]:
+    """Issue 48's goals for the stage-two recipe on transfer_rescale, each said as met or not (seeds present)."""
+    key = "transfer_rescale | " + LEVERS[1][0]
+    base_key = "transfer_rescale | " + LEVERS[0][0]
+    if key not in table:
+        return ["Goals: no stage-two run finished yet."]
+    lines = ["Issue 48's goals for transfer_rescale + stage two (E:F:S 100:10:100), per N with the seeds finished:", ""]
+    for n in SIZES:
+        row, base = table[key]["per_n"].get(n), table[base_key]["per_n"].get(n)
+        if row is None or n not in peer:
+            lines.append(f"- N = {n}: no stage-two run finished yet.")
+            continue
+        e, f, pe, pf = row["energy"], row["force"], peer[n]["energy"], peer[n]["force"]
+        where = "at its plateau" if peer[n]["at_plateau"] else "capped, †"
+        checks = [
+            f"energy {e['mean']:.2f} vs ≤ 0.5 × SevenNet-0's {pe['mean']:.2f} ({where}) = {0.5 * pe['mean']:.2f}: "
+            + ("met" if e["mean"] <= 0.5 * pe["mean"] else "not met"),
+            f"force {f['mean']:.1f} vs ≤ 0.5 × {pf['mean']:.1f} = {0.5 * pf['mean']:.1f}: "
+            + ("met" if f["mean"] <= 0.5 * pf["mean"] else "not met"),
+            f"worst/best seed energy {e['worst_over_best']:.1f} (≤ 2: " + ("met" if e["worst_over_best"] <= 2 else "not met") + ")"
+            if e["n"] > 1 else "one seed: spread not measured",
+        ]
+        same = [seed for seed in row["seeds"] if base is not None and seed in base["force_by_seed"]]
+        if same:  # the same seeds' stage-one runs
+            change = (mean(row["force_by_seed"][k] for k in same) / mean(base["force_by_seed"][k] for k in same)) - 1
+            checks.append(f"force vs stage one on the same seeds {100 * change:+.1f} % (≤ +5 %: "
+                          + ("met" if change <= 0.05 else "not met") + ")")
+        lines.append(f"- N = {n} (seeds {', '.join(map(str, row['seeds']))}): " + "; ".join(checks) + ".")
+    return lines
 
 
 def main() -> None:
@@ -116,8 +153,10 @@ def main() -> None:
                     lines.append(f"| {strategy} | {n} ({len(sel)} runs) | {mean(r['test_energy_mae'] for r in sel):.2f} | "
                                  f"{mean(r['test_energy_mae_after_train_shift'] for r in sel):.2f} | "
                                  f"{mean(r['test_energy_mae_after_best_constant'] for r in sel):.2f} |")
+    lines += ["", *goal_lines(table, peer)]
     out = ROOT / args.out
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    RESULTS.write_text(replace_block(RESULTS.read_text(), "energy_levers", "\n".join(lines) + "\n"))
     out.with_suffix(".json").write_text(json.dumps({"table": table, "sevennet": peer}, indent=1, default=str))
     print("\n".join(lines))
 
