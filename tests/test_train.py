@@ -429,7 +429,8 @@ def test_stage_two_continues_stage_one_s_model_with_the_energy_loss(tmp_path, ca
              "--element_map", "Si:Ge", "--E0s", "{32: -4.0}", "--stress_key", "REF_stress",
              "--converged_stage_two", "energy", "--plot", "False"] + TINY + _dirs(tmp_path, "ge"))
     assert train.main(argv) == 0
-    said = [line for line in capsys.readouterr().out.splitlines() if "stage two (--converged_stage_two energy)" in line]
+    printed = capsys.readouterr().out.splitlines()
+    said = [line for line in printed if "stage two (--converged_stage_two energy)" in line]
     assert len(said) == 1 and "--loss stress --energy_weight 100.0 --forces_weight 10.0 --stress_weight 100.0 --lr 0.001" in said[0]
     one, two = tmp_path / "ge" / "ge.model", tmp_path / "ge" / "ge_stagetwo.model"
     assert one.is_file() and two.is_file()
@@ -443,7 +444,39 @@ def test_stage_two_continues_stage_one_s_model_with_the_energy_loss(tmp_path, ca
     start = evals("ge_stagetwo")[0]
     assert start["epoch"] is None and start["rmse_f"] == pytest.approx(kept["rmse_f"], rel=1e-9)
     assert start["rmse_e_per_atom"] == pytest.approx(kept["rmse_e_per_atom"], rel=1e-9)
-    assert any(not torch.equal(a, b) for a, b in zip(_state(one).values(), _state(two).values()))
+    verdict = [line for line in printed if "mace-transfer: stage two" in line]
+    if (tmp_path / "ge" / "ge_stagetwo_rejected.model").is_file():  # it did not lower the validation energy MAE
+        assert "not kept" in verdict[-1] and one.read_bytes() == two.read_bytes()
+    else:
+        assert " kept" in verdict[-1]
+        assert any(not torch.equal(a, b) for a, b in zip(_state(one).values(), _state(two).values()))
+
+
+def test_stage_two_is_kept_only_where_it_lowers_the_validation_energy_error(tmp_path):
+    """The check reads MACE's results log: stage one = the first evaluation before any step (a resumed
+    chunk's second one is its checkpoint's, not stage one's); stage two = the first lowest-loss epoch, an
+    epoch retrained after a resume counted with its newest row."""
+    import json
+
+    from mace_transfer.transfer.stage_two import apply_validation_check, validation_energy_check
+
+    def row(epoch, loss, e_meV, f_meV=20.0):
+        return {"mode": "eval", "epoch": epoch, "loss": loss, "mae_e_per_atom": e_meV / 1000, "mae_f": f_meV / 1000}
+
+    log = tmp_path / "x_run-0_train.txt"
+    rows = [row(None, 3.0, 4.0), row(0, 5.0, 70.0), row(1, 2.0, 6.0), row(2, 2.0, 1.0), row(3, 2.5, 0.5),
+            row(None, 2.0, 6.0), row(3, 1.9, 3.0), row(4, 1.9, 2.0)]  # resumed after epoch 3
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    check = validation_energy_check(log)
+    assert check["kept_epoch"] == 3 and check["stage_one_valid_energy_mae_meV_per_atom"] == pytest.approx(4.0)
+    assert check["stage_two_valid_energy_mae_meV_per_atom"] == pytest.approx(3.0) and check["keep_stage_two"]
+    rows[6] = row(3, 1.9, 4.5)  # now worse than stage one: stage one's model takes the stage-two name
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "x.model").write_bytes(b"stage one")
+    (tmp_path / "x_stagetwo.model").write_bytes(b"stage two")
+    assert not apply_validation_check(tmp_path, "x", log)["keep_stage_two"]
+    assert (tmp_path / "x_stagetwo.model").read_bytes() == b"stage one"
+    assert (tmp_path / "x_stagetwo_rejected.model").read_bytes() == b"stage two"
 
 
 def test_stage_two_without_stress_labels_is_refused_before_stage_one(tmp_path, si_data):

@@ -141,6 +141,8 @@ def run_study(config, *, out=None, work=None, sizes: Optional[Sequence[int]] = N
             md_runs.add_missing_stress(sweep)  # runs recorded before the stress metric, model at hand
             md_runs.md_and_properties(sweep, [int(s) for s in config.get("md", {}).get("seeds", [0])],
                                       only=names if strategies else None)
+    if config.get("stage_two") and not plan:
+        sweep.add_missing_stage_two_checks()
     summary = write_report(config, sweep.out)
     progress(f"report: {sweep.out}/summary.md, {sweep.out}/summary.json ({summary['n_runs']} runs)")
     return summary

@@ -149,21 +149,47 @@ class Sweep(StartModels):
             "corresponding_states": self._scales_from_log(folder),
             "train_indices": subset["train_indices"], "n_extra_train": subset["n_extra_train"],
             "model": str(model_path), "curve": curve,
-            **self._stage_one_summary(strategy, n_train, seed),
+            **self._stage_one_summary(strategy, n_train, seed, folder / "results" / f"{name}_run-{seed}_train.txt",
+                                      {k: errors[k] for k in METRICS}),
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return record
 
-    def _stage_one_summary(self, strategy: str, n_train: int, seed: int) -> Dict[str, Any]:
-        """A stage-two run's record entries: its ``stage_two`` block and the stage-one run it continued
-        (record path, test errors, best epoch); nothing for an ordinary run."""
+    def _stage_one_summary(self, strategy: str, n_train: int, seed: int, results: Path,
+                           test: Dict[str, Any]) -> Dict[str, Any]:
+        """A stage-two run's record entries: its ``stage_two`` block, the stage-one run it continued (record
+        path, test errors, best epoch), the validation energy check of ``--converged_stage_two``
+        (:func:`~mace_transfer.transfer.stage_two.validation_energy_check` on MACE's results log ``results``)
+        and ``test_kept``: the test errors of the model that check keeps; nothing for an ordinary run."""
         if not self.config.get("stage_two"):
             return {}
+        from mace_transfer.transfer.stage_two import validation_energy_check
+
         _, one = self.stage_one_record(strategy, n_train, seed)
+        check = validation_energy_check(results)
         return {"stage_two": self.config["stage_two"],
                 "stage_one": {"record": one["record_path"], "test": one["test"], "best_epoch": one.get("best_epoch"),
-                              "lr": one.get("lr"), "loss_flags": one.get("loss_flags") or {}}}
+                              "lr": one.get("lr"), "loss_flags": one.get("loss_flags") or {}},
+                "valid_energy_check": check, "test_kept": test if check["keep_stage_two"] else one["test"]}
+
+    def add_missing_stage_two_checks(self) -> int:
+        """Records of a stage-two study finished without the validation energy check (by a process started
+        before it existed) get it from their MACE results log, while their work folder is at hand; returns
+        how many were filled in."""
+        if not self.config.get("stage_two"):
+            return 0
+        filled = 0
+        for path in sorted((self.out / RECORDS).glob("*.json")):
+            record = json.loads(path.read_text())
+            results = self.work / record["name"] / "results" / f"{record['name']}_run-{record['seed']}_train.txt"
+            if "valid_energy_check" in record or not results.is_file():
+                continue
+            record.update(self._stage_one_summary(record["strategy"], record["n_train"], record["seed"], results,
+                                                  record["test"]))
+            write_json(path, record)
+            filled += 1
+        return filled
 
     # ------------------------------------------------ runs that outlive a session (studies.parking)
     def finish_run(self, name: str, folder: Path, record_path: Path, record: Dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from mace_transfer import UserInputError
+from mace_transfer.transfer.early_stop import iter_mace_results_file
 
 #: the presets of ``--converged_stage_two`` (MACE flags of the second run; patience and schedule in optimizer steps,
 #: as the converged studies count them). ``energy``: docs/RESULTS.md section 17 (issue 48)
@@ -110,3 +111,41 @@ def stage_two_args(args_before, stage_one_model: Path):
 def describe(changed: Dict[str, Any]) -> List[str]:
     """The stage-two flags in full, for the one line printed when it starts."""
     return [f"--{key} {value}" for key, value in changed.items()]
+
+
+def validation_energy_check(results_path) -> Dict[str, Any]:
+    """Stage one's validation errors (stage two's first evaluation, before any step) against those of the
+    stage-two epoch MACE keeps (the first lowest validation loss; an epoch retrained after a resume counts
+    with its newest row): ``keep_stage_two`` is True when its validation energy MAE is the lower (meV/atom,
+    forces meV/Å)."""
+    start, latest = None, {}
+    for row in iter_mace_results_file(results_path):
+        if row.get("mode") != "eval" or row.get("loss") is None:
+            continue
+        if row.get("epoch") is None:
+            start = row if start is None else start  # a resumed chunk logs its checkpoint's again: not stage one
+        else:
+            latest[int(row["epoch"])] = row
+    if start is None or not latest:
+        raise UserInputError(f"{results_path}: no stage-two validation to judge (did stage two run?)")
+    kept_epoch = min(sorted(latest), key=lambda epoch: latest[epoch]["loss"])
+    kept = latest[kept_epoch]
+    one_e, two_e = 1000 * start["mae_e_per_atom"], 1000 * kept["mae_e_per_atom"]
+    return {"kept_epoch": kept_epoch, "stage_one_valid_energy_mae_meV_per_atom": one_e,
+            "stage_two_valid_energy_mae_meV_per_atom": two_e,
+            "stage_one_valid_force_mae_meV_per_A": 1000 * start["mae_f"],
+            "stage_two_valid_force_mae_meV_per_A": 1000 * kept["mae_f"], "keep_stage_two": two_e < one_e}
+
+
+def apply_validation_check(model_dir, name: str, results_path) -> Dict[str, Any]:
+    """After stage two of run ``name``: keep ``<name>_stagetwo.model`` if it lowered the validation energy
+    MAE, else move it to ``<name>_stagetwo_rejected.model`` and put stage one's model in its place."""
+    import shutil
+
+    check = validation_energy_check(results_path)
+    folder = Path(model_dir)
+    two = folder / f"{stage_two_name(name)}.model"
+    if not check["keep_stage_two"]:
+        shutil.move(two, folder / f"{stage_two_name(name)}_rejected.model")
+        shutil.copyfile(folder / f"{name}.model", two)
+    return check

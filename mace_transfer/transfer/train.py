@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mace_transfer import UserInputError
 from mace_transfer.transfer.early_stop import check_early_stop, early_stop_seam
-from mace_transfer.transfer.stage_two import check_stage_two, describe, stage_two_args
+from mace_transfer.transfer.stage_two import (apply_validation_check, check_stage_two, describe, stage_two_args,
+                                              stage_two_name)
 # their home until 0.1.x: still importable from here (mace_transfer.transfer.early_stop is the new one)
 from mace_transfer.transfer.early_stop import (EpochLimit, iter_mace_results, iter_mace_results_file,  # noqa: F401
                                                results_file, should_stop, validation_history)
@@ -519,6 +520,13 @@ def run(args) -> None:
         print(f"mace-transfer: stage two (--converged_stage_two {args.converged_stage_two}) from {args.name}.model: "
               + " ".join(describe(changed)), flush=True)
         run(two)
+        check = apply_validation_check(two.model_dir, args.name, results_file(two))
+        one_e, two_e = (check["stage_one_valid_energy_mae_meV_per_atom"], check["stage_two_valid_energy_mae_meV_per_atom"])
+        print(f"mace-transfer: stage two {'kept' if check['keep_stage_two'] else 'not kept'}: validation energy MAE "
+              f"{one_e:.2f} -> {two_e:.2f} meV/atom (epoch {check['kept_epoch']}); "
+              + (f"{stage_two_name(args.name)}.model is stage two's model" if check["keep_stage_two"] else
+                 f"{stage_two_name(args.name)}.model is stage one's, stage two's is {stage_two_name(args.name)}_rejected.model"),
+              flush=True)
 
 
 def run_mace_only(argv: Sequence[str]) -> None:
