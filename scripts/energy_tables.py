@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from headline import replace_block  # noqa: E402  (scripts/, this script's own folder)
 
 RESULTS = ROOT / "docs" / "RESULTS.md"   # its <!-- energy_levers:start/end --> block is this script's output
+README = ROOT / "README.md"              # and README's <!-- energy:start/end --> block
 SIZES = (5, 20, 50)
 #: (label, study folder, which records) in table order; a missing folder is skipped
 LEVERS = [
@@ -76,7 +77,8 @@ def summarise(runs: Dict[int, List[dict]], test_key: str = "test") -> Dict[int, 
                       "stress": stats([r[test_key]["stress_mae_meV_per_A3"] for r in rs
                                        if r[test_key].get("stress_mae_meV_per_A3") is not None]),
                       "seeds": sorted(r["seed"] for r in rs),
-                      "force_by_seed": {r["seed"]: r[test_key]["force_mae_meV_per_A"] for r in rs}}
+                      "force_by_seed": {r["seed"]: r[test_key]["force_mae_meV_per_A"] for r in rs},
+                      "energy_by_seed": {r["seed"]: r[test_key]["energy_mae_meV_per_atom"] for r in rs}}
     return out
 
 
@@ -117,6 +119,29 @@ def goal_lines(table: Dict[str, dict], peer: Dict[int, dict]) -> List[str]:
                           + ("met" if change <= 0.05 else "not met") + ")")
         lines.append(f"- N = {n} (seeds {', '.join(map(str, row['seeds']))}): " + "; ".join(checks) + ".")
     return lines
+
+
+def readme_block(table: Dict[str, dict], peer: Dict[int, dict]) -> str:
+    """README's lines: transfer_rescale's test errors before and after ``--converged_stage_two energy``."""
+    one = table.get("transfer_rescale | " + LEVERS[0][0], {}).get("per_n", {})
+    two = table.get("transfer_rescale | " + LEVERS[RECIPE][0], {}).get("per_n", {})
+    rows = ["| transfer_rescale, test force / energy MAE (meV/Å / meV/atom) | " + " | ".join(f"N = {n}" for n in SIZES) + " |",
+            "|---|" + "---|" * len(SIZES)]
+    for label, per_n in (("stage one, the same seeds", one), ("+ `--converged_stage_two energy`", two)):
+        cells = []
+        for n in SIZES:
+            row, seeds = per_n.get(n), (two.get(n) or {}).get("seeds", [])
+            if row is None or not seeds or not set(seeds) <= set(row["seeds"]):
+                cells.append("–")
+                continue
+            force = mean(row["force_by_seed"][k] for k in seeds)
+            energy = mean(row["energy_by_seed"][k] for k in seeds)
+            cells.append(f"{force:.1f} / {energy:.2f} (seeds {', '.join(map(str, seeds))})")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    rows.append("| SevenNet-0 fine-tuned | " + " | ".join(
+        f"{peer[n]['force']['mean']:.1f} / {peer[n]['energy']['mean']:.2f}" + ("" if peer[n]["at_plateau"] else " †")
+        for n in SIZES) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def main() -> None:
@@ -170,6 +195,7 @@ def main() -> None:
     out = ROOT / args.out
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     RESULTS.write_text(replace_block(RESULTS.read_text(), "energy_levers", "\n".join(lines) + "\n"))
+    README.write_text(replace_block(README.read_text(), "energy", readme_block(table, peer)))
     out.with_suffix(".json").write_text(json.dumps({"table": table, "sevennet": peer}, indent=1, default=str))
     print("\n".join(lines))
 
