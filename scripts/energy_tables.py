@@ -121,6 +121,31 @@ def goal_lines(table: Dict[str, dict], peer: Dict[int, dict]) -> List[str]:
     return lines
 
 
+def validation_lines() -> List[str]:
+    """What the choices between stage-two variants are made on: the validation cells' energy and force MAE of
+    the kept stage-two epoch (stage one's beside it), mean over the seeds finished, transfer_rescale."""
+    lines = ["Validation (the 8 cells every run is chosen on; mean over the seeds finished; from each record's "
+             "`valid_energy_check`): energy MAE meV/atom / force MAE meV/Å, stage one → stage two:", "",
+             "| stage two | " + " | ".join(f"N={n}" for n in SIZES) + " |", "|---|" + "---|" * len(SIZES)]
+    for label, folder, test_key in LEVERS[1:]:
+        if test_key != "test":
+            continue
+        runs = records(ROOT / folder, "transfer_rescale")
+        cells = []
+        for n in SIZES:
+            checks = [r["valid_energy_check"] for r in runs.get(n, []) if "valid_energy_check" in r]
+            if not checks:
+                cells.append("–")
+                continue
+            one_e, two_e, one_f, two_f = (mean(c[k] for c in checks) for k in (
+                "stage_one_valid_energy_mae_meV_per_atom", "stage_two_valid_energy_mae_meV_per_atom",
+                "stage_one_valid_force_mae_meV_per_A", "stage_two_valid_force_mae_meV_per_A"))
+            cells.append(f"{one_e:.2f} / {one_f:.1f} → {two_e:.2f} / {two_f:.1f} (n={len(checks)})")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label.lstrip('+ ')} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def readme_block(table: Dict[str, dict], peer: Dict[int, dict]) -> str:
     """README's lines: transfer_rescale's test errors before and after ``--converged_stage_two energy``."""
     one = table.get("transfer_rescale | " + LEVERS[0][0], {}).get("per_n", {})
@@ -175,6 +200,7 @@ def main() -> None:
                  for n in SIZES]
         lines.append("| SevenNet-0 fine-tuned | its recipe (docs/results/peers*) | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += validation_lines()
     lines.append("† SevenNet-0 stopped by its epoch/step caps (docs/results/peers), not at its plateau; "
                  "N = 20 is its plateau run (docs/results/peers_long, one seed).")
     offsets = ROOT / "docs/results/energy_offset/offsets.json"
