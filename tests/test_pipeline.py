@@ -100,6 +100,7 @@ def test_a_list_of_subsets_draws_from_each_file_on_its_own(tmp_path, monkeypatch
         pipeline.run_classical_pretrain(dict(stage, kind="classical_pretrain", data="ge.xyz"))
 
 
+@pytest.mark.slow  # make test-slow: two tiny trainings and an evaluation (~45 s); the stage itself is in test_train
 def test_a_train_stage_with_converged_stage_two_hands_on_the_stage_two_model(tmp_path, monkeypatch):
     """``converged_stage_two: energy`` in a train stage: the stage's model (what later stages read and what
     makes a rerun skip it) is ``<name>_stagetwo.model``, and the evaluate stage tests that file."""
