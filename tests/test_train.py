@@ -479,7 +479,11 @@ def test_stage_two_is_kept_only_where_it_lowers_the_validation_energy_error(tmp_
     assert (tmp_path / "x_stagetwo_rejected.model").read_bytes() == b"stage two"
 
 
-def test_stage_two_without_stress_labels_is_refused_before_stage_one(tmp_path, si_data):
+def test_stage_two_without_stress_labels_drops_the_stress_term_and_a_bad_preset_is_refused(tmp_path, si_data):
+    """No ``REF_stress`` in the training file: stage two runs MACE's weighted loss at the same energy:forces
+    weights (no stress weight at all); an unknown preset is one line before any training."""
+    from mace_transfer.transfer.stage_two import stage_two_args
+
     torch.save(make_mace_model([14], r_max=4.0), tmp_path / "si.model")
     frames = read(si_data, ":")
     for atoms in frames:
@@ -487,8 +491,10 @@ def test_stage_two_without_stress_labels_is_refused_before_stage_one(tmp_path, s
     write(tmp_path / "ge.xyz", frames, format="extxyz")
     argv = (["--train_file", str(tmp_path / "ge.xyz"), "--source_model", str(tmp_path / "si.model"),
              "--element_map", "Si:Ge", "--E0s", "{32: -4.0}", "--converged_stage_two", "energy"] + TINY + _dirs(tmp_path, "ge"))
-    with pytest.raises(UserInputError, match="needs REF_stress"):
-        train.main(argv)
+    torch.save(make_mace_model([32], r_max=4.0), tmp_path / "stage_one.model")
+    two, changed = stage_two_args(train.parse_args(argv), tmp_path / "stage_one.model")
+    assert (changed["loss"], changed["energy_weight"], changed["forces_weight"]) == ("weighted", 100.0, 10.0)
+    assert "stress_weight" not in changed and two.name == "ge_stagetwo" and two.source_model is None
     with pytest.raises(UserInputError, match="choose from off, energy"):
         train.main([a if a != "energy" else "forces" for a in argv])
     assert not (tmp_path / "ge" / "ge.model").exists()

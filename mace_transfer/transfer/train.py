@@ -155,7 +155,7 @@ def build_parser():
         "(mace_transfer.transfer.stage_two): 'energy' = stress loss, energy:forces:stress 100:10:100, "
         "lr 0.001, early stop; written as <name>_stagetwo.model beside <name>.model, which is stage one's model "
         "again where stage two did not lower the validation energy MAE (then <name>_stagetwo_rejected.model). "
-        "Needs --stress_key labels in every training structure. Default: off",
+        "Without --stress_key labels in every training structure the stress term is dropped. Default: off",
     )
     group.add_argument(
         "--pipeline",
