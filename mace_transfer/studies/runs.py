@@ -149,12 +149,16 @@ class Sweep(StartModels):
             "corresponding_states": self._scales_from_log(folder),
             "train_indices": subset["train_indices"], "n_extra_train": subset["n_extra_train"],
             "model": str(model_path), "curve": curve,
-            **self._stage_one_summary(strategy, n_train, seed, folder / "results" / f"{name}_run-{seed}_train.txt",
+            **self._stage_one_summary(strategy, n_train, seed, self._results_log(name, seed),
                                       {k: errors[k] for k in METRICS}),
             "load_average_after": list(os.getloadavg()),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         return record
+
+    def _results_log(self, name: str, seed: int) -> Path:
+        """MACE's results log of run ``name`` in its work folder (``run_dirs``: ``<work>/<name>/results``)."""
+        return self.work / name / "results" / f"{name}_run-{seed}_train.txt"
 
     def _stage_one_summary(self, strategy: str, n_train: int, seed: int, results: Path,
                            test: Dict[str, Any]) -> Dict[str, Any]:
@@ -182,7 +186,7 @@ class Sweep(StartModels):
         filled = 0
         for path in sorted((self.out / RECORDS).glob("*.json")):
             record = json.loads(path.read_text())
-            results = self.work / record["name"] / "results" / f"{record['name']}_run-{record['seed']}_train.txt"
+            results = self._results_log(record["name"], record["seed"])
             if "valid_energy_check" in record or not results.is_file():
                 continue
             record.update(self._stage_one_summary(record["strategy"], record["n_train"], record["seed"], results,

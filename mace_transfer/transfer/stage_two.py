@@ -1,7 +1,7 @@
 """Stage two: a second MACE run that continues a converged model with an energy-heavy loss.
 
 The energy error of a transferred model trained on a few structures is not a constant offset (an E0 or
-shift refit does not lower it, docs/RESULTS.md section 17): it is in the relative energies of the cells,
+shift refit does not lower it, docs/RESULTS.md section 15): it is in the relative energies of the cells,
 which a forces-first loss (forces:energy 10:1 or 100:1, per-atom energies) barely weighs. Stage two
 continues the stage-one model with the energy and the stress (the energy's derivative with the cell)
 weighted up, as MACE's own stage two (``--swa``: energy 1000 : forces 100) does, but started *after*
@@ -28,7 +28,7 @@ from mace_transfer import UserInputError
 from mace_transfer.transfer.early_stop import iter_mace_results_file
 
 #: the presets of ``--converged_stage_two`` (MACE flags of the second run; patience and schedule in optimizer steps,
-#: as the converged studies count them). ``energy``: docs/RESULTS.md section 17 (issue 48)
+#: as the converged studies count them). ``energy``: docs/RESULTS.md section 15 (issue 48)
 PRESETS: Dict[str, Dict[str, Any]] = {
     "energy": {"loss": "stress", "energy_weight": 100.0, "forces_weight": 10.0, "stress_weight": 100.0,
                "lr": 0.001, "patience_steps": 200, "min_patience_epochs": 20, "scheduler_patience_steps": 100},
@@ -65,11 +65,6 @@ def check_stage_two(args) -> None:
     _train_frames(args)  # one extxyz file, read before stage one rather than after it
 
 
-def has_stresses(args) -> bool:
-    """Whether every training structure carries ``--stress_key`` (else stage two's stress term is dropped)."""
-    return all(args.stress_key in atoms.info for atoms in _train_frames(args))
-
-
 def stage_two_flags(preset: str, n_train: int, batch_size: int, stresses: bool = True) -> Dict[str, Any]:
     """MACE flags of the second run for ``n_train`` structures at ``batch_size`` (patience in epochs); without
     ``stresses`` in the data, MACE's weighted energy + forces loss at the same energy:forces weights (at N = 20 it
@@ -103,8 +98,9 @@ def stage_two_args(args_before, stage_one_model: Path):
     freezing, multihead replay) switched off; returns (args, the flags it changed). ``--restart_latest`` is kept:
     a cut stage two resumes from its own checkpoints (``<name>_stagetwo_run-<seed>_epoch-*.pt``)."""
     two = copy.deepcopy(args_before)
-    n_train = len(_train_frames(two))
-    flags = stage_two_flags(two.converged_stage_two, n_train, int(two.batch_size), has_stresses(two))
+    frames = _train_frames(two)  # read once: the count sets the patience, the labels whether stresses are trained
+    flags = stage_two_flags(two.converged_stage_two, len(frames), int(two.batch_size),
+                            stresses=all(two.stress_key in atoms.info for atoms in frames))
     changed: Dict[str, Any] = dict(flags, foundation_model=str(stage_one_model), name=stage_two_name(two.name),
                                    E0s=str(model_e0s(stage_one_model)))
     for key, value in changed.items():
