@@ -200,6 +200,12 @@ def main() -> None:
                  for n in SIZES]
         lines.append("| SevenNet-0 fine-tuned | its recipe (docs/results/peers*) | " + " | ".join(cells) + " |")
         lines.append("")
+    runs = [json.loads(path.read_text()) for _, folder, key in LEVERS if key == "test"
+            for path in sorted((ROOT / folder / "records").glob("*.json"))]
+    runs = [r for r in runs if r.get("n_train") in SIZES and r.get("strategy") in ("transfer_rescale", "transfer", "scratch")]
+    lines += [f"Convergence (each record's `converged`: stopped by its early stop, not by the epoch cap): "
+              f"{sum(bool(r.get('converged')) for r in runs)} of {len(runs)} runs in the rows above "
+              "(stage one: section 11; stage two: 200 optimizer steps without a lower validation loss).", ""]
     lines += validation_lines()
     lines.append("† SevenNet-0 stopped by its epoch/step caps (docs/results/peers), not at its plateau; "
                  "N = 20 is its plateau run (docs/results/peers_long, one seed).")
