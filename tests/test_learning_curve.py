@@ -403,6 +403,42 @@ def test_extra_train_frames_join_every_training_set_outside_n_and_validation(lc,
     assert plain.write_subset(tmp_path / "run1", 5, seed=0)["estimate_file"] is None
 
 
+def test_train_order_trains_on_the_first_n_of_a_selection_order_per_seed(lc, tmp_path):
+    """data.train_order: seed s trains on the first N target indices of its order file (an active loop's
+    labels in the order chosen), validation unchanged; a bad order file is refused in one line."""
+    from ase.io import read
+
+    config = _sweep_config_with_extra_file(tmp_path, train_order=str(tmp_path / "order_s{seed}.json"))
+    sweep = lc.Sweep(config)
+    valid, pool = sweep.split()
+    chosen = {0: [pool[7], pool[2], pool[5], pool[0]], 1: [pool[1], pool[6], pool[3]]}
+    for seed, order in chosen.items():
+        (tmp_path / f"order_s{seed}.json").write_text(json.dumps({"target_indices": order}))
+    subset = sweep.write_subset(tmp_path / "run", 3, seed=0)
+    assert subset["train_indices"] == chosen[0][:3]
+    target = read(tmp_path / "t.xyz", ":")
+    for atoms, index in zip(read(subset["train_file"], ":"), chosen[0][:3]):
+        np.testing.assert_array_equal(atoms.positions, target[index].positions)
+        assert atoms.info["REF_energy"] == target[index].info["REF_energy"]
+    assert len(read(subset["valid_file"], ":")) == len(valid)
+    assert sweep.train_indices(3, seed=1) == chosen[1]  # {seed} picks the file
+    with pytest.raises(UserInputError, match="orders 3 structures, N=4"):
+        sweep.train_indices(4, seed=1)
+    with pytest.raises(UserInputError, match="not found"):
+        sweep.train_indices(2, seed=2)
+    (tmp_path / "order_s2.json").write_text(json.dumps({"target_indices": [valid[0], pool[0]]}))
+    with pytest.raises(UserInputError, match="outside the training pool"):  # a validation cell
+        sweep.train_indices(2, seed=2)
+    (tmp_path / "order_s2.json").write_text(json.dumps({"target_indices": [pool[0], pool[0]]}))
+    with pytest.raises(UserInputError, match="repeats an index"):
+        sweep.train_indices(2, seed=2)
+    (tmp_path / "order_s2.json").write_text(json.dumps([pool[0]]))
+    with pytest.raises(UserInputError, match="target_indices"):
+        sweep.train_indices(1, seed=2)
+    del config["data"]["train_order"]  # without it: the seeded shuffle of the pool
+    assert lc.Sweep(config).train_indices(3, seed=0) == lc.training_indices(pool, 3, 0)
+
+
 def test_extra_train_weight_is_the_loss_weight_mace_reads(lc, tmp_path):
     """data.extra_train_weight: every extra frame, and no target frame, reaches MACE with that loss weight
     (its per-configuration ``config_weight``); a weight without extra frames, or not positive, is refused."""

@@ -48,6 +48,27 @@ def training_indices(pool: Sequence[int], n_train: int, seed: int) -> List[int]:
     return order[:n_train]
 
 
+def ordered_indices(path, pool: Sequence[int], n_train: int) -> List[int]:
+    """The first N target indices of a selection order file (``{"target_indices": [...]}``, e.g. the labels
+    of an active-learning loop in the order it chose them, ``scripts/active_pool.py order``); refused in one
+    line when the file is missing, repeats an index, names one outside the training pool or is too short."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"data.train_order: {path} not found")
+    try:
+        order = [int(i) for i in json.loads(path.read_text())["target_indices"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserInputError(f"data.train_order: {path} is not a JSON object with a list 'target_indices' "
+                             f"({error})") from None
+    outside = sorted(set(order) - set(pool))
+    if outside or len(set(order)) != len(order):
+        raise UserInputError(f"data.train_order: {path} repeats an index or names structures outside the "
+                             f"training pool ({outside[:5]}); it must come from this study's split")
+    if n_train > len(order):
+        raise UserInputError(f"data.train_order: {path} orders {len(order)} structures, N={n_train} asked")
+    return order[:n_train]
+
+
 def file_sha256(path) -> str:
     import hashlib
 
@@ -197,6 +218,15 @@ class StudyData:
             atoms.info.update(weights)
         return frames
 
+    def train_indices(self, n_train: int, seed: int) -> List[int]:
+        """Target indices of the N training structures of ``seed``: the first N of the pool shuffled with the
+        seed, or with ``data.train_order`` (a path, ``{seed}`` filled in) the first N of that file's order."""
+        pool = self.split()[1]
+        order_file = self.config["data"].get("train_order")
+        if order_file is None:
+            return training_indices(pool, n_train, seed)
+        return ordered_indices(str(order_file).format(seed=seed), pool, n_train)
+
     def valid_frames(self) -> list:
         target = self.frames("target")
         return [target[i] for i in self.split()[0]]
@@ -213,8 +243,8 @@ class StudyData:
         from ase.io import write
 
         target = self.frames("target")
-        valid_idx, pool = self.split()
-        train_idx = training_indices(pool, n_train, seed)
+        valid_idx = self.split()[0]
+        train_idx = self.train_indices(n_train, seed)
         folder.mkdir(parents=True, exist_ok=True)
         extra = self.extra_train_frames()
         write(folder / "train.xyz", [target[i] for i in train_idx] + list(extra), format="extxyz")

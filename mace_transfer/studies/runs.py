@@ -22,7 +22,6 @@ from mace_transfer.execution import ExecutorSpec, Outcome, Task, local_workers, 
 from mace_transfer.studies import parking, selection
 from mace_transfer.studies.config import (KEPT_MODELS, METRICS, RECORDS, converged_options, epochs_for, run_name,
                                          seeds_at_size)
-from mace_transfer.studies.data import training_indices
 from mace_transfer.studies.plan import finished_walls, guess_wall_s
 from mace_transfer.studies.records import (best_epoch, file_at_hand, load_runs, lowest_valid_loss, read_results,
                                            supersede_runs, valid_rmse_at, write_json)
@@ -79,7 +78,7 @@ class Sweep(StartModels):
         if not model.is_file() or not record_path.is_file():
             raise UserInputError(f"stage_two.from: {study} has no finished {name} (model and record)")
         record = json.loads(record_path.read_text())
-        if record.get("train_indices") != training_indices(self.split()[1], n_train, seed):
+        if record.get("train_indices") != self.train_indices(n_train, seed):
             raise UserInputError(f"stage_two.from: {record_path} was trained on other structures than this "
                                  f"study's N={n_train}, seed {seed} (check data, n_valid, valid_seed)")
         return model, dict(record, record_path=str(record_path))
