@@ -203,6 +203,105 @@ def test_a_model_lacking_the_element_is_one_line(tmp_path, capsys, si_source):
     assert len(err) == 1 and "has no Ge" in err[0]
 
 
+
+# ----------------------------------------------------------------------------- scratch start (pool mode)
+#: a tiny MACE architecture for scratch members (SW's isolated Ge atom: 0 eV)
+SCRATCH_MACE = ('model: ScaleShiftMACE\nnum_channels: 8\nmax_L: 0\nr_max: 4.5\nnum_interactions: 2\n'
+                'correlation: 2\nnum_radial_basis: 4\nbatch_size: 2\nvalid_batch_size: 4\nE0s: "{32: 0.0}"\n')
+
+
+def _scratch_argv(tmp_path, budget=4, mace=SCRATCH_MACE):
+    """A tiny scratch pool loop: 6 SW-Ge cells in the pool, 2 labels a round, a committee of 3, one epoch."""
+    pool = tmp_path / "pool.xyz"
+    if not pool.exists():
+        write_sw_ge_dataset(pool, n=6, seed=3, stress=True)
+    options = tmp_path / "scratch.yaml"
+    options.write_text(mace)
+    return ["--scratch", "--element", "Ge", "--pool", str(pool), "--budget", str(budget), "--batch_size", "2",
+            "--committee", "3", "--seed", "0", "--epochs", "1", "--mace_options", str(options),
+            "--out", str(tmp_path / "loop")]
+
+
+def test_scratch_pool_loop_trains_its_first_committee_from_random_init_then_warm_starts(
+        tmp_path, capsys, si_source):
+    """``--scratch`` in pool mode, two rounds end to end: round 0 has no model (diverse selection, no
+    uncertainty), its members are MACE models of the options' architecture trained from random init, each
+    from its own seed (they predict different forces); round 1 scores the pool with that committee, picks by
+    uncertainty and warm-starts; a rerun with another start into the same --out is refused."""
+    import json
+
+    from mace_transfer.transfer import remap
+
+    argv = _scratch_argv(tmp_path)
+    assert _guarded(_active, argv) == 0, capsys.readouterr().err[-3000:]
+    out = tmp_path / "loop"
+    rec0, rec1 = (json.loads((out / f"round_{r:03d}" / "record.json").read_text()) for r in (0, 1))
+    assert not (out / "round_002").exists() and not (out / "start.model").exists()
+    assert rec0["models_explored_with"] == [] and rec0["fresh_uncertainty_meV_A"]["max"] is None
+    assert rec0["selected"]["rule"] == "diversity" and rec0["train"]["start"] == "scratch"
+    assert rec1["models_explored_with"] == rec0["models"] and rec1["selected"]["rule"] == "uncertainty"
+    assert rec1["train"]["start"] == "warm" and rec1["fresh_uncertainty_meV_A"]["max"] > 0
+    assert rec1["labels_used"] == 4 and rec1["stop"].startswith("budget")
+    assert json.loads((out / "active.json").read_text())["identity"]["start"] == {"scratch": True}
+    # round 0's members: the options' architecture (r_max 4.5 Å, not MACE's 5), one model each
+    atoms = read(tmp_path / "pool.xyz", "5")
+    forces = []
+    for path in rec0["models"]:
+        model = remap.load_model(path)
+        assert remap.model_elements(model) == [32] and float(model.r_max) == pytest.approx(4.5)
+        work = atoms.copy()
+        work.calc = committee.committee_calculator([path])
+        forces.append(work.get_forces())
+    for a in range(3):
+        for b in range(a):
+            assert np.abs(forces[a] - forces[b]).max() > 1e-4
+    capsys.readouterr()
+    # resumed with the same flags: nothing to do; with another start: refused in one line
+    assert _guarded(_active, argv) == 0
+    other = [x for x in argv if x != "--scratch"] + ["--source_model", str(si_source), "--element_map", "Si:Ge"]
+    capsys.readouterr()
+    assert _guarded(_active, other) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "other settings" in err[0] and "start" in err[0]
+
+
+@pytest.mark.parametrize("change, message", [
+    ("no pool", "--scratch needs --pool"),
+    ("no E0s", "--scratch needs the target's isolated-atom energies"),
+    ("with --model", "give one start"),
+])
+def test_bad_scratch_input_is_one_line(tmp_path, capsys, si_source, change, message):
+    argv = _scratch_argv(tmp_path, mace=SCRATCH_MACE.replace('E0s: "{32: 0.0}"\n', "")
+                         if change == "no E0s" else SCRATCH_MACE)
+    if change == "no pool":
+        at = argv.index("--pool")
+        argv = argv[:at] + argv[at + 2:] + ["--labeller", "classical"]
+    elif change == "with --model":
+        argv += ["--model", str(si_source)]
+    assert _guarded(_active, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "loop").exists()
+
+
+def test_loop_settings_refuse_a_scratch_start_without_a_pool_or_e0s(tmp_path):
+    """The loop's own check (LoopSettings built in code, not by the flags): refused before any folder."""
+    from mace_transfer import UserInputError
+    from mace_transfer.active.loop import ActiveLoop, LoopSettings
+
+    pool = tmp_path / "pool.xyz"
+    write_sw_ge_dataset(pool, n=2, seed=3)
+    base = dict(out=str(tmp_path / "loop"), element="Ge", start={"scratch": True}, stop=StopRule(budget=2))
+    cases = [(dict(labeller=LabellerSpec("classical", element="Ge", potential="sw"),
+                   explore=explore.ExploreSettings(element="Ge", lattice_constant=5.654), mace={"E0s": "{32: 0.0}"}),
+              "needs pool mode"),
+             (dict(labeller=LabellerSpec("pool", path=str(pool)), pool=str(pool), mace={}), "isolated-atom energies")]
+    for extra, message in cases:
+        with pytest.raises(UserInputError, match=message):
+            ActiveLoop(LoopSettings(**base, **extra)).prepare()
+    assert not (tmp_path / "loop").exists()
+
+
 # ----------------------------------------------------------------------------- the loop, killed and resumed
 class Finished:
     """How a loop process ended: ``returncode`` (negative: killed by that signal) and its output."""

@@ -2,9 +2,9 @@
 
 Round ``r`` (folder ``OUT/round_RRR``):
 
-1. *explore* with the committee of round ``r-1`` (round 0: the start model alone): MD units
-   (:mod:`mace_transfer.active.explore`), or in pool mode the pool's structures not yet taken, scored by
-   the committee; candidates in ``candidates.xyz``;
+1. *explore* with the committee of round ``r-1`` (round 0: the start model alone; a scratch start has
+   none, pool mode only): MD units (:mod:`mace_transfer.active.explore`), or in pool mode the pool's
+   structures not yet taken, scored by the committee; candidates in ``candidates.xyz``;
 2. *stop?* the fresh uncertainty below the threshold for K rounds stops here (:mod:`mace_transfer.active.stop`);
 3. *select* ``batch_size`` candidates (round 0: ``initial``, by diversity alone; then highest uncertainty with
    the diversity rule, :mod:`mace_transfer.active.select`), never more than the budget left: ``selected.xyz``;
@@ -13,7 +13,8 @@ Round ``r`` (folder ``OUT/round_RRR``):
    seeded bootstrap resample; warm start from the previous round's member k, or with ``warm_start=False``
    from the start (the remapped source) each round; a member k > 0 that starts from the start model starts
    from its own seeded perturbed copy of it (``member_noise``, :func:`committee.perturbed_copy`): with few
-   labels in one batch, data order and bootstrap alone leave the members one model; ``member_K/``;
+   labels in one batch, data order and bootstrap alone leave the members one model; a scratch start trains
+   each member from MACE's random init (seeded by member) instead; ``member_K/``;
 6. *check*: validation and test errors of the committee mean, the calibration of its uncertainty on the test
    set; then ``record.json``, the round's record and its last marker.
 
@@ -75,7 +76,9 @@ class LoopSettings:
     """Everything a loop needs; ``identity()`` is what a rerun into the same ``out`` must keep.
 
     ``start``: ``{"source_model": path, "element_map": "Si:Ge"}`` (+ optional ``length_scale``,
-    ``energy_scale`` for the round-0 explorer) or ``{"model": path}`` (any MACE model with ``element``);
+    ``energy_scale`` for the round-0 explorer), ``{"model": path}`` (any MACE model with ``element``) or
+    ``{"scratch": True}`` (no start model: members trained from random init with the architecture and the
+    ``E0s`` of ``mace``; pool mode only, as exploration MD needs a model in round 0);
     ``mace``: MACE options for the members (flags of ``mace_transfer_train``; :data:`MACE_DEFAULTS` below);
     ``pool``: a labelled extxyz (pool mode: no MD, the pool's labels read only once selected);
     ``selection``: ``uncertainty`` (the loop) or ``random`` (the baseline: a seeded random draw each round,
@@ -175,6 +178,11 @@ class ActiveLoop:
                                  f"(got batch_size {s.batch_size}, committee {s.committee})")
         if (s.pool is None) == (s.explore is None):
             raise UserInputError("give either exploration settings or a pool, not both or neither")
+        if self.scratch and s.pool is None:
+            raise UserInputError("a scratch start needs pool mode (--pool): exploration MD needs a model in round 0")
+        if self.scratch and not s.mace.get("E0s"):
+            raise UserInputError("a scratch start needs the target's isolated-atom energies: E0s in the MACE "
+                                 "options (--mace_options), e.g. \"{32: -103.12}\"")
         for name, path in (("pool", s.pool), ("valid_file", s.valid_file), ("test_file", s.test_file)):
             if path and not Path(path).is_file():
                 raise UserInputError(f"{name} {path} does not exist")
@@ -189,13 +197,21 @@ class ActiveLoop:
                 raise UserInputError(f"{self.out} holds a loop with other settings ({', '.join(changed)}); "
                                      "use another --out")
         write_json(saved, {"identity": identity, "stop": asdict(s.stop), "executor": asdict(s.executor)})
-        self.start_model()
+        if not self.scratch:
+            self.start_model()
+
+    @property
+    def scratch(self) -> bool:
+        """A scratch start: no start model; members trained from random init until a committee exists."""
+        return bool(self.s.start.get("scratch"))
 
     def start_model(self) -> Path:
         """The round-0 explorer: the given model, or the remapped source (``start.model``)."""
         from mace_transfer.transfer import remap
 
         s = self.s
+        if self.scratch:
+            raise RuntimeError("a scratch start has no start model")  # callers handle the scratch case
         z = remap.to_atomic_number(s.element)
         if "model" in s.start:
             model = remap.load_model(s.start["model"])
@@ -250,17 +266,18 @@ class ActiveLoop:
         return not (last["stop"].startswith("budget") and self.s.stop.budget_left(last["dft_calls"]) > 0)
 
     def models_of(self, records: List[Dict[str, Any]]) -> List[str]:
-        """The current models: the last round's committee, or the start model."""
+        """The current models: the last round's committee, or the start model (none for a scratch start)."""
         for record in reversed(records):
             if record.get("models"):
                 return record["models"]
-        return [str(self.start_model())]
+        return [] if self.scratch else [str(self.start_model())]
 
     def run_round(self, r: int, records: List[Dict[str, Any]]) -> Dict[str, Any]:
         s, folder = self.s, self.round_dir(r)
         folder.mkdir(parents=True, exist_ok=True)
         models = self.models_of(records)
-        calc = committee.committee_calculator(models, s.device)
+        # no model yet (a scratch start before its first committee): no uncertainty, as one start model
+        calc = committee.committee_calculator(models, s.device) if models else None
         found = self.step(folder / "explore.json", lambda: self.explore(r, calc, folder))
         candidates = exploration.read_frames(folder / "candidates.xyz")
         fresh = [float(f.info["uncertainty_eV_A"]) for f in candidates if "uncertainty_eV_A" in f.info]
@@ -425,6 +442,8 @@ class ActiveLoop:
         if previous is not None:
             options.update(foundation_model=previous, E0s=model_e0s(previous))
             return options
+        if self.scratch:  # random init seeded by (seed, r, k): the architecture and E0s of s.mace, no noise
+            return options
         start = str(s.start.get("model") or s.start["source_model"])
         if k > 0 and s.member_noise > 0:  # a first committee: each member from its own perturbed start
             member.mkdir(parents=True, exist_ok=True)
@@ -474,7 +493,7 @@ class ActiveLoop:
             exploration.write_atomically(folder / "train.xyz", frames)
         previous = self.models_of(self.records()[:r]) if (r > 0 and s.warm_start) else None
         if previous is not None and len(previous) != s.committee:
-            previous = None  # the previous round had no committee yet: start from the start model
+            previous = None  # the previous round had no committee yet: start from the start (or scratch)
         tasks = []
         for k in range(s.committee):
             if (folder / f"member_{k}.json").exists():
@@ -494,7 +513,8 @@ class ActiveLoop:
         members = [read_json(folder / f"member_{k}.json") for k in range(s.committee)]
         return {"models": [m["model"] for m in members], "cpu_s": float(sum(m["cpu_s"] for m in members)),
                 "wall_s": float(sum(m["wall_s"] for m in members)),
-                "start": "warm" if previous else ("model" if "model" in s.start else "remapped source"),
+                "start": "warm" if previous else ("scratch" if self.scratch else
+                                                  "model" if "model" in s.start else "remapped source"),
                 "n_train": len(frames)}
 
     # ------------------------------------------------------------------ check

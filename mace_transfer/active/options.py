@@ -25,6 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--source_model", help="trained MACE .model of the source element (remapped by --element_map)")
     start.add_argument("--element_map", help="source:target, e.g. Si:Ge (as mace_transfer_train)")
     start.add_argument("--model", help="any MACE .model that has --element (used as it is)")
+    start.add_argument("--scratch", action="store_true",
+                       help="no start model: pool mode only; each member trains from MACE's random init (seeded "
+                       "by member; --member_noise does not apply) with the architecture and the E0s of "
+                       "--mace_options (E0s required), later rounds warm-start from it")
     start.add_argument("--element", help="the element to learn (default: the target of --element_map)")
     start.add_argument("--length_scale", type=float, default=1.0,
                        help="corresponding-states s of the round-0 explorer (no labels yet to estimate it)")
@@ -49,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="fine-tune each round from the start model instead of the previous round's members")
     loop.add_argument("--member_noise", type=float, default=0.02,
                       help="relative weight noise of the start of members k > 0 (their only difference from "
-                      "member 0 on few labels)")
+                      "member 0 on few labels); not with --scratch (members differ by their init seed)")
     loop.add_argument("--selection", choices=["uncertainty", "random"], default="uncertainty",
                       help="random: the baseline (a seeded random draw each round; committee trained alike)")
     loop.add_argument("--min_distance", type=float, default=DEFAULT_MIN_DISTANCE,
@@ -106,11 +110,14 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
         raise UserInputError(f"--max_per_kind must be >= 1, got {args.max_per_kind}")
     if args.committee < 3:
         raise UserInputError(f"--committee must be >= 3 models, got {args.committee}")
-    if bool(args.model) == bool(args.source_model):
-        raise UserInputError("give a start model: --source_model with --element_map, or --model")
+    if sum(map(bool, (args.model, args.source_model, args.scratch))) != 1:
+        raise UserInputError("give one start: --source_model with --element_map, --model, or --scratch")
+    if args.scratch and not args.pool:
+        raise UserInputError("--scratch needs --pool (exploration MD needs a model in round 0)")
     if args.source_model and not args.element_map:
         raise UserInputError("--source_model needs --element_map (e.g. Si:Ge)")
-    _file(args.model or args.source_model, "--model" if args.model else "--source_model")
+    if not args.scratch:
+        _file(args.model or args.source_model, "--model" if args.model else "--source_model")
     element = args.element
     if args.element_map:
         targets = list(remap.parse_element_map(args.element_map).values())
@@ -120,7 +127,7 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
     if not element:
         raise UserInputError("give --element (the element to learn)")
     element = remap.symbols([remap.to_atomic_number(element)])
-    start = ({"model": args.model} if args.model else
+    start = ({"scratch": True} if args.scratch else {"model": args.model} if args.model else
              {"source_model": args.source_model, "element_map": args.element_map,
               "length_scale": args.length_scale, "energy_scale": args.energy_scale})
     if args.pool:
@@ -144,6 +151,9 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
         mace["max_num_epochs"] = args.epochs
     if args.lr is not None:
         mace["lr"] = args.lr
+    if args.scratch and not mace.get("E0s"):
+        raise UserInputError("--scratch needs the target's isolated-atom energies: E0s in --mace_options, "
+                             "e.g. E0s: \"{32: -103.12}\"")
     explore = None
     if not args.pool:
         from mace_transfer.evaluate.properties import guess_lattice_constant
