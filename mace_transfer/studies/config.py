@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from mace_transfer import UserInputError
+from mace_transfer.transfer.early_stop import steps_to_epochs
 
 
 STRATEGIES = ("scratch", "transfer", "transfer_freeze", "transfer_rescale", "mace_freeze",
@@ -221,10 +222,8 @@ def converged_options(n_train: int, batch_size: int, budget: Dict[str, Any]) -> 
     ``max_epochs``), which a converged run never reaches; ``min_improvement`` (relative, optional) ->
     ``--early_stop_min_delta``: smaller decreases of the validation loss do not count as improvements.
     """
-    steps_per_epoch = max(1, n_train // batch_size)  # MACE's training loader drops the last partial batch
-
     def epochs(key: str, default: int) -> int:
-        return math.ceil(int(budget.get(key, default)) / steps_per_epoch)
+        return steps_to_epochs(int(budget.get(key, default)), n_train, batch_size)
 
     options = {"max_num_epochs": min(int(budget.get("max_epochs", 5000)), epochs("max_steps", 20000)),
                "early_stop_patience": max(int(budget.get("min_patience_epochs", 20)), epochs("patience_steps", 600)),

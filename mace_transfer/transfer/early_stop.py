@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -45,6 +46,13 @@ def results_file(args) -> Path:
     without ``--results_dir``, ``<work_dir>/results`` (``--work_dir`` defaults to ".")."""
     folder = args.results_dir or Path(getattr(args, "work_dir", None) or ".") / "results"
     return Path(folder) / f"{args.name}_run-{args.seed}_train.txt"
+
+
+def steps_to_epochs(steps: int, n_train: int, batch_size: int) -> int:
+    """Epochs holding at least ``steps`` optimizer steps at ``n_train`` structures (MACE's training loader drops
+    the last partial batch; a batch larger than N is N): a patience in steps waits as long at N = 2 as at 292."""
+    steps_per_epoch = max(1, n_train // max(1, min(batch_size, n_train)))
+    return math.ceil(int(steps) / steps_per_epoch)
 
 
 def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0, min_delta: float = 0.0) -> bool:

@@ -20,12 +20,11 @@ own stage-two model, ``<model_dir>/<name>_stagetwo.model``; stage one's ``<name>
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any, Dict, List
 
 from mace_transfer import UserInputError
-from mace_transfer.transfer.early_stop import iter_mace_results_file
+from mace_transfer.transfer.early_stop import iter_mace_results_file, steps_to_epochs
 
 #: the presets of ``--converged_stage_two`` (MACE flags of the second run; patience and schedule in optimizer steps,
 #: as the converged studies count them). ``energy``: docs/RESULTS.md section 15 (issue 48)
@@ -71,7 +70,6 @@ def stage_two_flags(preset: str, n_train: int, batch_size: int, stresses: bool =
     took the medium Ge test energy MAE from 3.56 to 1.04 meV/atom, against 0.89 with the stress term: docs/RESULTS.md
     section 15)."""
     recipe = PRESETS[preset]
-    steps_per_epoch = max(1, n_train // max(1, min(batch_size, n_train)))
     loss = {"loss": recipe["loss"], "energy_weight": recipe["energy_weight"],
             "forces_weight": recipe["forces_weight"], "stress_weight": recipe["stress_weight"]}
     if recipe["loss"] == "stress" and not stresses:
@@ -79,8 +77,8 @@ def stage_two_flags(preset: str, n_train: int, batch_size: int, stresses: bool =
     return {**{k: v for k, v in loss.items() if v is not None},
             "lr": recipe["lr"],
             "early_stop_patience": max(recipe["min_patience_epochs"],
-                                       math.ceil(recipe["patience_steps"] / steps_per_epoch)),
-            "scheduler_patience": max(3, math.ceil(recipe["scheduler_patience_steps"] / steps_per_epoch))}
+                                       steps_to_epochs(recipe["patience_steps"], n_train, batch_size)),
+            "scheduler_patience": max(3, steps_to_epochs(recipe["scheduler_patience_steps"], n_train, batch_size))}
 
 
 def model_e0s(model_path) -> Dict[int, float]:
