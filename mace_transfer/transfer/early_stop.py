@@ -70,18 +70,23 @@ def should_stop(history: Sequence[tuple], patience: int, min_epochs: int = 0, mi
     return last_epoch >= min_epochs and last_epoch - improved_epoch >= patience
 
 
-def validated_epochs_in_order(path) -> List[tuple]:
-    """(epoch, validation loss) per validation, in the order MACE logged them, all chunks of a run: an
+def validated_rows_in_order(path) -> List[tuple]:
+    """(epoch, MACE's eval row) per validation, in the order MACE logged them, all chunks of a run: an
     epoch trained again after a resume appears again (the last head's row when several heads log)."""
     rows: List[tuple] = []
     for row in iter_mace_results_file(path):
         if row.get("mode") == "eval" and row.get("epoch") is not None and row.get("loss") is not None:
-            entry = (int(row["epoch"]), float(row["loss"]))
+            entry = (int(row["epoch"]), row)
             if rows and rows[-1][0] == entry[0]:
                 rows[-1] = entry  # another head of the same validation
             else:
                 rows.append(entry)
     return rows
+
+
+def validated_epochs_in_order(path) -> List[tuple]:
+    """(epoch, validation loss) per validation, as :func:`validated_rows_in_order`."""
+    return [(epoch, float(row["loss"])) for epoch, row in validated_rows_in_order(path)]
 
 
 def validation_history(path) -> List[tuple]:

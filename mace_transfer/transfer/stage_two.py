@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from mace_transfer import UserInputError
-from mace_transfer.transfer.early_stop import iter_mace_results_file, steps_to_epochs
+from mace_transfer.transfer.early_stop import iter_mace_results_file, steps_to_epochs, validated_rows_in_order
 
 #: the presets of ``--converged_stage_two`` (MACE flags of the second run; patience and schedule in optimizer steps,
 #: as the converged studies count them). ``energy``: docs/RESULTS.md section 15 (issue 48)
@@ -122,14 +122,10 @@ def validation_energy_check(results_path) -> Dict[str, Any]:
     stage-two epoch MACE keeps (the first lowest validation loss; an epoch retrained after a resume counts
     with its newest row): ``keep_stage_two`` is True when its validation energy MAE is the lower (meV/atom,
     forces meV/Å)."""
-    start, latest = None, {}
-    for row in iter_mace_results_file(results_path):
-        if row.get("mode") != "eval" or row.get("loss") is None:
-            continue
-        if row.get("epoch") is None:
-            start = row if start is None else start  # a resumed chunk logs its checkpoint's again: not stage one
-        else:
-            latest[int(row["epoch"])] = row
+    # stage one: the first initial evaluation (a resumed chunk logs its checkpoint's again, later in the file)
+    start = next((row for row in iter_mace_results_file(results_path)
+                  if row.get("mode") == "eval" and row.get("loss") is not None and row.get("epoch") is None), None)
+    latest = dict(validated_rows_in_order(results_path))  # the newest row of each epoch
     if start is None or not latest:
         raise UserInputError(f"{results_path}: no stage-two validation to judge (did stage two run?)")
     kept_epoch = min(sorted(latest), key=lambda epoch: latest[epoch]["loss"])
