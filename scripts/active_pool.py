@@ -41,14 +41,15 @@ def write_files(out: Path) -> None:
 
 
 def selection_order(loop: Path, pool_to_target) -> list:
-    """Target indices of the loop's labels (``round_RRR/selected.xyz``, rounds in order)."""
+    """Target indices of the loop's labels (``round_RRR/selected.xyz``, rounds in order, up to the last round
+    whose labelling finished; its committee may still be training, the choice is made)."""
     from ase.io import read
 
     order = []
     for folder in sorted(loop.glob("round_[0-9][0-9][0-9]")):
         path = folder / "selected.xyz"
-        if not path.is_file() or not (folder / "record.json").is_file():
-            break  # a round not finished: its labels did not train the committee yet
+        if not path.is_file() or not (folder / "label.json").is_file():
+            break  # a round whose labelling step has not finished: its choice may not be final
         order += [int(pool_to_target[int(a.info["pool_index"])]) for a in read(path, ":", format="extxyz")]
     return order
 
