@@ -70,5 +70,7 @@ def test_shipped_config_loads_and_its_files_exist(path, monkeypatch):
     else:
         config = load_pipeline(path.relative_to(ROOT))
         made_here = (str(config["workdir"]).rstrip("/") + "/",)  # the pipeline's own stage outputs
-    missing = [f for f in named_files(config) if not f.startswith(made_here) and not (ROOT / f).exists()]
+    names = [f.format(seed=seed) for f in named_files(config)  # a per-seed file (data.train_order) for each seed
+             for seed in (config.get("seeds") or [0] if "{seed}" in f else [None])]
+    missing = [f for f in names if not f.startswith(made_here) and not (ROOT / f).exists()]
     assert not missing, f"{path.name} names files the repo does not ship: {missing}"
