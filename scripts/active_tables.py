@@ -14,15 +14,17 @@ the seeds present (seeds listed). Nothing here chooses anything.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
+from energy_tables import stats  # noqa: E402  (mean, sample std, n of a list of errors)
 from headline import replace_block  # noqa: E402  (scripts/, this script's own folder)
 
 from mace_transfer.active.report import markdown as rounds_markdown  # noqa: E402
@@ -44,17 +46,11 @@ def _records(folder: Path, strategy: str) -> Dict[int, Dict[int, dict]]:
     return out
 
 
-def _stat(values: List[float]) -> Optional[dict]:
-    if not values:
-        return None
-    return {"mean": mean(values), "std": stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
-
-
 def _cell(runs: Dict[int, dict], seeds: Optional[List[int]] = None) -> str:
     chosen = {s: r for s, r in runs.items() if seeds is None or s in seeds}
     if not chosen:
         return "–"
-    f, e = _stat([r["test"][F] for r in chosen.values()]), _stat([r["test"][E] for r in chosen.values()])
+    f, e = stats([r["test"][F] for r in chosen.values()]), stats([r["test"][E] for r in chosen.values()])
     spread = lambda st, d: f"{st['mean']:.{d}f}" + (f" ± {st['std']:.{d}f}" if st["n"] > 1 else "")  # noqa: E731
     return f"{spread(f, 1)} / {spread(e, 2)} (s{','.join(map(str, sorted(chosen)))})"
 
@@ -133,7 +129,7 @@ def cost_table(all_loops: Dict[str, List[dict]]) -> List[str]:
 def goals(active: Dict[int, Dict[int, dict]], random: Dict[int, Dict[int, dict]],
           scratch_active: Dict[int, Dict[int, dict]], target_force: float) -> List[str]:
     out = []
-    reached = [(n, _stat([r["test"][F] for r in runs.values()]), _stat([r["test"][E] for r in runs.values()]))
+    reached = [(n, stats([r["test"][F] for r in runs.values()]), stats([r["test"][E] for r in runs.values()]))
                for n, runs in sorted(active.items()) if n <= 30]
     hit = [(n, f, e) for n, f, e in reached if f["mean"] <= target_force and e["mean"] <= 1.0]
     best = min(reached, key=lambda t: t[1]["mean"]) if reached else None
@@ -150,8 +146,6 @@ def goals(active: Dict[int, Dict[int, dict]], random: Dict[int, Dict[int, dict]]
         need = None
         for (m0, f0), (m1, f1) in zip(curve, curve[1:]):
             if f1 <= f_active <= f0:
-                import math
-
                 t = (f0 - f_active) / (f0 - f1) if f0 != f1 else 0.0
                 need = math.exp(math.log(m0) + t * (math.log(m1) - math.log(m0)))
         pairs.append((n, f_active, need))
