@@ -83,34 +83,41 @@ def kinds_table(all_loops: Dict[str, List[dict]], pool: Counter) -> List[str]:
     return lines
 
 
-def finals_table(active: Dict[int, Dict[int, dict]], random: Dict[int, Dict[int, dict]],
+def finals_table(variants: Dict[str, Dict[int, Dict[int, dict]]], random: Dict[int, Dict[int, dict]],
                  scratch_active: Dict[int, Dict[int, dict]], scratch_random: Dict[int, Dict[int, dict]]) -> List[str]:
-    lines = ["| N labels | transfer + random | transfer + active | transfer + random, the active runs' seeds "
-             "| scratch + random | scratch + active |", "|---|---|---|---|---|---|"]
+    """One row per N: random draws, each selection variant's converged runs, random on the default variant's seeds."""
+    names = list(variants)
+    active = variants[names[0]]
+    lines = ["| N labels | transfer + random | " + " | ".join(f"transfer + {v}" for v in names)
+             + " | transfer + random, the active runs' seeds | scratch + random | scratch + active |",
+             "|---|---|" + "---|" * len(names) + "---|---|---|"]
     for n in SIZES:
-        if n not in active and n not in random:
+        if n not in random and not any(n in v for v in variants.values()):
             continue
         a = active.get(n, {})
-        lines.append(f"| {n} | {_cell(random.get(n, {}))} | {_cell(a)} | "
+        lines.append(f"| {n} | {_cell(random.get(n, {}))} | "
+                     + " | ".join(_cell(variants[v].get(n, {})) for v in names) + " | "
                      f"{_cell(random.get(n, {}), sorted(a)) if a else '–'} | {_cell(scratch_random.get(n, {}))} | "
                      f"{_cell(scratch_active.get(n, {}))} |")
     return lines
 
 
-def per_kind_table(active: Dict[int, Dict[int, dict]], random: Dict[int, Dict[int, dict]]) -> List[str]:
-    """Test force MAE per config_type: active against random, the same N and seeds."""
+def per_kind_table(variants: Dict[str, Dict[int, Dict[int, dict]]], random: Dict[int, Dict[int, dict]]) -> List[str]:
+    """Test force MAE per config_type: each selection variant against random, the same N and seeds (the seeds a
+    variant shares with the random draws; a row per variant, random on those seeds just above it)."""
     lines = []
-    for n in sorted(active):
-        seeds = sorted(s for s in active[n] if s in random.get(n, {}))
-        if not seeds:
-            continue
-        kinds = sorted(active[n][seeds[0]]["test_per_config_type"])
-        if not lines:
-            lines = ["| N, seeds | start | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
-        for label, runs in (("random", random[n]), ("active", active[n])):
-            values = [mean(runs[s]["test_per_config_type"][k][F] for s in seeds) for k in kinds]
-            lines.append(f"| {n}, s{','.join(map(str, seeds))} | transfer + {label} | "
-                         + " | ".join(f"{v:.1f}" for v in values) + " |")
+    for n in sorted({n for v in variants.values() for n in v}):
+        for name, active in variants.items():
+            seeds = sorted(s for s in active.get(n, {}) if s in random.get(n, {}))
+            if not seeds:
+                continue
+            kinds = sorted(active[n][seeds[0]]["test_per_config_type"])
+            if not lines:
+                lines = ["| N, seeds | start | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+            for label, runs in (("random", random[n]), (name, active[n])):
+                values = [mean(runs[s]["test_per_config_type"][k][F] for s in seeds) for k in kinds]
+                lines.append(f"| {n}, s{','.join(map(str, seeds))} | transfer + {label} | "
+                             + " | ".join(f"{v:.1f}" for v in values) + " |")
     return lines
 
 
@@ -127,13 +134,14 @@ def cost_table(all_loops: Dict[str, List[dict]]) -> List[str]:
 
 
 def goals(active: Dict[int, Dict[int, dict]], random: Dict[int, Dict[int, dict]],
-          scratch_active: Dict[int, Dict[int, dict]], target_force: float) -> List[str]:
+          scratch_active: Dict[int, Dict[int, dict]], target_force: float, variant: str) -> List[str]:
+    """The issue's goal lines for one selection variant's converged runs (``variant`` names it in each line)."""
     out = []
     reached = [(n, stats([r["test"][F] for r in runs.values()]), stats([r["test"][E] for r in runs.values()]))
                for n, runs in sorted(active.items()) if n <= 30]
     hit = [(n, f, e) for n, f, e in reached if f["mean"] <= target_force and e["mean"] <= 1.0]
     best = min(reached, key=lambda t: t[1]["mean"]) if reached else None
-    out.append(f"- Transfer + active reaches medium scratch's all-292 test force MAE ({target_force:.1f} meV/Å) with "
+    out.append(f"- Transfer + {variant} reaches medium scratch's all-292 test force MAE ({target_force:.1f} meV/Å) with "
                f"≤ 30 labels and energy ≤ 1 meV/atom: " + (
                    f"met at N = {hit[0][0]}" if hit else
                    ("not met: its best at ≤ 30 labels is " + f"{best[1]['mean']:.1f} meV/Å, {best[2]['mean']:.2f} "
@@ -149,24 +157,28 @@ def goals(active: Dict[int, Dict[int, dict]], random: Dict[int, Dict[int, dict]]
                 t = (f0 - f_active) / (f0 - f1) if f0 != f1 else 0.0
                 need = math.exp(math.log(m0) + t * (math.log(m1) - math.log(m0)))
         pairs.append((n, f_active, need))
-    out.append("- At equal test force error, transfer + active needs ≤ 0.5× the labels of transfer + random: " + "; ".join(
+    out.append(f"- At equal test force error, transfer + {variant} needs ≤ 0.5× the labels of transfer + random: " + "; ".join(
         f"N = {n}: {f:.1f} meV/Å, random draws need " + (f"≈ {need:.0f} labels ({n / need:.2f}×)" if need else
                                                            "more than 50 or fewer than 5 (outside the measured curve)")
         for n, f, need in pairs) + (" (random-draw N interpolated in log N between the measured sizes)." if pairs else
                                     "not measured yet."))
     if scratch_active:
-        out.append("- Transfer + active beats scratch + active at every budget ≤ 50: " + "; ".join(
+        out.append(f"- Transfer + {variant} beats scratch + active at every budget ≤ 50: " + "; ".join(
             f"N = {n}: {mean(r['test'][F] for r in active[n].values()):.1f} vs "
             f"{mean(r['test'][F] for r in scratch_active[n].values()):.1f} meV/Å"
             for n in sorted(set(active) & set(scratch_active))) + ".")
     else:
-        out.append("- Transfer + active beats scratch + active at every budget ≤ 50: not measured yet.")
+        out.append(f"- Transfer + {variant} beats scratch + active at every budget ≤ 50: not measured yet.")
     return out
 
 
 def main() -> None:
     all_loops = loops()
     active = _records(STUDY / "converged", "transfer_rescale")
+    variants = {"active": active}
+    spread = _records(STUDY / "converged_k2", "transfer_rescale")  # configs/active_pool_k2_medium.yaml
+    if spread:
+        variants["active, ≤ 2 of a kind a batch"] = spread
     scratch_active = _records(STUDY / "converged_scratch", "scratch")
     random, scratch_random = _records(RANDOM, "transfer_rescale"), _records(RANDOM, "scratch")
     target = json.loads((RANDOM / "records" / f"{ALL_292_SCRATCH_FORCE}.json").read_text())["test"][F]
@@ -180,15 +192,15 @@ def main() -> None:
         "seed s chose (the first 5 by farthest-point sampling, then 5 a round by committee uncertainty with the "
         "diversity rule), trained under the same recipe and MACE seed (configs/active_pool_medium.yaml).",
         "",
-        *finals_table(active, random, scratch_active, scratch_random),
+        *finals_table(variants, random, scratch_active, scratch_random),
         "",
         "Goals (issue 49):",
         "",
-        *goals(active, random, scratch_active, target),
+        *[line for name, runs in variants.items() for line in goals(runs, random, scratch_active, target, name)],
         "",
         "### Where the chosen labels help: test force MAE per config_type (meV/Å), the same N and seeds",
         "",
-        *(per_kind_table(active, random) or ["(no converged active run yet)"]),
+        *(per_kind_table(variants, random) or ["(no converged active run yet)"]),
         "",
         "### What the loops chose",
         "",
@@ -208,6 +220,7 @@ def main() -> None:
                                       "Generated by `scripts/active_tables.py` from the records; do not edit.\n\n"
                                       + block)
     summary = {"finals": {n: {s: r["test"] for s, r in runs.items()} for n, runs in active.items()},
+               "finals_k2": {n: {s: r["test"] for s, r in runs.items()} for n, runs in spread.items()},
                "random": {n: {s: r["test"] for s, r in runs.items()} for n, runs in random.items()},
                "all_292_scratch_force_meV_A": target}
     (STUDY / "summary.json").write_text(json.dumps(summary, indent=1))
