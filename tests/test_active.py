@@ -294,7 +294,7 @@ def test_loop_settings_refuse_a_scratch_start_without_a_pool_or_e0s(tmp_path):
     base = dict(out=str(tmp_path / "loop"), element="Ge", start={"scratch": True}, stop=StopRule(budget=2))
     cases = [(dict(labeller=LabellerSpec("classical", element="Ge", potential="sw"),
                    explore=explore.ExploreSettings(element="Ge", lattice_constant=5.654), mace={"E0s": "{32: 0.0}"}),
-              "needs pool mode"),
+              "--scratch needs --pool"),
              (dict(labeller=LabellerSpec("pool", path=str(pool)), pool=str(pool), mace={}), "isolated-atom energies")]
     for extra, message in cases:
         with pytest.raises(UserInputError, match=message):

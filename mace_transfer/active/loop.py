@@ -178,11 +178,13 @@ class ActiveLoop:
                                  f"(got batch_size {s.batch_size}, committee {s.committee})")
         if (s.pool is None) == (s.explore is None):
             raise UserInputError("give either exploration settings or a pool, not both or neither")
+        # the one check of a scratch start's needs (flags or settings built in code); messages name the flags
         if self.scratch and s.pool is None:
-            raise UserInputError("a scratch start needs pool mode (--pool): exploration MD needs a model in round 0")
+            raise UserInputError("--scratch needs --pool (a pool to select from: exploration MD needs a model in "
+                                 "round 0)")
         if self.scratch and not s.mace.get("E0s"):
-            raise UserInputError("a scratch start needs the target's isolated-atom energies: E0s in the MACE "
-                                 "options (--mace_options), e.g. \"{32: -103.12}\"")
+            raise UserInputError("--scratch needs the target's isolated-atom energies: E0s in --mace_options "
+                                 "(LoopSettings.mace), e.g. E0s: \"{32: -103.12}\"")
         for name, path in (("pool", s.pool), ("valid_file", s.valid_file), ("test_file", s.test_file)):
             if path and not Path(path).is_file():
                 raise UserInputError(f"{name} {path} does not exist")

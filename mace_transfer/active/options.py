@@ -112,8 +112,6 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
         raise UserInputError(f"--committee must be >= 3 models, got {args.committee}")
     if sum(map(bool, (args.model, args.source_model, args.scratch))) != 1:
         raise UserInputError("give one start: --source_model with --element_map, --model, or --scratch")
-    if args.scratch and not args.pool:
-        raise UserInputError("--scratch needs --pool (exploration MD needs a model in round 0)")
     if args.source_model and not args.element_map:
         raise UserInputError("--source_model needs --element_map (e.g. Si:Ge)")
     if not args.scratch:
@@ -151,9 +149,6 @@ def settings_from_args(args: argparse.Namespace, executor: Optional[ExecutorSpec
         mace["max_num_epochs"] = args.epochs
     if args.lr is not None:
         mace["lr"] = args.lr
-    if args.scratch and not mace.get("E0s"):
-        raise UserInputError("--scratch needs the target's isolated-atom energies: E0s in --mace_options, "
-                             "e.g. E0s: \"{32: -103.12}\"")
     explore = None
     if not args.pool:
         from mace_transfer.evaluate.properties import guess_lattice_constant
