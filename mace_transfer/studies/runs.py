@@ -71,7 +71,14 @@ class Sweep(StartModels):
 
     def stage_one_record(self, strategy: str, n_train: int, seed: int) -> Tuple[Path, Dict[str, Any]]:
         """The converged run a ``stage_two`` study continues: ``<stage_two.from>/models/<run>.model`` and
-        its record, refused in one line when missing or trained on other structures than this subset."""
+        its record, refused in one line when missing or trained on other structures than this subset. Read
+        once per run (the options at its start and the record at its end both ask)."""
+        cache = self.__dict__.setdefault("_stage_one_records", {})
+        if (strategy, n_train, seed) not in cache:
+            cache[strategy, n_train, seed] = self._read_stage_one_record(strategy, n_train, seed)
+        return cache[strategy, n_train, seed]
+
+    def _read_stage_one_record(self, strategy: str, n_train: int, seed: int) -> Tuple[Path, Dict[str, Any]]:
         study = Path(self.config["stage_two"]["from"])
         name = run_name(strategy, n_train, seed)
         model, record_path = study / KEPT_MODELS / f"{name}.model", study / RECORDS / f"{name}.json"
