@@ -513,6 +513,31 @@ def test_pool_mode_reads_labels_only_once_selected_and_stops_on_the_rule(tmp_pat
     assert json.loads((tmp_path / "loop" / "round_002" / "record.json").read_text())["dft_calls"] == 4
 
 
+def test_the_start_model_takes_the_target_e0s_of_the_mace_options(tmp_path, si_source):
+    """The remapped explorer (start.model) carries the E0s the fine-tunes use, exactly, with no
+    keep-the-source's-E0 warning; without E0s it keeps Si's and says so."""
+    import warnings
+
+    from mace_transfer.active.loop import ActiveLoop, LoopSettings
+    from mace_transfer.transfer import remap
+
+    pool = tmp_path / "pool.xyz"
+    write_sw_ge_dataset(pool, n=2, seed=3)
+    source_e0 = float(remap.load_model(si_source).atomic_energies_fn.atomic_energies.reshape(-1)[-1])
+    for name, mace, expected in (("given", {"E0s": "{32: -3.5}"}, -3.5), ("none", {}, source_e0)):
+        settings = LoopSettings(out=str(tmp_path / name), element="Ge",
+                                start={"source_model": str(si_source), "element_map": "Si:Ge"},
+                                labeller=LabellerSpec("pool", path=str(pool)), stop=StopRule(budget=2),
+                                pool=str(pool), mace=mace)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ActiveLoop(settings, say=print).prepare()
+        model = remap.load_model(tmp_path / name / "start.model")
+        assert remap.model_elements(model) == [32]
+        assert float(model.atomic_energies_fn.atomic_energies.reshape(-1)[-1]) == expected
+        assert any("no E0 given" in str(w.message) for w in caught) == (name == "none")
+
+
 def test_report_has_one_row_per_round_with_its_numbers():
     from mace_transfer.active.report import markdown
 

@@ -226,9 +226,13 @@ class ActiveLoop:
                 source = remap.load_model(s.start["source_model"])
                 if z not in remap.parse_element_map(s.start["element_map"]).values():
                     raise UserInputError(f"--element_map {s.start['element_map']} maps nothing to {s.element}")
+                from mace_transfer.transfer.train import parse_e0s
+
+                # the target's E0s of the MACE options when given as a dict (else the source's, with a warning)
                 model = remap.remap_elements(source, s.start["element_map"],
                                              length_scale=float(s.start.get("length_scale") or 1.0),
-                                             energy_scale=float(s.start.get("energy_scale") or 1.0))
+                                             energy_scale=float(s.start.get("energy_scale") or 1.0),
+                                             atomic_energies=parse_e0s(s.mace.get("E0s")))
                 import torch
 
                 tmp = path.with_name(path.name + ".tmp")

@@ -344,7 +344,7 @@ class StartModels(StudyData):
             return path
         model = remap.load_model(self.source_model())
         new = remap.remap_elements(model, self.config["element_map"], mode="replace",
-                                   atomic_energies=train._parse_e0s(self.config["target_E0s"]),
+                                   atomic_energies=train.parse_e0s(self.config["target_E0s"]),
                                    length_scale=length_scale, energy_scale=energy_scale)
         torch.save(new, path)
         return path
@@ -389,7 +389,7 @@ class StartModels(StudyData):
             target = self.target_symbol()
             rereferenced = self.work / "classical_rereferenced.model"
             torch.save(remap.remap_elements(remap.load_model(self.classical_model()), f"{target}:{target}",
-                                            atomic_energies=train._parse_e0s(self.config["target_E0s"])),
+                                            atomic_energies=train.parse_e0s(self.config["target_E0s"])),
                        rereferenced)
             result["classical"] = model_errors(rereferenced, self.frames("test"))
         write_json(path, result)

@@ -262,7 +262,7 @@ def _parse_scale(text: str, flag: str):
     return value
 
 
-def _parse_e0s(text: Optional[str]) -> Optional[Dict[int, float]]:
+def parse_e0s(text: Optional[str]) -> Optional[Dict[int, float]]:
     """MACE's ``--E0s`` as a {Z: eV} dict when it is one (a dict literal or JSON), else None."""
     if text is None:
         return None
@@ -363,7 +363,7 @@ def prepare_source_model(args, spec=None):
     element_map = remap.parse_element_map(args.element_map)
     length_scale = _parse_scale(args.length_scale, "--length_scale")
     energy_scale = _parse_scale(args.energy_scale, "--energy_scale")
-    e0s = _parse_e0s(args.E0s)
+    e0s = parse_e0s(args.E0s)
     average = str(args.E0s).strip().lower() == "average"
     if average:  # MACE would average after our shift refit: average first, so both use the same E0s
         e0s = estimate.average_e0s(_read_train_atoms(args), energy_key=args.energy_key)
