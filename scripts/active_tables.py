@@ -125,6 +125,41 @@ def per_kind_table(variants: Dict[str, Dict[int, Dict[int, dict]]], random: Dict
     return lines
 
 
+def runs_table(variants: Dict[str, Dict[int, Dict[int, dict]]], random: Dict[int, Dict[int, dict]]) -> List[str]:
+    """Every converged run beside the random draw of its N and seed: where its early stop kept it (best epoch of
+    epochs run; validation force RMSE there on the 8 cells) and its test errors."""
+    lines = ["| N, seed | labels | kept epoch / epochs run | validation force RMSE at the kept epoch (meV/Å) "
+             "| test force / energy MAE |", "|---|---|---|---|---|"]
+    for n in sorted({n for v in variants.values() for n in v}):
+        for seed in sorted({s for v in variants.values() for s in v.get(n, {})}):
+            rows = [("random", random.get(n, {}).get(seed))] + [(name, v.get(n, {}).get(seed))
+                                                                 for name, v in variants.items()]
+            for name, r in rows:
+                if r is None:
+                    continue
+                lines.append(f"| {n}, s{seed} | {name} | {r.get('best_epoch')} / {r.get('epochs_run')} | "
+                             f"{r.get('best_valid_rmse_f_meV_A', float('nan')):.1f} | "
+                             f"{r['test'][F]:.1f} / {r['test'][E]:.2f} |")
+    return lines
+
+
+def stage_two_table(active_two: Dict[int, Dict[int, dict]], random_two: Dict[int, Dict[int, dict]]) -> List[str]:
+    """Issue 48's stage two (``--converged_stage_two energy``: kept only where it lowers the validation energy
+    MAE) on the active runs against the same on the random draws, the same N and seeds."""
+    lines = ["| N, seed | labels | stage one: test force / energy MAE | + stage two, kept where validation says "
+             "| stage two kept |", "|---|---|---|---|---|"]
+    for n in sorted(active_two):
+        for seed in sorted(active_two[n]):
+            for name, runs in (("random", random_two), ("active", active_two)):
+                r = runs.get(n, {}).get(seed)
+                if r is None:
+                    continue
+                one, kept = r["stage_one"]["test"], r.get("test_kept") or r["test"]
+                lines.append(f"| {n}, s{seed} | {name} | {one[F]:.1f} / {one[E]:.2f} | {kept[F]:.1f} / {kept[E]:.2f} "
+                             f"| {'yes' if r['valid_energy_check']['keep_stage_two'] else 'no'} |")
+    return lines
+
+
 def cost_table(all_loops: Dict[str, List[dict]]) -> List[str]:
     lines = ["| loop | round | labels | CPU s: exploration / DFT (recorded in the pool) / committee training / check "
              "| wall s |", "|---|---|---|---|---|"]
@@ -199,6 +234,8 @@ def main() -> None:
         variants[SPREAD] = spread
     scratch_active = _records(STUDY / "converged_scratch", "scratch")
     random, scratch_random = _records(RANDOM, "transfer_rescale"), _records(RANDOM, "scratch")
+    active_two = _records(STUDY / "stage2", "transfer_rescale")          # configs/active_pool_stage2.yaml
+    random_two = _records(ROOT / "docs" / "results" / "energy_stage2", "transfer_rescale")
     target = json.loads((RANDOM / "records" / f"{ALL_292_SCRATCH_FORCE}.json").read_text())["test"][F]
     random = {n: r for n, r in random.items() if n <= 50}
     scratch_random = {n: r for n, r in scratch_random.items() if n <= 50}
@@ -215,6 +252,14 @@ def main() -> None:
         "Goals (issue 49):",
         "",
         *[line for name, runs in variants.items() for line in goals(runs, random, scratch_active, target, name)],
+        "",
+        "### Where each run stopped (the recipe's early stop on the 8 validation cells)",
+        "",
+        *runs_table(variants, random),
+        "",
+        "### With issue 48's stage two on top (`configs/active_pool_stage2.yaml` against docs/results/energy_stage2)",
+        "",
+        *(stage_two_table(active_two, random_two) if active_two else ["(no stage-two run on active labels yet)"]),
         "",
         "### Where the chosen labels help: test force MAE per config_type (meV/Å), the same N and seeds",
         "",
